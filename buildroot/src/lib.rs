@@ -1,0 +1,1 @@
+//! herd-buildroot: see Cargo.toml description.

@@ -1,0 +1,1 @@
+//! herd-cpio: see Cargo.toml description.

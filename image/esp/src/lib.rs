@@ -1,0 +1,1 @@
+//! herd-esp: see Cargo.toml description.

@@ -1,0 +1,1 @@
+//! herd-gpt: see Cargo.toml description.

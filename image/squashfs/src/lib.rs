@@ -1,0 +1,1 @@
+//! herd-squashfs: see Cargo.toml description.

@@ -1,0 +1,1 @@
+//! herd-verity: see Cargo.toml description.

@@ -1,0 +1,1 @@
+//! herd-qemu: see Cargo.toml description.
