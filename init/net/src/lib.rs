@@ -1,0 +1,1 @@
+//! herd-net: see Cargo.toml description.

@@ -1,0 +1,1 @@
+//! herd-init library: configuration types shared with the image builder.
