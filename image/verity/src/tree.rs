@@ -76,7 +76,7 @@ pub fn build(data: &[u8], params: &Params) -> Result<Tree, Error> {
     check(params)?;
     let bs = params.data_block_size as usize;
     let hb = params.hash_block_size as usize;
-    if data.len() % bs != 0 {
+    if !data.len().is_multiple_of(bs) {
         return Err(Error::NotAligned {
             len: data.len() as u64,
             block: params.data_block_size,
