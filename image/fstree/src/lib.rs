@@ -231,9 +231,7 @@ impl Tree {
     pub fn get(&self, path: &str) -> Option<&Node> {
         let parts = split(path).ok()?;
         let mut dir = &self.root;
-        let Some((last, parents)) = parts.split_last() else {
-            return None;
-        };
+        let (last, parents) = parts.split_last()?;
         for part in parents {
             match dir.children.get(*part)? {
                 Node::Dir(d) => dir = d,
