@@ -31,8 +31,8 @@ impl FatStamp {
         let d = self.0.date;
         let t = self.0.time;
         (
-            (d.year - 1980) << 9 | d.month << 5 | d.day,
-            t.hour << 11 | t.min << 5 | t.sec / 2,
+            ((d.year - 1980) << 9) | (d.month << 5) | d.day,
+            (t.hour << 11) | (t.min << 5) | (t.sec / 2),
             0,
         )
     }
