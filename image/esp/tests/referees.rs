@@ -87,7 +87,7 @@ fn fsck_and_mtools_read_it_and_it_is_deterministic() {
     else {
         panic!()
     };
-    assert!(std::fs::read(&copy).unwrap() == &data[..]);
+    assert!(std::fs::read(&copy).unwrap() == data[..]);
     let (ok, out) = run("mdir", &["-i", ps, "::/loader"]);
     assert!(
         ok && out.contains("2023-11-14"),
