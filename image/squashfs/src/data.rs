@@ -1,0 +1,153 @@
+//! File data: full blocks and packed tail fragments, compressed in parallel.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use crate::Error;
+
+/// Bit set in a block size entry when the block is stored uncompressed.
+pub const UNCOMPRESSED: u32 = 1 << 24;
+
+/// Where one distinct file content ended up.
+#[derive(Debug, Clone, Default)]
+pub struct FileLayout {
+    pub blocks_start: u64,
+    pub block_sizes: Vec<u32>,
+    /// Fragment index and offset inside the fragment block.
+    pub fragment: Option<(u32, u32)>,
+}
+
+/// A fragment table entry.
+pub struct Fragment {
+    pub start: u64,
+    pub size: u32,
+}
+
+/// The data region and where everything is in it.
+pub struct Data<'a> {
+    pub bytes: Vec<u8>,
+    pub layouts: Vec<FileLayout>,
+    pub fragments: Vec<Fragment>,
+    /// Content → index into `layouts`.
+    pub index: HashMap<&'a [u8], usize>,
+    pub duplicates: u32,
+}
+
+enum Piece {
+    Sparse,
+    Job(usize),
+}
+
+fn compress(block: &[u8], level: i32) -> Result<(Vec<u8>, u32), Error> {
+    let c = zstd::bulk::compress(block, level).map_err(Error::Compress)?;
+    if c.len() < block.len() {
+        let n = c.len() as u32;
+        Ok((c, n))
+    } else {
+        Ok((block.to_vec(), block.len() as u32 | UNCOMPRESSED))
+    }
+}
+
+/// Lays out `contents` (in order; repeats are stored once) starting at
+/// absolute offset `base`.
+pub fn layout<'a>(
+    contents: &[&'a [u8]],
+    base: u64,
+    bs: usize,
+    level: i32,
+) -> Result<Data<'a>, Error> {
+    let mut index: HashMap<&'a [u8], usize> = HashMap::new();
+    let mut uniques: Vec<&'a [u8]> = Vec::new();
+    let mut duplicates = 0;
+    for c in contents {
+        if index.contains_key(c) {
+            duplicates += 1;
+            continue;
+        }
+        index.insert(c, uniques.len());
+        uniques.push(c);
+    }
+
+    // Plan: which blocks to compress, which tails go to which fragment.
+    let mut blocks: Vec<&[u8]> = Vec::new();
+    let mut pieces: Vec<Vec<Piece>> = Vec::with_capacity(uniques.len());
+    let mut frag_of: Vec<Option<(u32, u32)>> = Vec::with_capacity(uniques.len());
+    let mut frags: Vec<Vec<u8>> = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    for u in &uniques {
+        let full = u.len() / bs;
+        let mut ps = Vec::with_capacity(full);
+        for k in 0..full {
+            let b = &u[k * bs..(k + 1) * bs];
+            if b.iter().all(|&x| x == 0) {
+                ps.push(Piece::Sparse);
+            } else {
+                ps.push(Piece::Job(blocks.len()));
+                blocks.push(b);
+            }
+        }
+        pieces.push(ps);
+        let tail = &u[full * bs..];
+        if tail.is_empty() {
+            frag_of.push(None);
+            continue;
+        }
+        if current.len() + tail.len() > bs {
+            frags.push(std::mem::take(&mut current));
+        }
+        frag_of.push(Some((frags.len() as u32, current.len() as u32)));
+        current.extend_from_slice(tail);
+    }
+    if !current.is_empty() {
+        frags.push(current);
+    }
+
+    let done_blocks: Vec<(Vec<u8>, u32)> = blocks
+        .par_iter()
+        .map(|b| compress(b, level))
+        .collect::<Result<_, _>>()?;
+    let done_frags: Vec<(Vec<u8>, u32)> = frags
+        .par_iter()
+        .map(|f| compress(f, level))
+        .collect::<Result<_, _>>()?;
+
+    let mut bytes = Vec::with_capacity(
+        done_blocks.iter().map(|b| b.0.len()).sum::<usize>()
+            + done_frags.iter().map(|f| f.0.len()).sum::<usize>(),
+    );
+    let mut layouts = Vec::with_capacity(uniques.len());
+    for (ps, fragment) in pieces.iter().zip(frag_of) {
+        let mut l = FileLayout {
+            blocks_start: base + bytes.len() as u64,
+            block_sizes: Vec::new(),
+            fragment,
+        };
+        for p in ps {
+            match p {
+                Piece::Sparse => l.block_sizes.push(0),
+                Piece::Job(j) => {
+                    let (c, size) = &done_blocks[*j];
+                    bytes.extend_from_slice(c);
+                    l.block_sizes.push(*size);
+                }
+            }
+        }
+        layouts.push(l);
+    }
+    let mut fragments = Vec::with_capacity(done_frags.len());
+    for (c, size) in done_frags {
+        fragments.push(Fragment {
+            start: base + bytes.len() as u64,
+            size,
+        });
+        bytes.extend_from_slice(&c);
+    }
+    Ok(Data {
+        bytes,
+        layouts,
+        fragments,
+        index,
+        duplicates,
+    })
+}
