@@ -1,0 +1,159 @@
+//! The real Debian packages: fetch, verify, unpack, resolve modules.
+//! Packages come from the test cache ($HERD_CACHE or <workspace>/.cache/debs),
+//! fetched with apt-get when missing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use herd_buildroot::{Cache, Deb, Fetch, KernelPackage, Lock};
+
+fn lock() -> Lock {
+    Lock::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("debian.lock")).unwrap()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("HERD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/debs"))
+}
+
+fn deb(name: &str) -> PathBuf {
+    let l = lock();
+    Cache::new(cache_dir())
+        .ensure(l.get(name).unwrap(), Fetch::AptGet, &|m| eprintln!("{m}"))
+        .unwrap()
+}
+
+#[test]
+fn tampered_deb_is_rejected_and_moved_aside() {
+    let real = deb("systemd-boot-efi");
+    let l = lock();
+    let pkg = l.get("systemd-boot-efi").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(&real).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x20;
+    let target = dir.path().join(pkg.file_name());
+    std::fs::write(&target, bytes).unwrap();
+    let e = Cache::new(dir.path().to_path_buf())
+        .ensure(pkg, Fetch::Never, &|_| {})
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("sha256 mismatch") && msg.contains(&pkg.sha256),
+        "{msg}"
+    );
+    assert!(!target.exists(), "the bad file stayed under its name");
+    assert!(dir
+        .path()
+        .join(format!("{}.rejected", pkg.file_name()))
+        .exists());
+}
+
+#[test]
+fn missing_and_offline_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = lock();
+    let e = Cache::new(dir.path().into())
+        .ensure(l.get("busybox-static").unwrap(), Fetch::Never, &|_| {})
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not in the cache") && e.to_string().contains("--offline"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fetches_a_real_package_with_apt_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = lock();
+    let pkg = l.get("busybox-static").unwrap();
+    let msgs = std::cell::RefCell::new(Vec::new());
+    let p = Cache::new(dir.path().into())
+        .ensure(pkg, Fetch::AptGet, &|m| {
+            msgs.borrow_mut().push(m.to_string())
+        })
+        .unwrap();
+    assert!(p.ends_with(pkg.file_name()));
+    assert!(
+        msgs.borrow().iter().any(|m| m.contains("apt-get")),
+        "{:?}",
+        msgs.borrow()
+    );
+    // Nothing else left behind (no temp dirs, no partial files).
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn unpack_matches_dpkg_deb() {
+    let p = deb("systemd-boot-efi");
+    let want = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    let t = Deb::open(&p).unwrap().unpack(&|x| x == want).unwrap();
+    let herd_fstree::Node::File { data, meta } = t.get(want).unwrap() else {
+        panic!("not a file")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&p)
+        .arg(dir.path())
+        .status()
+        .expect("dpkg-deb");
+    assert!(st.success());
+    assert!(std::fs::read(dir.path().join(want)).unwrap() == data[..]);
+    assert_eq!(meta.mode, 0o755, "mode as in the package");
+}
+
+#[test]
+fn kernel_modules_resolve_with_dependencies() {
+    let p = deb("linux-image-6.1.0-56-cloud-amd64");
+    let cache = Cache::new(cache_dir());
+    let l = lock();
+    let k = KernelPackage::from_deb(
+        &cache
+            .open_deb(l.get("linux-image-6.1.0-56-cloud-amd64").unwrap(), &p)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(k.version, "6.1.0-56-cloud-amd64");
+    assert!(k.vmlinuz.len() > 1_000_000);
+    assert!(k.config.contains("CONFIG_DM_VERITY=m"));
+    let names = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let set = k
+        .resolve(&names(&["dm-verity", "virtio_pci", "vfat", "ext4"]))
+        .unwrap();
+    let order: Vec<&str> = set.load_order.iter().map(|m| m.name.as_str()).collect();
+    let pos = |n: &str| {
+        order
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("{n} missing from {order:?}"))
+    };
+    for dep in ["reed_solomon", "dm_mod", "dm_bufio"] {
+        assert!(pos(dep) < pos("dm_verity"), "{order:?}");
+    }
+    for dep in [
+        "virtio_pci_modern_dev",
+        "virtio_pci_legacy_dev",
+        "virtio",
+        "virtio_ring",
+    ] {
+        assert!(pos(dep) < pos("virtio_pci"), "{order:?}");
+    }
+    assert!(pos("fat") < pos("vfat"));
+    assert_eq!(set.builtin, vec!["ext4"]);
+    assert!(set
+        .load_list("/lib/modules/x/")
+        .contains("/lib/modules/x/kernel/drivers/md/dm-verity.ko\n"));
+    let e = k.resolve(&names(&["dm-verty"])).unwrap_err();
+    assert!(e.to_string().contains("did you mean \"dm_verity\""), "{e}");
+    // The second open comes from the unpacked cache and gives the same bytes.
+    let again = cache
+        .open_deb(l.get("linux-image-6.1.0-56-cloud-amd64").unwrap(), &p)
+        .unwrap();
+    assert_eq!(KernelPackage::from_deb(&again).unwrap().vmlinuz, k.vmlinuz);
+}
