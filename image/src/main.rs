@@ -1,1 +1,247 @@
-fn main() {}
+//! `herd`: the build-host command. Builds images, boots them in QEMU.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use herd::pipeline::{build, BuildOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "herd",
+    version,
+    about = "Build, inspect and boot herd node OS images",
+    long_about = "herd builds immutable node OS disk images from a declarative image.toml \
+                  (read-only dm-verity /usr in A/B slots, systemd-boot, a STATE partition) \
+                  and boots them in QEMU."
+)]
+struct Cli {
+    /// Log more (repeat for more detail); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a disk image and its update payload from an image description.
+    ///
+    /// Writes DIR/disk.raw (GPT: ESP, USR-A, USR-A-verity, USR-B, USR-B-verity,
+    /// STATE), DIR/usr.img and DIR/usr.verity (the /usr payload), DIR/boot/
+    /// (kernel, initramfs, systemd-boot) and DIR/build.json (hashes, sizes,
+    /// partition table, verity root hash, exact package list). Outputs are
+    /// staged and moved into place only when the whole build succeeded.
+    /// Runs unprivileged; the same inputs and SOURCE_DATE_EPOCH give the
+    /// same bytes.
+    Build(BuildArgs),
+    /// Boot a disk image in QEMU (UEFI with OVMF, serial console on stdout).
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The image description (TOML), e.g. images/default.toml.
+    image: PathBuf,
+    /// Output directory (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
+    /// Where herd's node binaries (herd-init, ...) are. herd-init must be
+    /// statically linked. Default: $HERD_BIN_DIR, else
+    /// target/x86_64-unknown-linux-gnu/release next to this herd binary.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Package cache. Default: $HERD_CACHE, else $XDG_CACHE_HOME/herd/debs,
+    /// else ~/.cache/herd/debs.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Never run apt-get: fail if a locked package is not in the cache.
+    #[arg(long)]
+    offline: bool,
+    /// Also write DIR/disk.qcow2.
+    #[arg(long, value_enum, default_value_t = Format::Raw)]
+    format: Format,
+    /// Print only errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// disk.raw only.
+    Raw,
+    /// disk.raw and disk.qcow2.
+    Qcow2,
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Boot DISK (raw or qcow2) under QEMU; exits when the VM powers off.
+    Run(VmRunArgs),
+}
+
+#[derive(clap::Args)]
+struct VmRunArgs {
+    /// The disk image (raw or qcow2).
+    disk: PathBuf,
+    /// Attach an emulated TPM 2.0 (swtpm, started and stopped with the VM).
+    #[arg(long)]
+    tpm: bool,
+    /// Forward 127.0.0.1:HOSTPORT on the host to GUESTPORT in the guest (repeatable).
+    #[arg(long, value_name = "HOSTPORT:GUESTPORT")]
+    forward: Vec<String>,
+    /// Let the guest reach 127.0.0.1:HOSTPORT on the host at 10.0.2.100:GUESTPORT (repeatable).
+    #[arg(long, value_name = "GUESTPORT:HOSTPORT")]
+    guest_forward: Vec<String>,
+    /// Stop the VM after this many seconds and exit non-zero.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Use KVM instead of TCG software emulation (broken on nested hosts).
+    #[arg(long)]
+    kvm: bool,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    /// Discard the guest's writes to the disk when the VM stops.
+    #[arg(long)]
+    snapshot: bool,
+    /// Keep the UEFI variables in this file across runs (default: a private copy per run).
+    #[arg(long, value_name = "FILE")]
+    vars: Option<PathBuf>,
+}
+
+fn default_bin_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("HERD_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().context("locating the herd executable")?;
+    // target/release/herd -> target/x86_64-unknown-linux-gnu/release
+    let guess = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("x86_64-unknown-linux-gnu/release"));
+    match guess {
+        Some(g) if g.is_dir() => Ok(g),
+        _ => bail!(
+            "no --bin-dir given and no static node binaries next to {}: build them with \
+             `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p herd-init` \
+             or pass --bin-dir",
+            exe.display()
+        ),
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HERD_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("herd/debs");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache/herd/debs")
+}
+
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => s.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds since 1970")
+        }),
+        Err(_) => Ok(0),
+    }
+}
+
+fn run_build(args: BuildArgs) -> Result<()> {
+    let opts = BuildOptions {
+        image_toml: args.image,
+        out: args.out,
+        bin_dir: match args.bin_dir {
+            Some(d) => d,
+            None => default_bin_dir()?,
+        },
+        cache_dir: args.cache.unwrap_or_else(default_cache_dir),
+        fetch: !args.offline,
+        qcow2: args.format == Format::Qcow2,
+        source_date_epoch: source_date_epoch()?,
+        quiet: args.quiet,
+    };
+    build(&opts)?;
+    Ok(())
+}
+
+fn parse_pair(s: &str, what: &str) -> Result<(u16, u16)> {
+    let (a, b) = s
+        .split_once(':')
+        .with_context(|| format!("{what} {s:?} must look like 8080:80"))?;
+    let a = a
+        .parse()
+        .with_context(|| format!("{what} {s:?}: bad port {a:?}"))?;
+    let b = b
+        .parse()
+        .with_context(|| format!("{what} {s:?}: bad port {b:?}"))?;
+    Ok((a, b))
+}
+
+fn run_vm(args: VmRunArgs) -> Result<ExitCode> {
+    use herd_qemu::{Accel, Forward, GuestForward, VmConfig};
+    let mut cfg = VmConfig::new(args.disk);
+    cfg.tpm = args.tpm;
+    cfg.memory_mib = args.memory;
+    cfg.snapshot = args.snapshot;
+    cfg.vars = args.vars;
+    if args.kvm {
+        cfg.accel = Accel::Kvm;
+    }
+    for f in &args.forward {
+        let (host, guest) = parse_pair(f, "--forward")?;
+        cfg.forwards.push(Forward { host, guest });
+    }
+    for f in &args.guest_forward {
+        let (guest, host) = parse_pair(f, "--guest-forward")?;
+        cfg.guest_forwards.push(GuestForward { guest, host });
+    }
+    let outcome = herd_qemu::run(&cfg, args.timeout.map(Duration::from_secs))?;
+    if outcome.timed_out {
+        eprintln!(
+            "herd vm run: timed out after {} s; the VM was stopped",
+            args.timeout.unwrap_or(0)
+        );
+        return Ok(ExitCode::from(124));
+    }
+    Ok(if outcome.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
+        Command::Vm(VmCommand::Run(a)) => run_vm(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("herd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -127,7 +127,10 @@ fn split(path: &str) -> Result<Vec<&str>, TreeError> {
         return Ok(Vec::new());
     }
     let parts: Vec<&str> = trimmed.split('/').collect();
-    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
         return Err(TreeError::BadPath {
             path: path.to_string(),
         });
@@ -347,7 +350,8 @@ mod tests {
     fn dir_over_dir_keeps_children() {
         let mut t = Tree::new();
         t.insert_file("d/x", &b""[..], 0o644).unwrap();
-        t.insert("d", Node::Dir(Dir::new(Meta::new(0o700)))).unwrap();
+        t.insert("d", Node::Dir(Dir::new(Meta::new(0o700))))
+            .unwrap();
         assert!(t.get("d/x").is_some());
         assert_eq!(t.get("d").unwrap().meta().mode, 0o700);
     }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Benchmark: `herd build` of the default image (warm package cache) against a
+# baseline on the same /usr tree, in the same run: `mksquashfs` (zstd, same
+# level, default block size, all cores) followed by `veritysetup format`.
+# Prints both medians and the ratio (target: herd <= 1.0x baseline), and the
+# /usr payload size (target: <= 40 MiB).
+# Usage: bench/build.sh [RUNS]   (run ./test or scripts/setup.sh first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+herd=target/release/herd
+[ -x "$herd" ] || { echo "build first: scripts/setup.sh" >&2; exit 1; }
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+export SOURCE_DATE_EPOCH=1700000000
+cache=${HERD_CACHE:-.cache/debs}
+level=$(awk -F= '/^compression_level/{gsub(/ /,"",$2); print $2}' images/default.toml)
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# Warm the cache and get the /usr tree herd builds.
+$herd build images/default.toml --out "$work/out" --cache "$cache" --quiet
+unsquashfs -q -d "$work/usr" "$work/out/usr.img" >/dev/null
+
+herd_t=(); base_t=()
+for i in $(seq "$runs"); do
+  t0=$(now); $herd build images/default.toml --out "$work/out" --cache "$cache" --offline --quiet; t1=$(now)
+  herd_t+=("$(echo "$t1 - $t0" | bc)")
+  rm -f "$work/b.sqfs" "$work/b.verity"
+  t0=$(now)
+  mksquashfs "$work/usr" "$work/b.sqfs" -comp zstd -Xcompression-level "$level" -noappend -quiet -no-progress >/dev/null
+  veritysetup format "$work/b.sqfs" "$work/b.verity" >/dev/null
+  t1=$(now)
+  base_t+=("$(echo "$t1 - $t0" | bc)")
+done
+h=$(printf '%s\n' "${herd_t[@]}" | median)
+b=$(printf '%s\n' "${base_t[@]}" | median)
+sq=$(stat -c %s "$work/out/usr.img"); vy=$(stat -c %s "$work/out/usr.verity")
+bsq=$(stat -c %s "$work/b.sqfs")
+printf 'herd build (whole image, %d runs, median): %.3f s\n' "$runs" "$h"
+printf 'baseline mksquashfs -comp zstd -Xcompression-level %s + veritysetup format (median): %.3f s\n' "$level" "$b"
+printf 'ratio herd/baseline: %.2fx (target <= 1.00x)\n' "$(echo "$h / $b" | bc -l)"
+printf '/usr payload: squashfs %.1f MiB + verity %.2f MiB = %.1f MiB (target <= 40 MiB); mksquashfs gives %.1f MiB\n' \
+  "$(echo "$sq/1048576" | bc -l)" "$(echo "$vy/1048576" | bc -l)" "$(echo "($sq+$vy)/1048576" | bc -l)" "$(echo "$bsq/1048576" | bc -l)"

@@ -1,0 +1,12 @@
+//! The herd build-host command as a library: image description, build
+//! pipeline and the pieces it writes. `src/main.rs` is the CLI.
+
+pub mod boot;
+pub mod config;
+pub mod elf;
+pub mod manifest;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
+pub mod qcow2;
+pub mod state;

@@ -1,0 +1,602 @@
+//! `herd build`: from an image description to a bootable A/B disk image and
+//! its update payload.
+//!
+//! Steps: read the description and the lock; make sure every package is in
+//! the cache (fetching with apt-get when allowed); unpack what is needed;
+//! assemble `/usr` and the initramfs as in-memory trees; write the squashfs
+//! and its dm-verity tree; lay out the GPT disk; write the ESP, USR-A,
+//! USR-A-verity and STATE into it; hash every output; commit.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use herd_buildroot::{Cache, Fetch, KernelPackage, Lock};
+use herd_fstree::{Meta, Node, Tree};
+use herd_gpt::{attrs, guid_from_name, types, Guid};
+
+use crate::boot::EspContent;
+use crate::config::{human_bytes, ImageConfig};
+use crate::manifest::{KernelInfo, Manifest, OutputInfo, PackageInfo, PartitionInfo, UsrInfo};
+use crate::output::Staging;
+use crate::progress::Progress;
+
+/// Everything `herd build` takes besides the image description.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub image_toml: PathBuf,
+    pub out: PathBuf,
+    pub bin_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub fetch: bool,
+    pub qcow2: bool,
+    pub source_date_epoch: u64,
+    pub quiet: bool,
+}
+
+/// Paths of outputs inside the output directory.
+pub mod names {
+    pub const DISK: &str = "disk.raw";
+    pub const QCOW2: &str = "disk.qcow2";
+    pub const USR: &str = "usr.img";
+    pub const USR_VERITY: &str = "usr.verity";
+    pub const KERNEL: &str = "boot/linux";
+    pub const INITRD: &str = "boot/initrd";
+    pub const BOOTLOADER: &str = "boot/BOOTX64.EFI";
+}
+
+const MIB: u64 = 1024 * 1024;
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// A GUID derived from the image name and a purpose string.
+fn named_guid(image: &str, what: &str) -> Guid {
+    guid_from_name(&format!("herd-image:{image}"), what)
+}
+
+/// The DPS convention: the data partition's UUID is the first 128 bits of
+/// the root hash, the verity partition's UUID the last 128 bits.
+pub fn usr_partition_uuids(root_hash: &[u8; 32]) -> (Guid, Guid) {
+    let mut data = [0u8; 16];
+    let mut verity = [0u8; 16];
+    data.copy_from_slice(&root_hash[..16]);
+    verity.copy_from_slice(&root_hash[16..]);
+    (Guid(data), Guid(verity))
+}
+
+/// Run a whole build. Returns the manifest that was written.
+pub fn build(opts: &BuildOptions) -> Result<Manifest> {
+    let progress = Progress::new(opts.quiet);
+    let cfg = ImageConfig::load(&opts.image_toml)?;
+    let epoch = opts.source_date_epoch;
+    let mtime = u32::try_from(epoch).context("SOURCE_DATE_EPOCH does not fit in 32 bits")?;
+    let name = cfg.image.name.as_str();
+    let version = cfg.image.version.as_str();
+
+    // Validate herd-init's configuration with herd-init's own type before
+    // spending any time: a typo there would only show at boot otherwise.
+    let init_toml = match &cfg.init {
+        Some(table) => {
+            let text = toml::to_string(table).context("serialising [init]")?;
+            herd_init::config::Config::parse(&text).with_context(|| {
+                format!(
+                    "{}: [init] is not a valid herd-init configuration",
+                    opts.image_toml.display()
+                )
+            })?;
+            text
+        }
+        None => String::new(),
+    };
+
+    let staging = Staging::create(&opts.out)?;
+
+    // ---- packages -------------------------------------------------------
+    let lock_path = cfg.lock_path(&opts.image_toml);
+    let lock = Lock::load(&lock_path)?;
+    let cache = Cache::new(opts.cache_dir.clone());
+    let fetch = if opts.fetch {
+        Fetch::AptGet
+    } else {
+        Fetch::Never
+    };
+    let mut wanted: Vec<&str> = vec![cfg.kernel.package.as_str(), cfg.bootloader.package.as_str()];
+    wanted.extend(cfg.usr.package.iter().map(|p| p.name.as_str()));
+    let step = progress.step(&format!(
+        "checking {} packages against {}",
+        wanted.len(),
+        lock_path.display()
+    ));
+    let mut debs = Vec::new();
+    let mut locked = Vec::new();
+    let mut packages = Vec::new();
+    for pkg_name in &wanted {
+        let pkg = lock.get(pkg_name).with_context(|| {
+            format!(
+                "package {pkg_name:?} is not in the lock file {}: add it there (name, version, arch, sha256)",
+                lock_path.display()
+            )
+        })?;
+        let path = cache
+            .ensure(pkg, fetch, &|msg: &str| progress.info(msg))
+            .with_context(|| format!("getting package {pkg_name}"))?;
+        packages.push(PackageInfo {
+            name: pkg.name.clone(),
+            version: pkg.version.clone(),
+            arch: pkg.arch.clone(),
+            sha256: pkg.sha256.clone(),
+        });
+        debs.push(path);
+        locked.push(pkg.clone());
+    }
+    step.done(&format!(
+        "{} packages verified in {}",
+        debs.len(),
+        opts.cache_dir.display()
+    ));
+
+    // ---- kernel and boot loader ----------------------------------------
+    let step = progress.step(&format!("unpacking kernel {}", cfg.kernel.package));
+    let kernel_deb = cache.open_deb(&locked[0], &debs[0])?;
+    let kernel = KernelPackage::from_deb(&kernel_deb)
+        .with_context(|| format!("reading kernel package {}", cfg.kernel.package))?;
+    let initrd_mods = kernel
+        .resolve(&cfg.kernel.initrd_modules)
+        .context("resolving kernel.initrd_modules")?;
+    let usr_mods = kernel
+        .resolve(&cfg.kernel.usr_modules)
+        .context("resolving kernel.usr_modules")?;
+    step.done(&format!(
+        "kernel {} with {} initramfs and {} /usr modules",
+        kernel.version,
+        initrd_mods.load_order.len(),
+        usr_mods.load_order.len()
+    ));
+
+    let boot_deb = cache.open_deb(&locked[1], &debs[1])?;
+    const SD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    let boot_tree = boot_deb.unpack(&|p: &str| p == SD_BOOT)?;
+    let systemd_boot = match boot_tree.get(SD_BOOT) {
+        Some(Node::File { data, .. }) => data.clone(),
+        _ => bail!(
+            "package {} has no {SD_BOOT}: is it the systemd-boot-efi package?",
+            cfg.bootloader.package
+        ),
+    };
+
+    // ---- /usr -----------------------------------------------------------
+    let step = progress.step("assembling /usr");
+    let bins = read_binaries(&opts.bin_dir, &cfg.usr.binaries)?;
+    let mut usr = Tree::new();
+    for (bin, data) in &bins {
+        usr.insert_file(&format!("bin/{bin}"), data.clone(), 0o755)?;
+    }
+    let modules_dir = format!("lib/modules/{}", kernel.version);
+    usr_mods.add_to(&mut usr, &modules_dir)?;
+    usr.insert_file(
+        &format!("{modules_dir}/herd-modules"),
+        usr_mods
+            .load_list(&format!("/usr/{modules_dir}/"))
+            .into_bytes(),
+        0o644,
+    )?;
+    usr.insert_file(
+        "lib/os-release",
+        os_release(name, version).into_bytes(),
+        0o644,
+    )?;
+    usr.insert_file("lib/herd/init.toml", init_toml.into_bytes(), 0o644)?;
+    usr.insert_file(
+        "share/factory/etc/hostname",
+        format!("{name}\n").into_bytes(),
+        0o644,
+    )?;
+    usr.insert_symlink("share/factory/etc/os-release", "../usr/lib/os-release")?;
+    for (i, pkg) in cfg.usr.package.iter().enumerate() {
+        let deb = cache.open_deb(&locked[2 + i], &debs[2 + i])?;
+        let files = &pkg.files;
+        let tree = deb.unpack(&|p: &str| files.contains_key(p))?;
+        for (from, to) in files {
+            match tree.get(from) {
+                Some(node) => usr.insert(to, node.clone())?,
+                None => bail!(
+                    "package {} has no file {from:?} (usr.package files): list it with `dpkg-deb -c {}`",
+                    pkg.name,
+                    debs[2 + i].display()
+                ),
+            }
+        }
+    }
+    for f in &cfg.usr.file {
+        usr.insert_file(&f.path, f.content.clone().into_bytes(), f.mode)?;
+    }
+    usr.set_mtime_all(mtime);
+    let usr_files = usr.walk().len() as u64;
+    let usr_file_bytes = usr.file_bytes();
+    step.done(&format!(
+        "{usr_files} entries, {}",
+        human_bytes(usr_file_bytes)
+    ));
+
+    // ---- initramfs ------------------------------------------------------
+    let step = progress.step("writing the initramfs");
+    let init_bin = bins
+        .iter()
+        .find(|(b, _)| b == "herd-init")
+        .map(|(_, d)| d.clone())
+        .context("usr.binaries must include herd-init: it is the initramfs's /init")?;
+    let initrd = initramfs(&init_bin, &initrd_mods, &kernel.version, mtime)?;
+    step.done(&human_bytes(initrd.len() as u64));
+
+    // ---- squashfs + verity ----------------------------------------------
+    let step = progress.step(&format!(
+        "compressing /usr into squashfs (zstd level {}, {} threads)",
+        cfg.usr.compression_level,
+        rayon::current_num_threads()
+    ));
+    let mut squashfs = Vec::with_capacity(usr_file_bytes as usize / 2);
+    herd_squashfs::write(
+        &usr,
+        &herd_squashfs::Options {
+            compression: herd_squashfs::Compression::Zstd {
+                level: cfg.usr.compression_level,
+            },
+            block_size: 128 * 1024,
+            mkfs_time: mtime,
+        },
+        &mut squashfs,
+    )?;
+    step.done(&human_bytes(squashfs.len() as u64));
+    let slot_size = cfg.partitions.usr.0;
+    if squashfs.len() as u64 > slot_size {
+        bail!(
+            "/usr does not fit its slot: the squashfs is {} ({} bytes) but partitions.usr is {} ({} bytes); \
+             raise partitions.usr in {} or ship less in /usr",
+            human_bytes(squashfs.len() as u64),
+            squashfs.len(),
+            cfg.partitions.usr,
+            slot_size,
+            opts.image_toml.display()
+        );
+    }
+
+    let step = progress.step("hashing /usr into a dm-verity tree (sha256, 4 KiB blocks)");
+    let content_hash = Sha256::digest(&squashfs);
+    let salt: [u8; 32] = Sha256::new()
+        .chain_update(b"herd verity salt\0")
+        .chain_update(name.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(content_hash)
+        .finalize()
+        .into();
+    let mut vuuid = [0u8; 16];
+    vuuid.copy_from_slice(&Sha256::digest(salt)[..16]);
+    vuuid[6] = (vuuid[6] & 0x0f) | 0x40;
+    vuuid[8] = (vuuid[8] & 0x3f) | 0x80;
+    let params = herd_verity::Params {
+        salt,
+        uuid: vuuid,
+        data_block_size: 4096,
+        hash_block_size: 4096,
+    };
+    let verity = herd_verity::build(&squashfs, &params)?;
+    let usrhash = hex::encode(verity.root_hash);
+    step.done(&format!("root hash {usrhash}"));
+
+    // ---- disk layout ----------------------------------------------------
+    let verity_size = round_up(herd_verity::hash_area_size(slot_size, &params), MIB);
+    let (usr_a_uuid, usr_a_verity_uuid) = usr_partition_uuids(&verity.root_hash);
+    let esp_size = cfg.partitions.esp.0;
+    let state_size = round_up(cfg.partitions.state.0, MIB);
+    let ro = attrs::READ_ONLY;
+    let specs = vec![
+        spec(types::ESP, named_guid(name, "esp"), "esp", esp_size, 0),
+        spec(types::USR_X86_64, usr_a_uuid, "usr-a", slot_size, ro),
+        spec(
+            types::USR_VERITY_X86_64,
+            usr_a_verity_uuid,
+            "usr-a-verity",
+            verity_size,
+            ro,
+        ),
+        spec(
+            types::USR_X86_64,
+            named_guid(name, "usr-b"),
+            "usr-b",
+            slot_size,
+            ro,
+        ),
+        spec(
+            types::USR_VERITY_X86_64,
+            named_guid(name, "usr-b-verity"),
+            "usr-b-verity",
+            verity_size,
+            ro,
+        ),
+        spec(
+            types::VAR,
+            named_guid(name, "state"),
+            "state",
+            state_size,
+            attrs::GROWFS,
+        ),
+    ];
+    let disk_bytes = MIB
+        + specs
+            .iter()
+            .map(|s| round_up(s.size_bytes, MIB))
+            .sum::<u64>()
+        + MIB;
+    let disk_guid = guid_from_name(&format!("herd-image:{name}"), &format!("disk:{usrhash}"));
+    let table = herd_gpt::Table::layout(disk_guid, disk_bytes, specs)?;
+
+    let cmdline = {
+        let mut words = vec![
+            format!("usrhash={usrhash}"),
+            format!("mount.usr=PARTUUID={usr_a_uuid}"),
+            "herd.slot=a".to_string(),
+        ];
+        words.extend(cfg.kernel.cmdline.iter().cloned());
+        words.join(" ")
+    };
+
+    // ---- disk.raw -------------------------------------------------------
+    let step = progress.step(&format!(
+        "writing {} ({})",
+        names::DISK,
+        human_bytes(disk_bytes)
+    ));
+    let disk_path = staging.path(names::DISK)?;
+    let disk =
+        File::create(&disk_path).with_context(|| format!("creating {}", disk_path.display()))?;
+    disk.set_len(disk_bytes)
+        .with_context(|| format!("sizing {} to {disk_bytes} bytes", disk_path.display()))?;
+    {
+        let mut d = &disk;
+        table.write_to(&mut d)?;
+    }
+    let part = |i: usize| table.partition_offset(i);
+    let (usr_off, _) = part(1);
+    disk.write_all_at(&squashfs, usr_off)
+        .context("writing USR-A into the disk image")?;
+    let (vy_off, vy_len) = part(2);
+    if verity.hash_area.len() as u64 > vy_len {
+        bail!(
+            "internal: verity data ({} bytes) larger than its partition ({vy_len})",
+            verity.hash_area.len()
+        );
+    }
+    disk.write_all_at(&verity.hash_area, vy_off)
+        .context("writing USR-A-verity into the disk image")?;
+
+    let esp = EspContent {
+        image: name,
+        version,
+        systemd_boot: &systemd_boot,
+        kernel: &kernel.vmlinuz,
+        initrd: &initrd,
+        cmdline: &cmdline,
+        tries: cfg.bootloader.tries,
+        timeout: cfg.bootloader.timeout,
+    };
+    let mut esp_tree = esp.tree()?;
+    esp_tree.set_mtime_all(mtime);
+    let (esp_off, esp_len) = part(0);
+    let esp_id = u32::from_le_bytes(named_guid(name, "esp-volume-id").0[..4].try_into()?);
+    {
+        let mut window = herd_esp::Window::new(&disk, esp_off, esp_len);
+        herd_esp::write_fat32(
+            &esp_tree,
+            &herd_esp::EspOptions {
+                size_bytes: esp_len,
+                volume_id: esp_id,
+                label: *b"ESP        ",
+                mtime,
+            },
+            &mut window,
+        )?;
+    }
+    disk.sync_all().context("flushing the disk image")?;
+    drop(disk);
+    let (state_off, state_len) = part(5);
+    crate::state::make_ext4(
+        &disk_path,
+        state_off,
+        state_len,
+        &named_guid(name, "state-fs").to_string(),
+        epoch,
+    )?;
+    step.done(&format!("{} partitions", table.partitions.len()));
+
+    // ---- payload files ---------------------------------------------------
+    staging.write(names::USR, &squashfs)?;
+    staging.write(names::USR_VERITY, &verity.hash_area)?;
+    staging.write(names::KERNEL, &kernel.vmlinuz)?;
+    staging.write(names::INITRD, &initrd)?;
+    staging.write(names::BOOTLOADER, &systemd_boot)?;
+    let mut output_names: Vec<String> = [
+        names::DISK,
+        names::USR,
+        names::USR_VERITY,
+        names::KERNEL,
+        names::INITRD,
+        names::BOOTLOADER,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if opts.qcow2 {
+        let step = progress.step("converting to qcow2");
+        let q = staging.path(names::QCOW2)?;
+        crate::qcow2::convert(&disk_path, &q)?;
+        output_names.push(names::QCOW2.to_string());
+        step.done(names::QCOW2);
+    }
+
+    let step = progress.step("hashing outputs");
+    let outputs = hash_outputs(&staging, &output_names)?;
+    step.done(&format!("{} files", outputs.len()));
+
+    let partitions = table
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (offset, size) = table.partition_offset(i);
+            PartitionInfo {
+                number: i as u32 + 1,
+                name: p.name.clone(),
+                type_guid: p.type_guid.to_string(),
+                uuid: p.part_guid.to_string(),
+                offset,
+                size,
+                attributes: p.attributes,
+            }
+        })
+        .collect();
+    let manifest = Manifest {
+        name: name.to_string(),
+        version: version.to_string(),
+        source_date_epoch: epoch,
+        kernel: KernelInfo {
+            package: cfg.kernel.package.clone(),
+            release: kernel.version.clone(),
+            initrd_modules: initrd_mods
+                .load_order
+                .iter()
+                .map(|m| m.name.clone())
+                .collect(),
+            usr_modules: usr_mods.load_order.iter().map(|m| m.name.clone()).collect(),
+        },
+        usr: UsrInfo {
+            usrhash,
+            verity_salt: hex::encode(salt),
+            verity_data_blocks: verity.data_blocks,
+            squashfs_bytes: squashfs.len() as u64,
+            verity_bytes: verity.hash_area.len() as u64,
+            files: usr_files,
+            file_bytes: usr_file_bytes,
+        },
+        cmdline,
+        partitions,
+        outputs,
+        packages,
+    };
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    staging.commit(&output_names, &json)?;
+    progress.info(&format!(
+        "built {name} {version} into {} in {:.2} s: /usr payload {} (squashfs {} + verity {})",
+        opts.out.display(),
+        progress.elapsed_secs(),
+        human_bytes(manifest.usr.squashfs_bytes + manifest.usr.verity_bytes),
+        human_bytes(manifest.usr.squashfs_bytes),
+        human_bytes(manifest.usr.verity_bytes),
+    ));
+    Ok(manifest)
+}
+
+fn spec(
+    type_guid: Guid,
+    part_guid: Guid,
+    name: &str,
+    size_bytes: u64,
+    attributes: u64,
+) -> herd_gpt::PartitionSpec {
+    herd_gpt::PartitionSpec {
+        type_guid,
+        part_guid,
+        name: name.to_string(),
+        size_bytes,
+        attributes,
+    }
+}
+
+fn os_release(name: &str, version: &str) -> String {
+    format!(
+        "NAME=\"herd\"\nID=herd\nPRETTY_NAME=\"herd {version}\"\nVERSION_ID={version}\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nHOME_URL=\"https://github.com/herd-os/herd\"\n"
+    )
+}
+
+/// herd's own binaries from `bin_dir`; herd-init must be static.
+fn read_binaries(bin_dir: &Path, names: &[String]) -> Result<Vec<(String, Arc<[u8]>)>> {
+    let mut out = Vec::new();
+    for bin in names {
+        let path = bin_dir.join(bin);
+        let data = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read herd binary {}: build it first (see README: `cargo build --release --target x86_64-unknown-linux-gnu` \
+                 with RUSTFLAGS='-C target-feature=+crt-static'), or point --bin-dir at where it is",
+                path.display()
+            )
+        })?;
+        match crate::elf::is_static_elf64(&data) {
+            None => bail!("{} is not an x86-64 ELF executable", path.display()),
+            Some(false) if bin == "herd-init" => bail!(
+                "{} is dynamically linked, but it runs as /init in an initramfs with no dynamic loader: \
+                 build it with RUSTFLAGS='-C target-feature=+crt-static' and --target x86_64-unknown-linux-gnu",
+                path.display()
+            ),
+            _ => {}
+        }
+        out.push((bin.clone(), Arc::from(data)));
+    }
+    Ok(out)
+}
+
+/// The initramfs: /init, /dev/console, the modules to reach /usr and their load list.
+fn initramfs(
+    init: &Arc<[u8]>,
+    modules: &herd_buildroot::ModuleSet,
+    kver: &str,
+    mtime: u32,
+) -> Result<Vec<u8>> {
+    let mut t = Tree::new();
+    t.insert_file("init", init.clone(), 0o755)?;
+    for d in ["dev", "proc", "sys", "run", "sysroot", "etc/herd"] {
+        t.mkdir_p(d)?;
+    }
+    t.insert(
+        "dev/console",
+        Node::CharDev {
+            meta: Meta::new(0o600),
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    modules.add_to(&mut t, &format!("lib/modules/{kver}"))?;
+    t.insert_file(
+        "etc/herd/initrd-modules",
+        modules
+            .load_list(&format!("/lib/modules/{kver}/"))
+            .into_bytes(),
+        0o644,
+    )?;
+    t.set_mtime_all(mtime);
+    let mut out = Vec::new();
+    herd_cpio::write_newc(&t, &mut out)?;
+    Ok(out)
+}
+
+fn hash_outputs(staging: &Staging, names: &[String]) -> Result<Vec<OutputInfo>> {
+    use rayon::prelude::*;
+    names
+        .par_iter()
+        .map(|n| {
+            let p = staging.path(n)?;
+            let mut f = File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+            let mut h = Sha256::new();
+            let size = std::io::copy(&mut f, &mut h)?;
+            Ok(OutputInfo {
+                path: n.clone(),
+                sha256: hex::encode(h.finalize()),
+                size,
+            })
+        })
+        .collect()
+}
