@@ -1,0 +1,92 @@
+//! Boot Loader Specification boot counting: entry file names and the EFI
+//! variables systemd-boot leaves for the OS.
+
+/// systemd-boot's vendor GUID for its variables.
+pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// A counted entry name split up: `herd-a+2-1.conf` → (`herd-a`, 2, 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// Name without the counter and `.conf`.
+    pub base: String,
+    /// Tries left.
+    pub left: u32,
+    /// Tries done.
+    pub done: u32,
+}
+
+/// Parses an entry file name; `None` when it carries no counter.
+pub fn parse_entry(name: &str) -> Option<Counted> {
+    let stem = name.strip_suffix(".conf")?;
+    let (base, counter) = stem.rsplit_once('+')?;
+    let (left, done) = match counter.split_once('-') {
+        Some((l, d)) => (l.parse().ok()?, d.parse().ok()?),
+        None => (counter.parse().ok()?, 0),
+    };
+    Some(Counted {
+        base: base.to_string(),
+        left,
+        done,
+    })
+}
+
+/// The blessed name of a counted entry: `herd-a+2-1.conf` → `herd-a.conf`.
+pub fn blessed_name(name: &str) -> Option<String> {
+    parse_entry(name).map(|c| format!("{}.conf", c.base))
+}
+
+/// Decodes an efivarfs file (4 attribute bytes + UTF-16LE, maybe NUL
+/// terminated) into a string.
+pub fn decode_efivar_utf16(raw: &[u8]) -> Option<String> {
+    let body = raw.get(4..)?;
+    let units: Vec<u16> = body
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries() {
+        assert_eq!(
+            parse_entry("herd-a+2-1.conf"),
+            Some(Counted {
+                base: "herd-a".into(),
+                left: 2,
+                done: 1
+            })
+        );
+        assert_eq!(
+            parse_entry("herd-a+3.conf"),
+            Some(Counted {
+                base: "herd-a".into(),
+                left: 3,
+                done: 0
+            })
+        );
+        assert_eq!(parse_entry("herd-a.conf"), None);
+        assert_eq!(
+            blessed_name("herd-a+0-3.conf").as_deref(),
+            Some("herd-a.conf")
+        );
+    }
+
+    #[test]
+    fn efivar() {
+        let mut raw = vec![7, 0, 0, 0];
+        for u in "\\loader\\entries\\herd-a+2-1.conf".encode_utf16() {
+            raw.extend_from_slice(&u.to_le_bytes());
+        }
+        raw.extend_from_slice(&[0, 0]);
+        assert_eq!(
+            decode_efivar_utf16(&raw).as_deref(),
+            Some("\\loader\\entries\\herd-a+2-1.conf")
+        );
+        assert_eq!(decode_efivar_utf16(&[1, 2]), None);
+    }
+}

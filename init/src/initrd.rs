@@ -1,0 +1,264 @@
+//! The initramfs stage: from the kernel's hand-off to the real root.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
+use std::time::Duration;
+
+use herd_gpt::{types, Guid};
+use herd_init::cmdline::Cmdline;
+
+use crate::{disks, dm, fatal, info, modules, sys};
+
+const MS_RDONLY: libc::c_ulong = libc::MS_RDONLY;
+const PART_WAIT: Duration = Duration::from_secs(15);
+
+fn mount_or_die(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let _ = fs::create_dir_all(target);
+    if let Err(e) = sys::mount(src, target, fstype, flags, data) {
+        fatal(&format!("cannot mount {fstype} {src} on {target}: {e}"));
+    }
+}
+
+/// Reads the whole verity device once so a mismatch shows up here, as one
+/// clear line, instead of as random I/O errors later.
+fn check_usr(dev: &str, slot: &str) {
+    let mut f = match File::open(dev) {
+        Ok(f) => f,
+        Err(e) => fatal(&format!("cannot open the verity device {dev}: {e}")),
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => off += n as u64,
+            Err(e) => fatal(&format!(
+                "dm-verity rejected /usr of slot {slot} near byte {off} ({e}): the USR partition does not match usrhash \
+                 (corrupted data or a wrong root hash); refusing to boot it"
+            )),
+        }
+    }
+}
+
+fn seed_etc(from: &str, to: &str) -> std::io::Result<u32> {
+    let mut n = 0;
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let src = e.path();
+        let dst = std::path::Path::new(to).join(e.file_name());
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            n += seed_etc(
+                src.to_str().unwrap_or_default(),
+                dst.to_str().unwrap_or_default(),
+            )?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+            n += 1;
+        } else {
+            fs::copy(&src, &dst)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Runs the initramfs stage and execs the real root's herd-init.
+pub fn run() -> ! {
+    mount_or_die(
+        "proc",
+        "/proc",
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
+    mount_or_die(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
+    mount_or_die("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount_or_die(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    );
+    let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let slot = cmdline.slot.clone().unwrap_or_else(|| "a".into());
+    info!(
+        "initramfs: slot={slot} usrhash={}",
+        cmdline.usrhash.as_deref().unwrap_or("(none)")
+    );
+
+    let n = modules::load_list("/etc/herd/initrd-modules");
+    info!("loaded {n} initramfs modules");
+
+    let root = cmdline.root_hash().unwrap_or_else(|e| fatal(&e));
+    let mut a = [0u8; 16];
+    let mut b = [0u8; 16];
+    a.copy_from_slice(&root[..16]);
+    b.copy_from_slice(&root[16..]);
+    let (data_uuid, hash_uuid) = (Guid(a), Guid(b));
+    if let Some(u) = &cmdline.usr_partuuid {
+        if *u != data_uuid.to_string() {
+            fatal(&format!(
+                "mount.usr=PARTUUID={u} does not match usrhash (its data partition is {data_uuid}): the boot entry is inconsistent"
+            ));
+        }
+    }
+    let seen = || {
+        disks::scan()
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.entry.name))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let data = disks::wait_for(&disks::by_uuid(data_uuid), PART_WAIT).unwrap_or_else(|| {
+        fatal(&format!(
+            "USR partition of slot {slot} (PARTUUID {data_uuid}) did not appear within {} s; partitions seen: [{}]",
+            PART_WAIT.as_secs(),
+            seen()
+        ))
+    });
+    let hash = disks::wait_for(&disks::by_uuid(hash_uuid), PART_WAIT).unwrap_or_else(|| {
+        fatal(&format!(
+            "USR-verity partition of slot {slot} (PARTUUID {hash_uuid}) did not appear within {} s; partitions seen: [{}]",
+            PART_WAIT.as_secs(),
+            seen()
+        ))
+    });
+    info!("found usr {} and usr-verity {}", data.dev, hash.dev);
+
+    let mut sb = [0u8; 512];
+    if let Err(e) = File::open(&hash.dev).and_then(|mut f| f.read_exact(&mut sb)) {
+        fatal(&format!(
+            "cannot read the verity superblock on {}: {e}",
+            hash.dev
+        ));
+    }
+    let sb = herd_verity::Superblock::parse(&sb)
+        .unwrap_or_else(|e| fatal(&format!("{} holds no valid verity data: {e}", hash.dev)));
+    let params = herd_verity::dm_table_params(
+        &disks::devno(&data).unwrap_or(data.dev.clone()),
+        &disks::devno(&hash).unwrap_or(hash.dev.clone()),
+        sb.data_blocks,
+        &root,
+        &sb.salt,
+    );
+    let sectors = sb.data_blocks * u64::from(sb.data_block_size) / 512;
+    let (_, minor) = dm::create("usr", "verity", sectors, &params)
+        .unwrap_or_else(|e| fatal(&format!("cannot create the dm-verity device for /usr: {e}")));
+    let usr_dev = format!("/dev/dm-{minor}");
+    for _ in 0..200 {
+        if fs::metadata(&usr_dev).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check_usr(&usr_dev, &slot);
+    info!(
+        "dm-verity device {usr_dev} verified ({} blocks)",
+        sb.data_blocks
+    );
+
+    mount_or_die("tmpfs", "/sysroot", "tmpfs", libc::MS_NOSUID, "mode=0755");
+    if let Err(e) = sys::mount(
+        &usr_dev,
+        "/sysroot/usr",
+        "squashfs",
+        MS_RDONLY | libc::MS_NODEV,
+        "",
+    ) {
+        let _ = fs::create_dir_all("/sysroot/usr");
+        if let Err(e2) = sys::mount(
+            &usr_dev,
+            "/sysroot/usr",
+            "squashfs",
+            MS_RDONLY | libc::MS_NODEV,
+            "",
+        ) {
+            fatal(&format!(
+                "cannot mount /usr (squashfs on {usr_dev}): {e2} (first try: {e})"
+            ));
+        }
+    }
+
+    let disk = data.disk.clone();
+    let state = disks::wait_for(
+        &|p| p.disk == disk && p.entry.type_guid == types::VAR,
+        PART_WAIT,
+    )
+    .unwrap_or_else(|| {
+        fatal(&format!(
+            "no STATE partition (type {}) on {disk}",
+            types::VAR
+        ))
+    });
+    mount_or_die(
+        &state.dev,
+        "/sysroot/.state",
+        "ext4",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "",
+    );
+    let first_boot = fs::metadata("/sysroot/.state/etc").is_err();
+    for d in ["/sysroot/.state/var", "/sysroot/.state/etc"] {
+        if let Err(e) = fs::create_dir_all(d) {
+            fatal(&format!("cannot create {d} on STATE: {e}"));
+        }
+    }
+    if first_boot {
+        match seed_etc("/sysroot/usr/share/factory/etc", "/sysroot/.state/etc") {
+            Ok(n) => info!("first boot: /etc seeded with {n} files from /usr/share/factory/etc"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                info!("first boot: no /usr/share/factory/etc")
+            }
+            Err(e) => fatal(&format!("cannot seed /etc on STATE: {e}")),
+        }
+    }
+    for (from, to) in [
+        ("/sysroot/.state/etc", "/sysroot/etc"),
+        ("/sysroot/.state/var", "/sysroot/var"),
+    ] {
+        mount_or_die(from, to, "", libc::MS_BIND, "");
+    }
+    info!("STATE {} mounted: /etc and /var persist", state.dev);
+
+    for d in ["proc", "sys", "dev", "run", "tmp"] {
+        let _ = fs::create_dir_all(format!("/sysroot/{d}"));
+    }
+    for (link, to) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib"),
+    ] {
+        let _ = std::os::unix::fs::symlink(to, format!("/sysroot/{link}"));
+    }
+    for m in ["/dev", "/proc", "/sys", "/run"] {
+        if let Err(e) = sys::mount(m, &format!("/sysroot{m}"), "", libc::MS_MOVE, "") {
+            fatal(&format!("cannot move {m} into the new root: {e}"));
+        }
+    }
+    // Free the initramfs: its files live in memory until deleted.
+    for p in ["/init", "/lib", "/etc"] {
+        let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
+    }
+    if let Err(e) = std::env::set_current_dir("/sysroot")
+        .and_then(|_| sys::mount(".", "/", "", libc::MS_MOVE, ""))
+        .and_then(|_| sys::chroot("."))
+        .and_then(|_| std::env::set_current_dir("/"))
+    {
+        fatal(&format!("cannot switch to the real root: {e}"));
+    }
+    info!("switched root; starting /usr/bin/herd-init");
+    let e = sys::exec("/usr/bin/herd-init", &["herd-init", "--root-stage"]);
+    fatal(&format!(
+        "cannot exec /usr/bin/herd-init in the real root: {e}"
+    ))
+}

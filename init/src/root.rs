@@ -1,0 +1,187 @@
+//! The real-root stage: services, health, blessing, shutdown.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use herd_init::cmdline::Cmdline;
+use herd_init::config::{Config, NetMode};
+
+use crate::supervise::Supervisor;
+use crate::{bless, info, input, modules, sys};
+
+const GRACE: Duration = Duration::from_secs(5);
+
+fn os_release(key: &str) -> Option<String> {
+    fs::read_to_string("/usr/lib/os-release")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            Some(
+                l.strip_prefix(key)?
+                    .strip_prefix('=')?
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
+}
+
+fn late_modules() -> usize {
+    let mut n = 0;
+    if let Ok(rd) = fs::read_dir("/usr/lib/modules") {
+        for e in rd.flatten() {
+            let list = e.path().join("herd-modules");
+            if list.exists() {
+                n += modules::load_list(list.to_str().unwrap_or_default());
+            }
+        }
+    }
+    n
+}
+
+fn network(cfg: &Config) {
+    if let Err(e) = herd_net::loopback_up() {
+        info!("loopback: {e}");
+    }
+    if cfg.network.mode == NetMode::Off {
+        info!("network: off");
+        return;
+    }
+    let iface = cfg
+        .network
+        .interface
+        .clone()
+        .or_else(herd_net::first_ethernet);
+    match iface {
+        Some(i) => match herd_net::link_up(&i) {
+            Ok(()) => info!("network: {i} is up (address configuration is not implemented yet)"),
+            Err(e) => info!("network: {e}"),
+        },
+        None => info!("network: no Ethernet interface"),
+    }
+}
+
+enum Halt {
+    PowerOff,
+    Reboot,
+}
+
+fn shutdown(sup: &mut Supervisor, how: Halt) -> ! {
+    info!(
+        "shutting down: stopping services (grace {} s)",
+        GRACE.as_secs()
+    );
+    sup.stop_all(GRACE);
+    sys::sync();
+    for m in ["/var", "/etc", "/.state"] {
+        if sys::umount(m, 0).is_err() {
+            let _ = sys::mount(
+                "",
+                m,
+                "",
+                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_BIND,
+                "",
+            );
+        }
+    }
+    let _ = sys::mount("", "/.state", "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
+    sys::sync();
+    let (msg, cmd) = match how {
+        Halt::PowerOff => ("powering off", libc::RB_POWER_OFF),
+        Halt::Reboot => ("rebooting", libc::RB_AUTOBOOT),
+    };
+    info!("{msg}");
+    let e = sys::reboot(cmd);
+    info!("reboot(2) failed: {e:?}");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Runs PID 1 in the real root; never returns.
+pub fn run() -> ! {
+    let _ = sys::block_signals(true);
+    // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an instant reboot.
+    let _ = sys::reboot(libc::RB_DISABLE_CAD);
+    let _ = fs::create_dir_all("/sys/fs/cgroup");
+    if let Err(e) = sys::mount(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    ) {
+        info!("cannot mount cgroup2: {e}");
+    }
+    let _ = sys::mount(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    );
+    let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let n = late_modules();
+    info!("loaded {n} modules from /usr");
+    let cfg = match fs::read_to_string("/usr/lib/herd/init.toml").map(|t| Config::parse(&t)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            info!("/usr/lib/herd/init.toml is invalid ({e}); using defaults");
+            Config::default()
+        }
+        Err(_) => Config::default(),
+    };
+    let hostname = cfg
+        .hostname
+        .clone()
+        .or_else(|| {
+            fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herd".into());
+    if let Err(e) = sys::sethostname(&hostname) {
+        info!("cannot set hostname {hostname}: {e}");
+    }
+    network(&cfg);
+    input::watch_power_button();
+    let mut sup = Supervisor::new(&cfg.services);
+    sup.start_due();
+    let version = os_release("IMAGE_VERSION")
+        .or_else(|| os_release("VERSION_ID"))
+        .unwrap_or_default();
+    info!(
+        "ready slot={} version={version} usrhash={} in {} ms",
+        cmdline.slot.as_deref().unwrap_or("?"),
+        cmdline.usrhash.as_deref().unwrap_or("?"),
+        sys::boottime().as_millis()
+    );
+    let bless_after = Duration::from_secs(cfg.health.bless_after_secs);
+    let mut blessed = false;
+    let start = Instant::now();
+    loop {
+        let sig = sys::wait_signal(Duration::from_millis(250));
+        while let Some((pid, status)) = sys::reap() {
+            sup.exited(pid, status, false);
+        }
+        match sig {
+            Some(libc::SIGTERM) | Some(libc::SIGPWR) | Some(libc::SIGUSR2) => {
+                shutdown(&mut sup, Halt::PowerOff)
+            }
+            Some(libc::SIGINT) | Some(libc::SIGUSR1) => shutdown(&mut sup, Halt::Reboot),
+            _ => {}
+        }
+        sup.start_due();
+        if !blessed
+            && sup.healthy()
+            && sup.last_change.elapsed() >= bless_after
+            && start.elapsed() >= bless_after
+        {
+            blessed = true;
+            match bless::bless() {
+                Ok(m) => info!("blessed: {m}"),
+                Err(e) => info!("could not bless this boot: {e}"),
+            }
+        }
+    }
+}
