@@ -1,0 +1,158 @@
+//! Boot the built image in QEMU (OVMF -> systemd-boot -> kernel -> herd-init)
+//! and check, from the console and from the disk afterwards: verity is active
+//! for /usr, /usr refuses writes, /var survives a reboot, a good boot is
+//! blessed, poweroff ends QEMU cleanly, and a corrupted /usr fails loudly
+//! with each failed try counted by the boot loader.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use herd_qemu::{OnReboot, Vm, VmConfig};
+use herd_tests::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// The boot-test image: the default image plus busybox and a probe service
+/// that reports what it sees on the console.
+fn probe_image() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = target_dir()
+            .join("e2e")
+            .join(format!("probe-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        run_ok(
+            herd_build(
+                &workspace().join("tests/images/probe.toml"),
+                &dir,
+                1_700_000_000,
+            )
+            .arg("--quiet"),
+        );
+        dir
+    })
+}
+
+/// A private, writable copy of an image's disk.
+fn disk_copy(image: &Path, dir: &Path) -> PathBuf {
+    let d = dir.join("disk.raw");
+    // cp --sparse keeps the copy quick and small.
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image.join("disk.raw"))
+            .arg(&d),
+    );
+    d
+}
+
+/// Names of the files in the ESP's loader/entries directory.
+fn entries(disk: &Path) -> Vec<String> {
+    let list = run_ok(
+        Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(format!("{}@@1M", disk.display()))
+            .arg("::/loader/entries"),
+    );
+    list.lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .filter(|n| n.ends_with(".conf"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn vm(disk: &Path, log: &Path, on_reboot: OnReboot) -> Vm {
+    let mut cfg = VmConfig::new(disk.to_path_buf());
+    cfg.on_reboot = on_reboot;
+    cfg.memory_mib = 512;
+    Vm::start(&cfg, log).expect("start QEMU")
+}
+
+#[test]
+fn boots_verified_persists_state_blesses_and_powers_off() {
+    let image = probe_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, tmp.path());
+    let m = manifest(image);
+    let usrhash = m["usr"]["usrhash"].as_str().unwrap();
+    assert_eq!(entries(&disk), ["herd-a+3-0.conf"]);
+
+    // First boot.
+    let vm1 = vm(&disk, &tmp.path().join("boot1.log"), OnReboot::Exit);
+    let ready = vm1.wait_for("herd-init: ready", BOOT).unwrap();
+    assert!(ready.contains("slot=a"), "{ready}");
+    assert!(ready.contains(&format!("usrhash={usrhash}")), "{ready}");
+    assert!(ready.contains("version=0.1.0"), "{ready}");
+    vm1.wait_for("probe: dm-name usr", BOOT).unwrap();
+    let mounts = vm1.wait_for("probe: usr-mount", BOOT).unwrap();
+    assert!(
+        mounts.contains("squashfs") && mounts.contains(" ro"),
+        "{mounts}"
+    );
+    vm1.wait_for("probe: dm-verity users 1", BOOT).unwrap();
+    vm1.wait_for("probe: usr-write refused", BOOT).unwrap();
+    vm1.wait_for("probe: var first boot", BOOT).unwrap();
+    vm1.wait_for("probe: wrote /var", BOOT).unwrap();
+    vm1.wait_for("herd-init: blessed", BOOT).unwrap();
+    // ACPI power button -> clean shutdown -> QEMU exits by itself.
+    vm1.powerdown().unwrap();
+    vm1.wait_for("herd-init: powering off", Duration::from_secs(60))
+        .unwrap();
+    let status = vm1.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exit status {status:?}");
+
+    // The boot loader counted the try, herd-init blessed it: no counter left.
+    assert_eq!(entries(&disk), ["herd-a.conf"]);
+
+    // Second boot: /var kept what the first boot wrote.
+    let vm2 = vm(&disk, &tmp.path().join("boot2.log"), OnReboot::Exit);
+    vm2.wait_for("herd-init: ready", BOOT).unwrap();
+    vm2.wait_for("probe: var kept boot-1", BOOT).unwrap();
+    vm2.powerdown().unwrap();
+    assert!(vm2.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
+
+#[test]
+fn corrupted_usr_fails_loudly_and_each_try_is_counted() {
+    let image = probe_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, tmp.path());
+    let m = manifest(image);
+    let (off, _) = partition(&m, "usr-a");
+    let len = m["usr"]["squashfs_bytes"].as_u64().unwrap();
+    // Flip one byte in the middle of USR-A's squashfs.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        let at = off + len / 2;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        b[0] ^= 0x01;
+        f.write_all_at(&b, at).unwrap();
+    }
+    for (tries_left, done) in [(2, 1), (1, 2)] {
+        let vm = vm(
+            &disk,
+            &tmp.path().join(format!("bad{done}.log")),
+            OnReboot::Exit,
+        );
+        let line = vm.wait_for("herd-init: FATAL", BOOT).unwrap();
+        assert!(
+            line.to_lowercase().contains("verity") || line.contains("I/O error"),
+            "the fatal line names the cause: {line}"
+        );
+        // herd-init reboots by itself; QEMU exits on the reboot.
+        vm.wait_exit(Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            entries(&disk),
+            [format!("herd-a+{tries_left}-{done}.conf")],
+            "systemd-boot counted the failed try"
+        );
+    }
+}
