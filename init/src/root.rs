@@ -4,7 +4,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use herd_init::cmdline::Cmdline;
-use herd_init::config::{Config, NetMode};
+use herd_init::config::{parse_cidr, Config, NetMode};
 
 use crate::supervise::Supervisor;
 use crate::{bless, info, input, modules, sys};
@@ -38,26 +38,71 @@ fn late_modules() -> usize {
     n
 }
 
-fn network(cfg: &Config) {
+fn network(cfg: &Config, hostname: &str) {
     if let Err(e) = herd_net::loopback_up() {
         info!("loopback: {e}");
     }
     if cfg.network.mode == NetMode::Off {
-        info!("network: off");
+        info!("network: off (loopback only)");
         return;
     }
-    let iface = cfg
+    let Some(iface) = cfg
         .network
         .interface
         .clone()
-        .or_else(herd_net::first_ethernet);
-    match iface {
-        Some(i) => match herd_net::link_up(&i) {
-            Ok(()) => info!("network: {i} is up (address configuration is not implemented yet)"),
-            Err(e) => info!("network: {e}"),
-        },
-        None => info!("network: no Ethernet interface"),
+        .or_else(herd_net::first_ethernet)
+    else {
+        info!("network: no Ethernet interface");
+        return;
+    };
+    if let Err(e) = herd_net::link_up(&iface) {
+        info!("network: {e}");
+        return;
     }
+    match cfg.network.mode {
+        NetMode::Static => {
+            // Config::parse checked the address already.
+            let Some(Ok((address, prefix_len))) = cfg.network.address.as_deref().map(parse_cidr)
+            else {
+                return;
+            };
+            let s = herd_net::StaticConfig {
+                address,
+                prefix_len,
+                gateway: cfg.network.gateway,
+                dns: cfg.network.dns.clone(),
+            };
+            match herd_net::configure_static(&iface, &s) {
+                Ok(()) => info!("network: {iface} {address}/{prefix_len} (static)"),
+                Err(e) => info!("network: {e}"),
+            }
+            if let Err(e) =
+                herd_net::write_resolv_conf(std::path::Path::new("/etc/resolv.conf"), &s.dns)
+            {
+                info!("network: cannot write /etc/resolv.conf: {e}");
+            }
+        }
+        NetMode::Dhcp => {
+            info!("network: {iface} is up; DHCP runs in the background");
+            let host = hostname.to_string();
+            let _ = std::thread::Builder::new()
+                .name("dhcp".into())
+                .stack_size(128 * 1024)
+                .spawn(move || herd_net::dhcp::run_forever(&iface, &host, &|m| info!("{m}")));
+        }
+        NetMode::Off => {}
+    }
+}
+
+/// herd-init's own resident memory, from /proc/self/status.
+fn own_memory() -> String {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("VmRSS:") || l.starts_with("VmHWM:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 enum Halt {
@@ -143,7 +188,7 @@ pub fn run() -> ! {
     if let Err(e) = sys::sethostname(&hostname) {
         info!("cannot set hostname {hostname}: {e}");
     }
-    network(&cfg);
+    network(&cfg, &hostname);
     input::watch_power_button();
     let mut sup = Supervisor::new(&cfg.services);
     sup.start_due();
@@ -182,6 +227,7 @@ pub fn run() -> ! {
                 Ok(m) => info!("blessed: {m}"),
                 Err(e) => info!("could not bless this boot: {e}"),
             }
+            info!("memory: {}", own_memory());
         }
     }
 }

@@ -64,10 +64,42 @@ fn entries(disk: &Path) -> Vec<String> {
 }
 
 fn vm(disk: &Path, log: &Path, on_reboot: OnReboot) -> Vm {
+    vm_with(disk, log, on_reboot, |_| {})
+}
+
+fn vm_with(disk: &Path, log: &Path, on_reboot: OnReboot, tweak: impl FnOnce(&mut VmConfig)) -> Vm {
     let mut cfg = VmConfig::new(disk.to_path_buf());
     cfg.on_reboot = on_reboot;
     cfg.memory_mib = 512;
+    tweak(&mut cfg);
     Vm::start(&cfg, log).expect("start QEMU")
+}
+
+/// A TCP port on 127.0.0.1 that is free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET / from 127.0.0.1:port, retrying while the forward comes up.
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if !out.is_empty() {
+                return out;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("nothing answered on 127.0.0.1:{port}")
 }
 
 #[test]
@@ -79,8 +111,15 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     let usrhash = m["usr"]["usrhash"].as_str().unwrap();
     assert_eq!(entries(&disk), ["herd-a+3-0.conf"]);
 
-    // First boot.
-    let vm1 = vm(&disk, &tmp.path().join("boot1.log"), OnReboot::Exit);
+    // First boot, with a TPM and a forward from the host to the guest's httpd.
+    let port = free_port();
+    let vm1 = vm_with(&disk, &tmp.path().join("boot1.log"), OnReboot::Exit, |c| {
+        c.tpm = true;
+        c.forwards.push(herd_qemu::Forward {
+            host: port,
+            guest: 8080,
+        });
+    });
     let ready = vm1.wait_for("herd-init: ready", BOOT).unwrap();
     assert!(ready.contains("slot=a"), "{ready}");
     assert!(ready.contains(&format!("usrhash={usrhash}")), "{ready}");
@@ -95,6 +134,11 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     vm1.wait_for("probe: usr-write refused", BOOT).unwrap();
     vm1.wait_for("probe: var first boot", BOOT).unwrap();
     vm1.wait_for("probe: wrote /var", BOOT).unwrap();
+    // DHCP from QEMU's user network, the TPM is visible, a forward works.
+    vm1.wait_for("probe: dhcp 10.0.2.15/24", BOOT).unwrap();
+    vm1.wait_for("probe: tpm [tpm0]", BOOT).unwrap();
+    vm1.wait_for("probe: httpd on 8080", BOOT).unwrap();
+    assert!(http_get(port).contains("herd probe page"));
     vm1.wait_for("herd-init: blessed", BOOT).unwrap();
     // ACPI power button -> clean shutdown -> QEMU exits by itself.
     vm1.powerdown().unwrap();

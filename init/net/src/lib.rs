@@ -1,5 +1,5 @@
 //! Network bring-up for herd-init: interface state through ioctls on an
-//! AF_INET datagram socket. (DHCP is not written yet; see the issue notes.)
+//! AF_INET datagram socket, static addresses, and a DHCPv4 client ([`dhcp`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -83,4 +83,115 @@ pub fn first_ethernet() -> Option<String> {
         .collect();
     found.sort();
     found.into_iter().next().map(|(_, n)| n)
+}
+
+pub mod dhcp;
+
+/// A fixed IPv4 configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    /// Address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// Default gateway.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Name servers (for resolv.conf).
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+#[repr(C)]
+struct IfReqAddr {
+    name: [u8; 16],
+    addr: libc::sockaddr_in,
+    _pad: [u8; 8],
+}
+
+fn sockaddr(a: std::net::Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn set_addr(s: &OwnedFd, iface: &str, req: libc::c_ulong, a: std::net::Ipv4Addr) -> io::Result<()> {
+    let mut r = IfReqAddr {
+        name: [0; 16],
+        addr: sockaddr(a),
+        _pad: [0; 8],
+    };
+    let n = iface.len().min(15);
+    r.name[..n].copy_from_slice(&iface.as_bytes()[..n]);
+    // SAFETY: r has the layout of struct ifreq with a sockaddr_in member.
+    if unsafe { libc::ioctl(s.as_raw_fd(), req as _, &r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the address, netmask and default route of `iface` (and brings it up).
+pub fn configure_static(iface: &str, cfg: &StaticConfig) -> Result<(), Error> {
+    let err = |what, source| Error::Iface {
+        iface: iface.to_string(),
+        what,
+        source,
+    };
+    let s = socket().map_err(|e| err("socket", e))?;
+    set_addr(&s, iface, libc::SIOCSIFADDR, cfg.address)
+        .map_err(|e| err("setting the address", e))?;
+    let mask = if cfg.prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(cfg.prefix_len.min(32)))
+    };
+    set_addr(
+        &s,
+        iface,
+        libc::SIOCSIFNETMASK,
+        std::net::Ipv4Addr::from(mask),
+    )
+    .map_err(|e| err("setting the netmask", e))?;
+    link_up(iface)?;
+    if let Some(gw) = cfg.gateway {
+        // SAFETY: rtentry is a plain C struct; all-zero is a valid starting value.
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        let put = |dst: &mut libc::sockaddr, a| {
+            let sin = sockaddr(a);
+            // SAFETY: sockaddr_in fits in sockaddr (both 16 bytes).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                    (dst as *mut libc::sockaddr).cast::<u8>(),
+                    16,
+                )
+            };
+        };
+        put(&mut rt.rt_dst, std::net::Ipv4Addr::UNSPECIFIED);
+        put(&mut rt.rt_genmask, std::net::Ipv4Addr::UNSPECIFIED);
+        put(&mut rt.rt_gateway, gw);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        let name = std::ffi::CString::new(iface)
+            .map_err(|e| err("interface name", io::Error::other(e)))?;
+        rt.rt_dev = name.as_ptr() as *mut libc::c_char;
+        // SAFETY: rt is a filled-in struct rtentry; rt_dev points to `name`, alive here.
+        if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCADDRT, &rt) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(err("adding the default route", e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a resolv.conf naming `dns` (temporary file + rename).
+pub fn write_resolv_conf(path: &std::path::Path, dns: &[std::net::Ipv4Addr]) -> io::Result<()> {
+    let text: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+    let tmp = path.with_extension("herd-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
