@@ -7,7 +7,7 @@ use std::time::Duration;
 use herd_gpt::{types, Guid};
 use herd_init::cmdline::Cmdline;
 
-use crate::{disks, dm, fatal, info, modules, sys};
+use crate::{disks, dm, fatal, grow, info, modules, sys};
 
 const MS_RDONLY: libc::c_ulong = libc::MS_RDONLY;
 const PART_WAIT: Duration = Duration::from_secs(15);
@@ -199,6 +199,13 @@ pub fn run() -> ! {
             types::VAR
         ))
     });
+    let grown = match grow::grow_partition(&state) {
+        Ok(g) => g,
+        Err(e) => {
+            info!("could not grow STATE ({e}); keeping its size");
+            None
+        }
+    };
     mount_or_die(
         &state.dev,
         "/sysroot/.state",
@@ -206,6 +213,19 @@ pub fn run() -> ! {
         libc::MS_NOSUID | libc::MS_NODEV,
         "",
     );
+    if let Some((old, new)) = grown {
+        match grow::resize_ext4("/sysroot/.state", new) {
+            Ok(()) => info!(
+                "STATE grown to fill the disk: {} MiB -> {} MiB",
+                old >> 20,
+                new >> 20
+            ),
+            Err(e) => info!(
+                "STATE partition grew to {} MiB but the file system did not: {e}",
+                new >> 20
+            ),
+        }
+    }
     let first_boot = fs::metadata("/sysroot/.state/etc").is_err();
     for d in ["/sysroot/.state/var", "/sysroot/.state/etc"] {
         if let Err(e) = fs::create_dir_all(d) {

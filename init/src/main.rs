@@ -7,6 +7,7 @@
 mod bless;
 mod disks;
 mod dm;
+mod grow;
 mod initrd;
 mod input;
 mod log;

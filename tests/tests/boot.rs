@@ -110,6 +110,14 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     let m = manifest(image);
     let usrhash = m["usr"]["usrhash"].as_str().unwrap();
     assert_eq!(entries(&disk), ["herd-a+3-0.conf"]);
+    // A bigger disk than the image: STATE must grow to fill it on first boot.
+    let grown = fs::metadata(&disk).unwrap().len() + (512 << 20);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(grown)
+        .unwrap();
 
     // First boot, with a TPM and a forward from the host to the guest's httpd.
     let port = free_port();
@@ -134,6 +142,17 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     vm1.wait_for("probe: usr-write refused", BOOT).unwrap();
     vm1.wait_for("probe: var first boot", BOOT).unwrap();
     vm1.wait_for("probe: wrote /var", BOOT).unwrap();
+    vm1.wait_for("herd-init: STATE grown to fill the disk", BOOT)
+        .unwrap();
+    let df = vm1.wait_for("probe: var-size", BOOT).unwrap();
+    // "... var-size /dev/vda6 <1K-blocks> <used> <available> ..."
+    let kib: u64 = df
+        .split_whitespace()
+        .skip_while(|w| !w.starts_with("/dev/"))
+        .nth(1)
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0);
+    assert!(kib > 500_000, "/var did not grow: {df}");
     // DHCP from QEMU's user network, the TPM is visible, a forward works.
     vm1.wait_for("probe: dhcp 10.0.2.15/24", BOOT).unwrap();
     vm1.wait_for("probe: tpm [tpm0]", BOOT).unwrap();
@@ -149,6 +168,9 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
 
     // The boot loader counted the try, herd-init blessed it: no counter left.
     assert_eq!(entries(&disk), ["herd-a.conf"]);
+    // The grown partition table is valid, backup header at the new end.
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&disk));
+    assert!(v.contains("No problems found"), "{v}");
 
     // Second boot: /var kept what the first boot wrote.
     let vm2 = vm(&disk, &tmp.path().join("boot2.log"), OnReboot::Exit);
