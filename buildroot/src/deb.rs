@@ -12,7 +12,7 @@ use crate::Error;
 /// A package with its decompressed data archive in memory.
 pub struct Deb {
     path: PathBuf,
-    tar: Vec<u8>,
+    tar: Arc<Vec<u8>>,
 }
 
 /// One entry of the data archive.
@@ -75,7 +75,7 @@ impl Deb {
                 r.map_err(|e| bad(format!("decompressing {name}: {e}")))?;
                 return Ok(Deb {
                     path: path.to_path_buf(),
-                    tar,
+                    tar: Arc::new(tar),
                 });
             }
             pos = end + (end % 2);
@@ -85,12 +85,20 @@ impl Deb {
 
     /// A package whose data archive was decompressed before.
     pub fn from_tar(path: PathBuf, tar: Vec<u8>) -> Deb {
-        Deb { path, tar }
+        Deb {
+            path,
+            tar: Arc::new(tar),
+        }
     }
 
     /// The decompressed data archive.
     pub fn tar(&self) -> &[u8] {
         &self.tar
+    }
+
+    /// The decompressed data archive, shared (no copy).
+    pub(crate) fn shared_tar(&self) -> Arc<Vec<u8>> {
+        self.tar.clone()
     }
 
     /// The package file.

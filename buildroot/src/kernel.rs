@@ -38,7 +38,9 @@ pub struct KernelPackage {
     pub vmlinuz: Arc<[u8]>,
     /// The kernel's build configuration.
     pub config: String,
-    modules: BTreeMap<String, ModuleFile>,
+    /// Module name → (path below the modules directory, bytes in `tar`).
+    modules: BTreeMap<String, (String, std::ops::Range<usize>)>,
+    tar: Arc<Vec<u8>>,
     builtin: BTreeSet<String>,
 }
 
@@ -97,19 +99,16 @@ impl KernelPackage {
                     .collect()
             })
             .unwrap_or_default();
+        let tar = deb.shared_tar();
+        let base_ptr = tar.as_ptr() as usize;
         let mut modules = BTreeMap::new();
         for (p, e) in &entries {
             if let (Some(rel), Entry::File { data, .. }) = (p.strip_prefix(mod_dir.as_str()), e) {
                 if let Some(base) = rel.rsplit('/').next().and_then(|b| b.strip_suffix(".ko")) {
                     let name = canonical(base);
-                    modules.insert(
-                        name.clone(),
-                        ModuleFile {
-                            name,
-                            path: rel.to_string(),
-                            data: Arc::from(*data),
-                        },
-                    );
+                    // Entry data are slices of the package's archive.
+                    let start = data.as_ptr() as usize - base_ptr;
+                    modules.insert(name, (rel.to_string(), start..start + data.len()));
                 }
             }
         }
@@ -118,13 +117,14 @@ impl KernelPackage {
             vmlinuz: Arc::from(vmlinuz),
             config,
             modules,
+            tar,
             builtin,
         })
     }
 
-    fn depends(&self, m: &ModuleFile) -> Result<Vec<String>, Error> {
-        let info = elf::modinfo(&m.data)
-            .ok_or_else(|| Error::Kernel(format!("{} has no readable .modinfo section", m.path)))?;
+    fn depends(&self, path: &str, data: &[u8]) -> Result<Vec<String>, Error> {
+        let info = elf::modinfo(data)
+            .ok_or_else(|| Error::Kernel(format!("{path} has no readable .modinfo section")))?;
         Ok(elf::modinfo_value(info, "depends")
             .unwrap_or("")
             .split(',')
@@ -180,7 +180,7 @@ impl KernelPackage {
                 path.join(" -> ")
             )));
         }
-        let Some(m) = self.modules.get(name) else {
+        let Some((mpath, range)) = self.modules.get(name) else {
             if self.builtin.contains(name) {
                 return Ok(());
             }
@@ -190,12 +190,17 @@ impl KernelPackage {
             )));
         };
         path.push(name.to_string());
-        for d in self.depends(m)? {
+        let data = &self.tar[range.clone()];
+        for d in self.depends(mpath, data)? {
             self.visit(&d, done, path, set)?;
         }
         path.pop();
         done.insert(name.to_string());
-        set.load_order.push(m.clone());
+        set.load_order.push(ModuleFile {
+            name: name.to_string(),
+            path: mpath.clone(),
+            data: Arc::from(data),
+        });
         Ok(())
     }
 }

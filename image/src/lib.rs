@@ -9,4 +9,5 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod qcow2;
+pub mod sparse;
 pub mod state;

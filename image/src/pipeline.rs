@@ -440,7 +440,14 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     }
 
     let step = progress.step("hashing outputs");
-    let outputs = hash_outputs(&staging, &output_names)?;
+    let in_memory: [(&str, &[u8]); 5] = [
+        (names::USR, &squashfs),
+        (names::USR_VERITY, &verity.hash_area),
+        (names::KERNEL, &kernel.vmlinuz),
+        (names::INITRD, &initrd),
+        (names::BOOTLOADER, &systemd_boot),
+    ];
+    let outputs = hash_outputs(&staging, &output_names, &in_memory)?;
     step.done(&format!("{} files", outputs.len()));
 
     let partitions = table
@@ -583,18 +590,28 @@ fn initramfs(
     Ok(out)
 }
 
-fn hash_outputs(staging: &Staging, names: &[String]) -> Result<Vec<OutputInfo>> {
+/// sha256 and size of every output: payload files from the bytes still in
+/// memory, disk images from their files (holes fed from a zero buffer).
+fn hash_outputs(
+    staging: &Staging,
+    names: &[String],
+    in_memory: &[(&str, &[u8])],
+) -> Result<Vec<OutputInfo>> {
     use rayon::prelude::*;
     names
         .par_iter()
         .map(|n| {
-            let p = staging.path(n)?;
-            let mut f = File::open(&p).with_context(|| format!("reading {}", p.display()))?;
-            let mut h = Sha256::new();
-            let size = std::io::copy(&mut f, &mut h)?;
+            let (sha256, size) = match in_memory.iter().find(|(m, _)| m == n) {
+                Some((_, bytes)) => (hex::encode(Sha256::digest(bytes)), bytes.len() as u64),
+                None => {
+                    let p = staging.path(n)?;
+                    crate::sparse::sha256_file(&p)
+                        .with_context(|| format!("hashing {}", p.display()))?
+                }
+            };
             Ok(OutputInfo {
                 path: n.clone(),
-                sha256: hex::encode(h.finalize()),
+                sha256,
                 size,
             })
         })
