@@ -8,7 +8,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 fn seek(f: &File, from: u64, whence: libc::c_int) -> Option<u64> {
     // SAFETY: lseek on an open descriptor; no memory is passed.
