@@ -165,8 +165,6 @@ pub fn run() -> ! {
         "mode=1777",
     );
     let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    let n = late_modules();
-    info!("loaded {n} modules from /usr");
     let cfg = match fs::read_to_string("/usr/lib/herd/init.toml").map(|t| Config::parse(&t)) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -188,7 +186,21 @@ pub fn run() -> ! {
     if let Err(e) = sys::sethostname(&hostname) {
         info!("cannot set hostname {hostname}: {e}");
     }
-    network(&cfg, &hostname);
+    // Late modules (network, ESP, EFI variables, power button) and the
+    // network come up in the background: services do not wait for them.
+    let late_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (cfg, hostname, done) = (cfg.clone(), hostname.clone(), late_done.clone());
+        let _ = std::thread::Builder::new()
+            .name("late".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let n = late_modules();
+                info!("loaded {n} modules from /usr");
+                network(&cfg, &hostname);
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+    }
     input::watch_power_button();
     let mut sup = Supervisor::new(&cfg.services);
     sup.start_due();
