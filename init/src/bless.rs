@@ -18,7 +18,7 @@ fn var(name: &str) -> Option<String> {
 /// Blesses the running boot entry; the message says what happened.
 pub fn bless() -> Result<String, String> {
     if fs::metadata("/sys/firmware/efi").is_err() {
-        return Ok("not booted through UEFI: nothing to bless".into());
+        return Ok("nothing to bless (not booted through UEFI)".into());
     }
     if fs::read_dir(EFIVARS)
         .map(|mut d| d.next().is_none())
@@ -34,7 +34,7 @@ pub fn bless() -> Result<String, String> {
         .map_err(|e| format!("cannot mount efivarfs: {e}"))?;
     }
     let Some(path) = var("LoaderBootCountPath") else {
-        return Ok("the boot loader counts no tries for this entry (no LoaderBootCountPath): nothing to bless".into());
+        return Ok("nothing to bless (the boot loader counts no tries for this entry: no LoaderBootCountPath)".into());
     };
     let name = path.rsplit('\\').next().unwrap_or(&path).to_string();
     let blessed =
@@ -63,5 +63,5 @@ pub fn bless() -> Result<String, String> {
         .map_err(|e| format!("cannot rename {name} to {blessed} on the ESP: {e}"));
     sys::sync();
     let _ = sys::umount(ESP_MNT, 0);
-    result.map(|_| format!("boot entry {name} -> {blessed}"))
+    result.map(|_| format!("blessed boot entry {name} -> {blessed}"))
 }

@@ -11,10 +11,7 @@ use crate::{info, sys};
 const EV_KEY: u16 = 1;
 const KEY_POWER: u16 = 116;
 
-fn watch(path: String) {
-    let Ok(mut f) = std::fs::File::open(&path) else {
-        return;
-    };
+fn watch(mut f: std::fs::File) {
     let mut ev = [0u8; 24];
     while f.read_exact(&mut ev).is_ok() {
         let kind = u16::from_ne_bytes([ev[16], ev[17]]);
@@ -40,9 +37,20 @@ pub fn watch_power_button() {
                         let name = e.file_name().to_string_lossy().into_owned();
                         if name.starts_with("event") && seen.insert(name.clone()) {
                             let p = format!("/dev/input/{name}");
+                            // Open before announcing: events reach only open readers.
+                            let Ok(f) = std::fs::File::open(&p) else {
+                                continue;
+                            };
+                            let dev = std::fs::read_to_string(format!(
+                                "/sys/class/input/{name}/device/name"
+                            ))
+                            .unwrap_or_default();
+                            if dev.trim() == "Power Button" {
+                                info!("watching the power button ({p})");
+                            }
                             let _ = std::thread::Builder::new()
                                 .stack_size(64 * 1024)
-                                .spawn(move || watch(p));
+                                .spawn(move || watch(f));
                         }
                     }
                 }

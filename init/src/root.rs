@@ -236,7 +236,7 @@ pub fn run() -> ! {
         {
             blessed = true;
             match bless::bless() {
-                Ok(m) => info!("blessed: {m}"),
+                Ok(m) => info!("boot is good: {m}"),
                 Err(e) => info!("could not bless this boot: {e}"),
             }
             info!("memory: {}", own_memory());
