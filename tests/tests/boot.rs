@@ -228,3 +228,52 @@ fn corrupted_usr_fails_loudly_and_each_try_is_counted() {
         );
     }
 }
+
+#[test]
+fn wrong_root_hash_names_the_missing_partition_and_reboots() {
+    let image = probe_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, tmp.path());
+    // Point the boot entry at a root hash no partition belongs to.
+    let esp = format!("{}@@1M", disk.display());
+    let entry =
+        run_ok(Command::new("mtype").args(["-i", &esp, "::/loader/entries/herd-a+3-0.conf"]));
+    let usrhash = manifest(image)["usr"]["usrhash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrong = "0123456789abcdef".repeat(4);
+    let (old_uuid, _) = usrhash.split_at(32);
+    let old_uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &old_uuid[0..8],
+        &old_uuid[8..12],
+        &old_uuid[12..16],
+        &old_uuid[16..20],
+        &old_uuid[20..32]
+    );
+    let edited = entry
+        .replace(&usrhash, &wrong)
+        .replace(&old_uuid, "01234567-89ab-cdef-0123-456789abcdef");
+    assert_ne!(edited, entry);
+    let local = tmp.path().join("entry.conf");
+    fs::write(&local, edited).unwrap();
+    run_ok(
+        Command::new("mcopy")
+            .args(["-o", "-i", &esp])
+            .arg(&local)
+            .arg("::/loader/entries/herd-a+3-0.conf"),
+    );
+    let vm = vm(&disk, &tmp.path().join("wrong.log"), OnReboot::Exit);
+    let line = vm.wait_for("herd-init: FATAL", BOOT).unwrap();
+    assert!(
+        line.contains("USR partition") && line.contains("01234567-89ab-cdef-0123-456789abcdef"),
+        "the fatal line names what is missing: {line}"
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        entries(&disk),
+        ["herd-a+2-1.conf"],
+        "the failed try was counted"
+    );
+}
