@@ -1,0 +1,90 @@
+//! The documents: root key sets and channel releases.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{KeyId, PublicKey};
+
+/// A key set: who may sign roots and channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// Always "root".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// 1, 2, ...: each new root is signed by its own keys and the previous root's.
+    pub version: u64,
+    /// Unix seconds after which this root is not trusted for anything new.
+    pub expires: u64,
+    /// Signatures needed.
+    pub threshold: u32,
+    /// Trusted keys by id.
+    pub keys: BTreeMap<KeyId, PublicKey>,
+}
+
+/// A payload file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// sha256, hex; also its file name under `payloads/`.
+    pub sha256: String,
+    /// Exact size in bytes: downloads stop there.
+    pub size: u64,
+}
+
+/// One wave of a phased rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wave {
+    /// Seconds after the rollout start.
+    pub after_secs: u64,
+    /// Percent of nodes (0–100) that may take the release from then on.
+    pub percent: u32,
+}
+
+/// A phased rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// Unix seconds.
+    pub start: u64,
+    /// Waves, by time.
+    pub waves: Vec<Wave>,
+}
+
+/// A release of the OS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Image name.
+    pub image: String,
+    /// Version, dotted numbers (`0.2.0`).
+    pub version: String,
+    /// dm-verity root hash of `usr.img`.
+    pub usrhash: String,
+    /// Kernel command line words herd adds besides usrhash/mount.usr/slot.
+    pub cmdline: Vec<String>,
+    /// Payloads by role: `usr.img`, `usr.verity`, `linux`, `initrd`.
+    pub payloads: BTreeMap<String, Payload>,
+    /// Phased rollout; absent = everyone at once.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+}
+
+/// The current release of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    /// Always "channel".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Channel name.
+    pub channel: String,
+    /// Increases with every publication; nodes refuse to go back.
+    pub seq: u64,
+    /// Unix seconds; stale metadata is refused.
+    pub expires: u64,
+    /// The release.
+    pub release: Release,
+}

@@ -1,0 +1,246 @@
+//! What a node checks before it takes a release.
+
+use std::cmp::Ordering;
+
+use sha2::{Digest, Sha256};
+
+use crate::{Channel, Envelope, Error, Root};
+
+/// Larger metadata files are refused unread.
+pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// What a node remembers between checks (persisted in /var).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeState {
+    /// Highest channel sequence seen.
+    pub highest_seq: u64,
+    /// Installed (running) version.
+    pub installed: String,
+    /// Versions that failed to boot here.
+    pub bad: Vec<String>,
+}
+
+fn size_ok(bytes: &[u8], what: &'static str) -> Result<(), Error> {
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(Error::TooLarge {
+            what,
+            size: bytes.len() as u64,
+            limit: MAX_METADATA_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Compares dotted numeric versions (`0.10.0` > `0.9.1`); non-numeric parts
+/// compare as text.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let parts = |s: &str| {
+        s.split(['.', '-', '+'])
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (pa, pb) = (parts(a), parts(b));
+    for i in 0..pa.len().max(pb.len()) {
+        let (x, y) = (
+            pa.get(i).map(String::as_str).unwrap_or("0"),
+            pb.get(i).map(String::as_str).unwrap_or("0"),
+        );
+        let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => x.cmp(y),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+/// Walks from the trusted root through newer roots (`root/N.json`, in
+/// order): each must be signed by a threshold of the previous root's keys
+/// and of its own, and carry the next version. Returns the newest root,
+/// which must not be expired.
+pub fn verify_root_chain(trusted: &Root, newer: &[Vec<u8>], now: u64) -> Result<Root, Error> {
+    let mut cur = trusted.clone();
+    for bytes in newer {
+        size_ok(bytes, "root")?;
+        let env = Envelope::parse(bytes, "root")?;
+        env.check(&cur.keys, cur.threshold, "root (by the previous key set)")?;
+        let next: Root = env.document("root")?;
+        env.check(&next.keys, next.threshold, "root (by its own key set)")?;
+        if next.kind != "root" {
+            return Err(Error::Mismatch(format!(
+                "expected a root document, got type {:?}",
+                next.kind
+            )));
+        }
+        if next.version != cur.version + 1 {
+            return Err(Error::Mismatch(format!(
+                "root version {} does not follow version {}",
+                next.version, cur.version
+            )));
+        }
+        cur = next;
+    }
+    if cur.expires <= now {
+        return Err(Error::Expired {
+            what: "root",
+            expires: cur.expires,
+            now,
+        });
+    }
+    Ok(cur)
+}
+
+/// Verifies channel metadata against `root` and the node's state; returns
+/// the release if the node should take it now (`None`: nothing newer, or
+/// not this node's wave yet).
+pub fn verify_channel(
+    root: &Root,
+    bytes: &[u8],
+    channel: &str,
+    state: &NodeState,
+    node_id: &str,
+    now: u64,
+) -> Result<(Channel, bool), Error> {
+    size_ok(bytes, "channel metadata")?;
+    let env = Envelope::parse(bytes, "channel metadata")?;
+    env.check(&root.keys, root.threshold, "channel metadata")?;
+    let c: Channel = env.document("channel metadata")?;
+    if c.kind != "channel" || c.channel != channel {
+        return Err(Error::Mismatch(format!(
+            "expected metadata for channel {channel:?}, got {:?} of type {:?}",
+            c.channel, c.kind
+        )));
+    }
+    if c.expires <= now {
+        return Err(Error::Expired {
+            what: "channel metadata",
+            expires: c.expires,
+            now,
+        });
+    }
+    if c.seq < state.highest_seq {
+        return Err(Error::Rollback {
+            what: "channel metadata",
+            got: c.seq,
+            seen: state.highest_seq,
+        });
+    }
+    let v = &c.release.version;
+    if state.bad.contains(v) {
+        return Err(Error::KnownBad(v.clone()));
+    }
+    match compare_versions(v, &state.installed) {
+        Ordering::Less => {
+            return Err(Error::Downgrade {
+                offered: v.clone(),
+                installed: state.installed.clone(),
+            })
+        }
+        Ordering::Equal => return Ok((c, false)),
+        Ordering::Greater => {}
+    }
+    for role in ["usr.img", "usr.verity", "linux", "initrd"] {
+        let p = c
+            .release
+            .payloads
+            .get(role)
+            .ok_or_else(|| Error::Mismatch(format!("release {v} has no {role} payload")))?;
+        if p.sha256.len() != 64 || hex::decode(&p.sha256).is_err() {
+            return Err(Error::Mismatch(format!(
+                "release {v}: {role} has a malformed sha256"
+            )));
+        }
+    }
+    let take = c
+        .release
+        .rollout
+        .as_ref()
+        .is_none_or(|r| in_wave(r, node_id, v, now));
+    Ok((c, take))
+}
+
+/// Whether this node's stable bucket (from its id and the version) is inside
+/// the share the rollout allows at `now`.
+pub fn in_wave(r: &crate::Rollout, node_id: &str, version: &str, now: u64) -> bool {
+    let elapsed = now.saturating_sub(r.start);
+    if now < r.start {
+        return false;
+    }
+    let percent = r
+        .waves
+        .iter()
+        .filter(|w| w.after_secs <= elapsed)
+        .map(|w| w.percent)
+        .max()
+        .unwrap_or(0);
+    let h = Sha256::new()
+        .chain_update(node_id)
+        .chain_update([0])
+        .chain_update(version)
+        .finalize();
+    // A stable bucket in 0..10000 per node and version.
+    let bucket = u64::from_be_bytes(h[..8].try_into().unwrap()) % 10_000;
+    bucket < u64::from(percent.min(100)) * 100
+}
+
+/// Checks a payload while it streams: never more than its signed size,
+/// and its sha256 must match at the end.
+pub struct PayloadCheck {
+    role: String,
+    expected: crate::Payload,
+    hasher: Sha256,
+    seen: u64,
+}
+
+impl PayloadCheck {
+    /// Starts checking the payload `role` expected to be `expected`.
+    pub fn new(role: &str, expected: &crate::Payload) -> Self {
+        PayloadCheck {
+            role: role.to_string(),
+            expected: expected.clone(),
+            hasher: Sha256::new(),
+            seen: 0,
+        }
+    }
+
+    /// Feeds the next bytes; errors as soon as the payload is too long.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        self.seen += chunk.len() as u64;
+        if self.seen > self.expected.size {
+            return Err(Error::PayloadSize {
+                role: self.role.clone(),
+                size: self.seen,
+                expected: self.expected.size,
+            });
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    /// Bytes seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Ends the check: size and sha256 must match the signed metadata.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.seen != self.expected.size {
+            return Err(Error::PayloadSize {
+                role: self.role,
+                size: self.seen,
+                expected: self.expected.size,
+            });
+        }
+        let got = hex::encode(self.hasher.finalize());
+        if got != self.expected.sha256 {
+            return Err(Error::PayloadHash {
+                role: self.role,
+                got,
+                expected: self.expected.sha256,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! Every attack the metadata design must defeat, each refused with its own error.
+
+use std::collections::BTreeMap;
+
+use herd_release::*;
+
+const NOW: u64 = 1_800_000_000;
+
+fn root(version: u64, keys: &[&SigningKey], threshold: u32) -> Root {
+    Root {
+        kind: "root".into(),
+        version,
+        expires: NOW + 365 * 86400,
+        threshold,
+        keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
+    }
+}
+
+fn payload(data: &[u8]) -> Payload {
+    use sha2::Digest;
+    Payload {
+        sha256: hex::encode(sha2::Sha256::digest(data)),
+        size: data.len() as u64,
+    }
+}
+
+fn channel(version: &str, seq: u64, expires: u64) -> Channel {
+    let mut payloads = BTreeMap::new();
+    for role in ["usr.img", "usr.verity", "linux", "initrd"] {
+        payloads.insert(
+            role.to_string(),
+            payload(format!("{role} of {version}").as_bytes()),
+        );
+    }
+    Channel {
+        kind: "channel".into(),
+        channel: "stable".into(),
+        seq,
+        expires,
+        release: Release {
+            image: "herd".into(),
+            version: version.into(),
+            usrhash: "ab".repeat(32),
+            cmdline: vec!["console=ttyS0".into()],
+            payloads,
+            rollout: None,
+        },
+    }
+}
+
+fn state() -> NodeState {
+    NodeState {
+        highest_seq: 2,
+        installed: "0.1.0".into(),
+        bad: vec![],
+    }
+}
+
+fn signed(c: &Channel, keys: &[&SigningKey]) -> Vec<u8> {
+    Envelope::sign(c, keys).to_bytes()
+}
+
+#[test]
+fn good_metadata_is_taken() {
+    let k = SigningKey::generate().unwrap();
+    let r = root(1, &[&k], 1);
+    let (c, take) = verify_channel(
+        &r,
+        &signed(&channel("0.2.0", 3, NOW + 60), &[&k]),
+        "stable",
+        &state(),
+        "node",
+        NOW,
+    )
+    .unwrap();
+    assert!(take);
+    assert_eq!(c.release.version, "0.2.0");
+    // The same version as installed: nothing to do, not an error.
+    let mut s = state();
+    s.installed = "0.2.0".into();
+    let (_, take) = verify_channel(
+        &r,
+        &signed(&channel("0.2.0", 3, NOW + 60), &[&k]),
+        "stable",
+        &s,
+        "node",
+        NOW,
+    )
+    .unwrap();
+    assert!(!take);
+}
+
+#[test]
+fn tampered_metadata_is_refused() {
+    let k = SigningKey::generate().unwrap();
+    let r = root(1, &[&k], 1);
+    let mut env = Envelope::parse(&signed(&channel("0.2.0", 3, NOW + 60), &[&k]), "x").unwrap();
+    env.signed = env.signed.replace("0.2.0", "9.9.9");
+    let e = verify_channel(&r, &env.to_bytes(), "stable", &state(), "n", NOW).unwrap_err();
+    assert!(matches!(e, Error::Signatures { valid: 0, .. }), "{e}");
+}
+
+#[test]
+fn unknown_key_is_refused_and_named() {
+    let k = SigningKey::generate().unwrap();
+    let evil = SigningKey::generate().unwrap();
+    let r = root(1, &[&k], 1);
+    let e = verify_channel(
+        &r,
+        &signed(&channel("0.2.0", 3, NOW + 60), &[&evil]),
+        "stable",
+        &state(),
+        "n",
+        NOW,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unknown key"), "{e}");
+    // A valid signature moved under a trusted key's id does not count either.
+    let mut env = Envelope::parse(&signed(&channel("0.2.0", 3, NOW + 60), &[&evil]), "x").unwrap();
+    env.signatures[0].keyid = k.public().id();
+    assert!(verify_channel(&r, &env.to_bytes(), "stable", &state(), "n", NOW).is_err());
+}
+
+#[test]
+fn threshold_counts_distinct_keys() {
+    let (a, b) = (
+        SigningKey::generate().unwrap(),
+        SigningKey::generate().unwrap(),
+    );
+    let r = root(1, &[&a, &b], 2);
+    let ch = channel("0.2.0", 3, NOW + 60);
+    assert!(verify_channel(&r, &signed(&ch, &[&a, &a]), "stable", &state(), "n", NOW).is_err());
+    assert!(verify_channel(&r, &signed(&ch, &[&a, &b]), "stable", &state(), "n", NOW).is_ok());
+}
+
+#[test]
+fn expired_metadata_is_refused() {
+    let k = SigningKey::generate().unwrap();
+    let e = verify_channel(
+        &root(1, &[&k], 1),
+        &signed(&channel("0.2.0", 3, NOW - 1), &[&k]),
+        "stable",
+        &state(),
+        "n",
+        NOW,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Expired { .. }), "{e}");
+}
+
+#[test]
+fn rollback_and_downgrade_and_known_bad_are_refused() {
+    let k = SigningKey::generate().unwrap();
+    let r = root(1, &[&k], 1);
+    let e = verify_channel(
+        &r,
+        &signed(&channel("0.2.0", 1, NOW + 60), &[&k]),
+        "stable",
+        &state(),
+        "n",
+        NOW,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Rollback {
+                got: 1,
+                seen: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut s = state();
+    s.installed = "0.10.0".into();
+    let e = verify_channel(
+        &r,
+        &signed(&channel("0.9.0", 3, NOW + 60), &[&k]),
+        "stable",
+        &s,
+        "n",
+        NOW,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Downgrade { .. }), "{e}");
+    let mut s = state();
+    s.bad.push("0.2.0".into());
+    let e = verify_channel(
+        &r,
+        &signed(&channel("0.2.0", 3, NOW + 60), &[&k]),
+        "stable",
+        &s,
+        "n",
+        NOW,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::KnownBad(_)), "{e}");
+}
+
+#[test]
+fn oversized_and_wrong_channel_metadata_are_refused() {
+    let k = SigningKey::generate().unwrap();
+    let r = root(1, &[&k], 1);
+    let huge = vec![b' '; (MAX_METADATA_BYTES + 1) as usize];
+    assert!(matches!(
+        verify_channel(&r, &huge, "stable", &state(), "n", NOW),
+        Err(Error::TooLarge { .. })
+    ));
+    let e = verify_channel(
+        &r,
+        &signed(&channel("0.2.0", 3, NOW + 60), &[&k]),
+        "beta",
+        &state(),
+        "n",
+        NOW,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Mismatch(_)), "{e}");
+}
+
+#[test]
+fn payloads_tampered_mixed_or_endless_are_refused() {
+    let ch = channel("0.2.0", 3, NOW + 60);
+    let p = &ch.release.payloads["usr.img"];
+    let mut ok = PayloadCheck::new("usr.img", p);
+    ok.update(b"usr.img of 0.2.0").unwrap();
+    ok.finish().unwrap();
+    let mut bad = PayloadCheck::new("usr.img", p);
+    bad.update(b"usr.img of 0.2.1").unwrap();
+    assert!(matches!(bad.finish(), Err(Error::PayloadHash { .. })));
+    // A payload from another release (same size): refused by hash.
+    let other = channel("0.3.0", 4, NOW + 60);
+    let mut mixed = PayloadCheck::new("usr.img", p);
+    mixed.update(b"usr.img of 0.3.0").unwrap();
+    assert_eq!(other.release.payloads["usr.img"].size, p.size);
+    assert!(matches!(mixed.finish(), Err(Error::PayloadHash { .. })));
+    let mut endless = PayloadCheck::new("usr.img", p);
+    let e = endless.update(&vec![0u8; p.size as usize + 1]).unwrap_err();
+    assert!(matches!(e, Error::PayloadSize { .. }), "{e}");
+}
+
+#[test]
+fn keys_rotate_through_the_root_chain() {
+    let (old, new) = (
+        SigningKey::generate().unwrap(),
+        SigningKey::generate().unwrap(),
+    );
+    let r1 = root(1, &[&old], 1);
+    let r2 = root(2, &[&new], 1);
+    let good = Envelope::sign(&r2, &[&old, &new]).to_bytes();
+    let current = verify_root_chain(&r1, std::slice::from_ref(&good), NOW).unwrap();
+    assert_eq!(current.version, 2);
+    // After rotation the old key alone no longer signs channels.
+    assert!(verify_channel(
+        &current,
+        &signed(&channel("0.2.0", 3, NOW + 60), &[&old]),
+        "stable",
+        &state(),
+        "n",
+        NOW
+    )
+    .is_err());
+    assert!(verify_channel(
+        &current,
+        &signed(&channel("0.2.0", 3, NOW + 60), &[&new]),
+        "stable",
+        &state(),
+        "n",
+        NOW
+    )
+    .is_ok());
+    // A new root signed only by the new key (not the old set) is refused.
+    let e = verify_root_chain(&r1, &[Envelope::sign(&r2, &[&new]).to_bytes()], NOW).unwrap_err();
+    assert!(e.to_string().contains("previous key set"), "{e}");
+    // Skipping a version is refused.
+    let r3 = root(3, &[&new], 1);
+    assert!(verify_root_chain(&r1, &[Envelope::sign(&r3, &[&old, &new]).to_bytes()], NOW).is_err());
+    // An expired newest root is refused.
+    let mut r2x = r2.clone();
+    r2x.expires = NOW - 1;
+    assert!(matches!(
+        verify_root_chain(&r1, &[Envelope::sign(&r2x, &[&old, &new]).to_bytes()], NOW),
+        Err(Error::Expired { .. })
+    ));
+}
+
+#[test]
+fn rollout_waves_pick_stable_shares() {
+    let r = Rollout {
+        start: NOW,
+        waves: vec![
+            Wave {
+                after_secs: 0,
+                percent: 10,
+            },
+            Wave {
+                after_secs: 3600,
+                percent: 100,
+            },
+        ],
+    };
+    let early = (0..2000)
+        .filter(|i| in_wave(&r, &format!("node-{i}"), "0.2.0", NOW + 10))
+        .count();
+    assert!((100..300).contains(&early), "10% wave took {early} of 2000");
+    assert_eq!(
+        (0..200)
+            .filter(|i| in_wave(&r, &format!("node-{i}"), "0.2.0", NOW + 3600))
+            .count(),
+        200
+    );
+    assert!(!in_wave(&r, "node-1", "0.2.0", NOW - 1));
+    // Stable: the same node decides the same way every time.
+    assert_eq!(
+        in_wave(&r, "n7", "0.2.0", NOW + 5),
+        in_wave(&r, "n7", "0.2.0", NOW + 5)
+    );
+}
+
+#[test]
+fn key_files_are_private_and_never_overwritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k.json");
+    let k = SigningKey::generate().unwrap();
+    k.save(&p).unwrap();
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(SigningKey::load(&p).unwrap().public(), k.public());
+    let e = SigningKey::generate().unwrap().save(&p).unwrap_err();
+    assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+    assert_eq!(SigningKey::load(&p).unwrap().public(), k.public());
+}
