@@ -8,6 +8,8 @@ pub mod manifest;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod publish;
 pub mod qcow2;
+pub mod serve;
 pub mod sparse;
 pub mod state;

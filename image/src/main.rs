@@ -41,6 +41,208 @@ enum Command {
     /// Boot a disk image in QEMU (UEFI with OVMF, serial console on stdout).
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Manage release signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Publish signed releases into a static release repository.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Serve a release repository over HTTP (for local use and tests).
+    Serve(ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new ed25519 signing key pair (file mode 0600; never overwrites).
+    Generate {
+        /// Key file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print a key's public half and id.
+    Show {
+        /// Key file.
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Start a repository whose first key set is the given keys.
+    Init {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Signing key(s) of the first key set (repeatable).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        /// Signatures required on metadata.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// Days the key set stays valid.
+        #[arg(long, default_value_t = 3650)]
+        expires_days: u64,
+    },
+    /// Add a built image's update payload (usr.img, usr.verity, kernel,
+    /// initramfs) to the repository and make it the channel's release.
+    Publish {
+        /// Output directory of `herd build` (with build.json).
+        #[arg(long, value_name = "DIR")]
+        image_out: PathBuf,
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Channel name.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Signing key(s) (repeatable; enough for the threshold).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        /// Days the metadata stays valid; nodes refuse it afterwards, so
+        /// publish (or re-sign) before then.
+        #[arg(long, default_value_t = 30)]
+        expires_days: u64,
+        /// Phased rollout: SECONDS:PERCENT waves from now, e.g. 0:10,3600:50,7200:100.
+        #[arg(long, value_name = "WAVES")]
+        rollout: Option<String>,
+    },
+    /// Replace the key set: the new set is signed by the current and the new keys.
+    Rotate {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Current key(s) (repeatable).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        /// New key(s) (repeatable).
+        #[arg(long = "new-key", value_name = "FILE", required = true)]
+        new_keys: Vec<PathBuf>,
+        /// Signatures required with the new set.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// Days the new key set stays valid.
+        #[arg(long, default_value_t = 3650)]
+        expires_days: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Repository directory.
+    repo: PathBuf,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn load_keys(files: &[PathBuf]) -> Result<Vec<herd_release::SigningKey>> {
+    files
+        .iter()
+        .map(|f| Ok(herd_release::SigningKey::load(f)?))
+        .collect()
+}
+
+fn run_key(cmd: KeyCommand) -> Result<()> {
+    match cmd {
+        KeyCommand::Generate { out } => {
+            let k = herd_release::SigningKey::generate()?;
+            k.save(&out)?;
+            println!("wrote {} (key id {})", out.display(), k.public().id());
+        }
+        KeyCommand::Show { key } => {
+            let k = herd_release::SigningKey::load(&key)?;
+            println!(
+                "public {}
+id {}",
+                k.public().0,
+                k.public().id()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_release(cmd: ReleaseCommand) -> Result<()> {
+    const DAY: u64 = 86_400;
+    match cmd {
+        ReleaseCommand::Init {
+            repo,
+            keys,
+            threshold,
+            expires_days,
+        } => {
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
+            let root =
+                herd_release::Repo::at(&repo).init(&refs, threshold, now() + expires_days * DAY)?;
+            println!(
+                "created {} with key set 1 ({} keys, threshold {})",
+                repo.display(),
+                root.keys.len(),
+                root.threshold
+            );
+        }
+        ReleaseCommand::Publish {
+            image_out,
+            repo,
+            channel,
+            keys,
+            expires_days,
+            rollout,
+        } => {
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
+            let t = now();
+            let rollout = rollout
+                .map(|r| herd::publish::parse_rollout(&r, t))
+                .transpose()?;
+            let c = herd::publish::publish(
+                &image_out,
+                &herd_release::Repo::at(&repo),
+                &channel,
+                &refs,
+                t,
+                t + expires_days * DAY,
+                rollout,
+            )?;
+            println!(
+                "published {} {} on channel {} (sequence {}, expires in {} days)",
+                c.release.image, c.release.version, c.channel, c.seq, expires_days
+            );
+        }
+        ReleaseCommand::Rotate {
+            repo,
+            keys,
+            new_keys,
+            threshold,
+            expires_days,
+        } => {
+            let (old, new) = (load_keys(&keys)?, load_keys(&new_keys)?);
+            let (o, n): (Vec<_>, Vec<_>) = (old.iter().collect(), new.iter().collect());
+            let t = now();
+            let root = herd_release::Repo::at(&repo).rotate(
+                &o,
+                &n,
+                threshold,
+                t,
+                t + expires_days * DAY,
+            )?;
+            println!(
+                "key set {} is now current ({} keys, threshold {})",
+                root.version,
+                root.keys.len(),
+                root.threshold
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -236,6 +438,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
         Command::Vm(VmCommand::Run(a)) => run_vm(a),
+        Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),
+        Command::Release(r) => run_release(r).map(|()| ExitCode::SUCCESS),
+        Command::Serve(a) => herd::serve::serve(&a.repo, &a.listen).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,103 @@
+//! `herd release publish`: a built image's update payload into a release
+//! repository.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use herd_release::{Release, Repo, Rollout, SigningKey, Wave};
+
+use crate::manifest::Manifest;
+
+/// Payload roles and the build outputs they come from.
+pub const ROLES: [(&str, &str); 4] = [
+    ("usr.img", crate::pipeline::names::USR),
+    ("usr.verity", crate::pipeline::names::USR_VERITY),
+    ("linux", crate::pipeline::names::KERNEL),
+    ("initrd", crate::pipeline::names::INITRD),
+];
+
+/// Parses `SECS:PERCENT,SECS:PERCENT` (e.g. `0:10,3600:100`).
+pub fn parse_rollout(s: &str, start: u64) -> Result<Rollout> {
+    let mut waves = Vec::new();
+    for w in s.split(',') {
+        let (a, p) = w
+            .split_once(':')
+            .with_context(|| format!("rollout wave {w:?}: write SECONDS:PERCENT"))?;
+        let percent: u32 = p
+            .trim()
+            .parse()
+            .with_context(|| format!("rollout wave {w:?}: bad percent"))?;
+        if percent > 100 {
+            bail!("rollout wave {w:?}: percent must be 0-100");
+        }
+        waves.push(Wave {
+            after_secs: a
+                .trim()
+                .parse()
+                .with_context(|| format!("rollout wave {w:?}: bad seconds"))?,
+            percent,
+        });
+    }
+    Ok(Rollout { start, waves })
+}
+
+/// Publishes the build in `image_out` on `channel`.
+pub fn publish(
+    image_out: &Path,
+    repo: &Repo,
+    channel: &str,
+    keys: &[&SigningKey],
+    now: u64,
+    expires: u64,
+    rollout: Option<Rollout>,
+) -> Result<herd_release::Channel> {
+    // A missing or broken repository is the first thing to say.
+    repo.current_root(now)?;
+    let mpath = image_out.join("build.json");
+    let text = std::fs::read_to_string(&mpath).with_context(|| {
+        format!(
+            "{} is not a finished build (no build.json): run `herd build` first",
+            image_out.display()
+        )
+    })?;
+    let m: Manifest =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", mpath.display()))?;
+    let mut payloads = std::collections::BTreeMap::new();
+    for (role, file) in ROLES {
+        let out = m
+            .outputs
+            .iter()
+            .find(|o| o.path == file)
+            .with_context(|| format!("build.json lists no {file}"))?;
+        let p = repo.add_payload(&image_out.join(file))?;
+        if p.sha256 != out.sha256 {
+            bail!(
+                "{} changed since the build (sha256 {} but build.json says {}): rebuild",
+                file,
+                p.sha256,
+                out.sha256
+            );
+        }
+        payloads.insert(role.to_string(), p);
+    }
+    // The entry's extra command line: what the build added after herd's own words.
+    let cmdline = m
+        .cmdline
+        .split_whitespace()
+        .filter(|w| {
+            !w.starts_with("usrhash=")
+                && !w.starts_with("mount.usr=")
+                && !w.starts_with("herd.slot=")
+        })
+        .map(str::to_string)
+        .collect();
+    let release = Release {
+        image: m.name.clone(),
+        version: m.version.clone(),
+        usrhash: m.usr.usrhash.clone(),
+        cmdline,
+        payloads,
+        rollout,
+    };
+    Ok(repo.publish(channel, release, keys, now, expires)?)
+}

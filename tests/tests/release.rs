@@ -1,0 +1,238 @@
+//! Publishing signed releases and serving them: `herd key`, `herd release`,
+//! `herd serve`, checked with herd-release's node-side verification.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use herd_release::{verify_channel, verify_root_chain, Envelope, NodeState, Root};
+use herd_tests::*;
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(repo: &Path) -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(herd())
+        .arg("serve")
+        .arg(repo)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Server(child), port)
+}
+
+/// (status line, body) of a GET with optional extra headers.
+fn get(port: u16, path: &str, headers: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n{headers}\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    (
+        head.lines().next().unwrap().to_string(),
+        all[split + 4..].to_vec(),
+    )
+}
+
+fn herd_ok(args: &[&str]) -> String {
+    run_ok(Command::new(herd()).args(args))
+}
+
+#[test]
+fn publish_serve_verify_rotate() {
+    let image = default_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key.json");
+    let key_s = key.to_str().unwrap();
+    herd_ok(&["key", "generate", "--out", key_s]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let again = run(Command::new(herd()).args(["key", "generate", "--out", key_s]));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+
+    let repo = tmp.path().join("repo");
+    let repo_s = repo.to_str().unwrap();
+    herd_ok(&["release", "init", "--repo", repo_s, "--key", key_s]);
+    let out = herd_ok(&[
+        "release",
+        "publish",
+        "--image-out",
+        image.to_str().unwrap(),
+        "--repo",
+        repo_s,
+        "--key",
+        key_s,
+    ]);
+    assert!(out.contains("sequence 1"), "{out}");
+
+    let (_srv, port) = serve(&repo);
+    let (status, root1) = get(port, "/root/1.json", "");
+    assert!(status.contains("200"), "{status}");
+    let env = Envelope::parse(&root1, "root").unwrap();
+    let trusted: Root = env.document("root").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (status, chan) = get(port, "/channels/stable.json", "");
+    assert!(status.contains("200"));
+    let state = NodeState {
+        highest_seq: 0,
+        installed: "0.0.1".into(),
+        bad: vec![],
+    };
+    let (c, take) = verify_channel(&trusted, &chan, "stable", &state, "node-1", now).unwrap();
+    assert!(take);
+    let m = manifest(image);
+    assert_eq!(c.release.usrhash, m["usr"]["usrhash"].as_str().unwrap());
+    assert_eq!(c.release.version, "0.1.0");
+
+    // Payloads are content-addressed and served with byte ranges (resume).
+    let usr = &c.release.payloads["usr.img"];
+    let (status, body) = get(port, &format!("/payloads/{}", usr.sha256), "");
+    assert!(status.contains("200"));
+    assert_eq!(body.len() as u64, usr.size);
+    let whole = std::fs::read(image.join("usr.img")).unwrap();
+    assert!(body == whole);
+    let (status, tail) = get(
+        port,
+        &format!("/payloads/{}", usr.sha256),
+        "Range: bytes=4096-\r\n",
+    );
+    assert!(status.contains("206"), "{status}");
+    assert!(tail == whole[4096..]);
+    let (status, _) = get(port, "/../../etc/passwd", "");
+    assert!(status.contains("404"), "{status}");
+
+    // Publishing again moves the sequence forward.
+    let out = herd_ok(&[
+        "release",
+        "publish",
+        "--image-out",
+        image.to_str().unwrap(),
+        "--repo",
+        repo_s,
+        "--key",
+        key_s,
+    ]);
+    assert!(out.contains("sequence 2"), "{out}");
+
+    // Rotate to a new key; the node follows the root chain; the old key alone is refused now.
+    let key2 = tmp.path().join("key2.json");
+    herd_ok(&["key", "generate", "--out", key2.to_str().unwrap()]);
+    herd_ok(&[
+        "release",
+        "rotate",
+        "--repo",
+        repo_s,
+        "--key",
+        key_s,
+        "--new-key",
+        key2.to_str().unwrap(),
+    ]);
+    let refused = run(Command::new(herd()).args([
+        "release",
+        "publish",
+        "--image-out",
+        image.to_str().unwrap(),
+        "--repo",
+        repo_s,
+        "--key",
+        key_s,
+    ]));
+    assert!(
+        !refused.status.success(),
+        "the rotated-out key could still publish"
+    );
+    herd_ok(&[
+        "release",
+        "publish",
+        "--image-out",
+        image.to_str().unwrap(),
+        "--repo",
+        repo_s,
+        "--key",
+        key2.to_str().unwrap(),
+    ]);
+    let (_, root2) = get(port, "/root/2.json", "");
+    let current = verify_root_chain(&trusted, &[root2], now).unwrap();
+    let (_, chan) = get(port, "/channels/stable.json", "");
+    let (c, _) = verify_channel(&current, &chan, "stable", &state, "node-1", now).unwrap();
+    assert_eq!(c.seq, 3);
+    assert!(verify_channel(&trusted, &chan, "stable", &state, "node-1", now).is_err());
+}
+
+#[test]
+fn publish_without_a_build_is_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("k.json");
+    herd_ok(&["key", "generate", "--out", key.to_str().unwrap()]);
+    let repo = tmp.path().join("repo");
+    let o = run(Command::new(herd())
+        .args([
+            "release",
+            "publish",
+            "--image-out",
+            "/nonexistent",
+            "--repo",
+        ])
+        .arg(&repo)
+        .arg("--key")
+        .arg(&key));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("herd release init"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    herd_ok(&[
+        "release",
+        "init",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let o = run(Command::new(herd())
+        .args([
+            "release",
+            "publish",
+            "--image-out",
+            "/nonexistent",
+            "--repo",
+        ])
+        .arg(&repo)
+        .arg("--key")
+        .arg(&key));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a finished build"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
