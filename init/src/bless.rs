@@ -6,7 +6,9 @@ use std::fs;
 use herd_gpt::{types, Guid};
 use herd_init::bootcount::{blessed_name, decode_efivar_utf16, LOADER_GUID};
 
-use crate::{disks, sys};
+use herd_init::disks;
+
+use crate::sys;
 
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 const ESP_MNT: &str = "/run/herd/esp";

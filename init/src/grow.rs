@@ -8,8 +8,8 @@ use std::io::{Seek, SeekFrom};
 
 use herd_gpt::{attrs, Table};
 
-use crate::disks::Part;
 use crate::sys;
+use herd_init::disks::Part;
 
 const BLKPG: libc::c_ulong = 0x1269;
 const BLKPG_RESIZE_PARTITION: libc::c_int = 3;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use herd_gpt::{types, Guid};
 use herd_init::cmdline::Cmdline;
 
-use crate::{disks, dm, fatal, grow, info, modules, sys};
+use herd_init::disks;
+
+use crate::{dm, fatal, grow, info, modules, sys};
 
 const MS_RDONLY: libc::c_ulong = libc::MS_RDONLY;
 const PART_WAIT: Duration = Duration::from_secs(15);

@@ -6,3 +6,4 @@ pub mod backoff;
 pub mod bootcount;
 pub mod cmdline;
 pub mod config;
+pub mod disks;

@@ -5,7 +5,6 @@
 //! SIGINT (Ctrl-Alt-Del), SIGUSR1 → reboot.
 
 mod bless;
-mod disks;
 mod dm;
 mod grow;
 mod initrd;
