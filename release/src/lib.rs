@@ -11,11 +11,13 @@
 mod envelope;
 mod key;
 mod metadata;
+mod repo;
 mod verify;
 
 pub use envelope::{Envelope, Signature};
 pub use key::{KeyId, PublicKey, SigningKey};
 pub use metadata::{Channel, Payload, Release, Rollout, Root, Wave};
+pub use repo::Repo;
 pub use verify::{
     compare_versions, in_wave, verify_channel, verify_root_chain, NodeState, PayloadCheck,
     MAX_METADATA_BYTES,

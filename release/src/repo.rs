@@ -1,0 +1,231 @@
+//! A static release repository on disk: what `herd release` writes and any
+//! HTTP server can serve.
+//!
+//! ```text
+//! root/1.json, root/2.json, ...   key sets (envelopes)
+//! channels/<channel>.json         the channel's current release (envelope)
+//! payloads/<sha256>               payload files, content-addressed
+//! ```
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::{verify_root_chain, Channel, Envelope, Error, Payload, Release, Root, SigningKey};
+
+/// A repository directory.
+pub struct Repo {
+    dir: PathBuf,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming {} into place", path.display())))
+}
+
+impl Repo {
+    /// The repository at `dir` (not checked yet).
+    pub fn at(dir: &Path) -> Repo {
+        Repo {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn root_path(&self, n: u64) -> PathBuf {
+        self.dir.join(format!("root/{n}.json"))
+    }
+
+    /// Path of a channel's metadata.
+    pub fn channel_path(&self, channel: &str) -> PathBuf {
+        self.dir.join(format!("channels/{channel}.json"))
+    }
+
+    /// Creates a new repository whose first key set is `keys` (all sign).
+    pub fn init(&self, keys: &[&SigningKey], threshold: u32, expires: u64) -> Result<Root, Error> {
+        if self.root_path(1).exists() {
+            return Err(Error::Mismatch(format!(
+                "{} already holds a repository (root/1.json exists)",
+                self.dir.display()
+            )));
+        }
+        let root = Root {
+            kind: "root".into(),
+            version: 1,
+            expires,
+            threshold,
+            keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
+        };
+        if threshold == 0 || threshold as usize > root.keys.len() {
+            return Err(Error::Mismatch(format!(
+                "threshold {threshold} is not between 1 and {} keys",
+                root.keys.len()
+            )));
+        }
+        write_atomic(&self.root_path(1), &Envelope::sign(&root, keys).to_bytes())?;
+        Ok(root)
+    }
+
+    /// Every root file's bytes, 1.json first.
+    pub fn root_files(&self) -> Result<Vec<Vec<u8>>, Error> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            match std::fs::read(self.root_path(n)) {
+                Ok(b) => out.push(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(io(format!("reading {}", self.root_path(n).display()))(e)),
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::Mismatch(format!(
+                "{} is not a release repository (no root/1.json): run `herd release init` first",
+                self.dir.display()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The current key set, verified from root 1 (trusted as the repository's own start).
+    pub fn current_root(&self, now: u64) -> Result<Root, Error> {
+        let files = self.root_files()?;
+        let env = Envelope::parse(&files[0], "root")?;
+        let first: Root = env.document("root")?;
+        env.check(&first.keys, first.threshold, "root 1 (self-signed)")?;
+        verify_root_chain(&first, &files[1..], now)
+    }
+
+    /// Adds a key set signed by the current one and by itself.
+    pub fn rotate(
+        &self,
+        old: &[&SigningKey],
+        new: &[&SigningKey],
+        threshold: u32,
+        now: u64,
+        expires: u64,
+    ) -> Result<Root, Error> {
+        let cur = self.current_root(now)?;
+        let root = Root {
+            kind: "root".into(),
+            version: cur.version + 1,
+            expires,
+            threshold,
+            keys: new.iter().map(|k| (k.public().id(), k.public())).collect(),
+        };
+        let mut signers: Vec<&SigningKey> = old.to_vec();
+        signers.extend_from_slice(new);
+        let env = Envelope::sign(&root, &signers);
+        env.check(
+            &cur.keys,
+            cur.threshold,
+            "new root (by the current key set)",
+        )?;
+        write_atomic(&self.root_path(root.version), &env.to_bytes())?;
+        Ok(root)
+    }
+
+    /// Copies a payload file into `payloads/<sha256>`, hashing as it goes.
+    pub fn add_payload(&self, file: &Path) -> Result<Payload, Error> {
+        let mut f = std::fs::File::open(file).map_err(io(format!("reading {}", file.display())))?;
+        let dir = self.dir.join("payloads");
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let tmp = tempfile_in(&dir)?;
+        let mut out =
+            std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(io(format!("reading {}", file.display())))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(io(format!("writing {}", tmp.display())))?;
+            size += n as u64;
+        }
+        out.sync_all()
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        let sha256 = hex::encode(h.finalize());
+        std::fs::rename(&tmp, dir.join(&sha256)).map_err(io("storing the payload"))?;
+        Ok(Payload { sha256, size })
+    }
+
+    /// The current channel document, verified against the current root.
+    pub fn channel(&self, channel: &str, now: u64) -> Result<Option<Channel>, Error> {
+        let p = self.channel_path(channel);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(format!("reading {}", p.display()))(e)),
+        };
+        let root = self.current_root(now)?;
+        let env = Envelope::parse(&bytes, "channel metadata")?;
+        env.check(&root.keys, root.threshold, "channel metadata")?;
+        env.document("channel metadata").map(Some)
+    }
+
+    /// Publishes `release` on `channel` with the next sequence number.
+    pub fn publish(
+        &self,
+        channel: &str,
+        release: Release,
+        keys: &[&SigningKey],
+        now: u64,
+        expires: u64,
+    ) -> Result<Channel, Error> {
+        let root = self.current_root(now)?;
+        let seq = match self.channel(channel, now) {
+            Ok(Some(c)) => c.seq + 1,
+            Ok(None) => 1,
+            // Metadata from a rotated-out key set: still move forward.
+            Err(Error::Signatures { .. }) => self.unverified_seq(channel)? + 1,
+            Err(e) => return Err(e),
+        };
+        let c = Channel {
+            kind: "channel".into(),
+            channel: channel.into(),
+            seq,
+            expires,
+            release,
+        };
+        let env = Envelope::sign(&c, keys);
+        env.check(
+            &root.keys,
+            root.threshold,
+            "the new channel metadata (with the keys given)",
+        )?;
+        write_atomic(&self.channel_path(channel), &env.to_bytes())?;
+        Ok(c)
+    }
+
+    fn unverified_seq(&self, channel: &str) -> Result<u64, Error> {
+        let bytes = std::fs::read(self.channel_path(channel)).map_err(io("reading the channel"))?;
+        let c: Channel =
+            Envelope::parse(&bytes, "channel metadata")?.document("channel metadata")?;
+        Ok(c.seq)
+    }
+}
+
+fn tempfile_in(dir: &Path) -> Result<PathBuf, Error> {
+    let mut seed = [0u8; 8];
+    getrandom::getrandom(&mut seed).map_err(|e| Error::Io {
+        what: "random".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(dir.join(format!(".incoming-{}", hex::encode(seed))))
+}
