@@ -115,6 +115,12 @@ pub struct ImageConfig {
     /// herd-init's configuration, written to `/usr/lib/herd/init.toml`.
     #[serde(default)]
     pub init: Option<toml::Table>,
+    /// herd-update's configuration, written to `/usr/lib/herd/update.toml`;
+    /// its `root` key names the release repository's trusted key set
+    /// (`root/1.json`, relative to this file), baked in as
+    /// `/usr/lib/herd/update-root.json`.
+    #[serde(default)]
+    pub update: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,12 +229,16 @@ pub struct UsrPackage {
     pub files: std::collections::BTreeMap<String, String>,
 }
 
-/// A file with literal content, at a path below `/usr`.
+/// A file at a path below `/usr`: literal `content`, or the bytes of a
+/// `source` file on the build host (relative to the image description).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsrFile {
     pub path: String,
-    pub content: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub source: Option<PathBuf>,
     #[serde(default = "default_file_mode")]
     pub mode: u16,
 }

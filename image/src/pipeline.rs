@@ -95,6 +95,11 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         None => String::new(),
     };
 
+    let update = match &cfg.update {
+        Some(table) => Some(update_files(table, &opts.image_toml)?),
+        None => None,
+    };
+
     let staging = Staging::create(&opts.out)?;
 
     // ---- packages -------------------------------------------------------
@@ -192,6 +197,10 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         0o644,
     )?;
     usr.insert_file("lib/herd/init.toml", init_toml.into_bytes(), 0o644)?;
+    if let Some((config, root)) = &update {
+        usr.insert_file("lib/herd/update.toml", config.clone().into_bytes(), 0o644)?;
+        usr.insert_file("lib/herd/update-root.json", root.clone(), 0o644)?;
+    }
     usr.insert_file(
         "share/factory/etc/hostname",
         format!("{name}\n").into_bytes(),
@@ -214,7 +223,25 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         }
     }
     for f in &cfg.usr.file {
-        usr.insert_file(&f.path, f.content.clone().into_bytes(), f.mode)?;
+        let bytes = match (&f.content, &f.source) {
+            (Some(c), None) => c.clone().into_bytes(),
+            (None, Some(src)) => {
+                let src = opts.image_toml.parent().unwrap_or(Path::new(".")).join(src);
+                std::fs::read(&src).with_context(|| {
+                    format!(
+                        "[[usr.file]] {}: cannot read its source {}",
+                        f.path,
+                        src.display()
+                    )
+                })?
+            }
+            _ => bail!(
+                "{}: [[usr.file]] {} needs exactly one of content = \"...\" or source = \"path\"",
+                opts.image_toml.display(),
+                f.path
+            ),
+        };
+        usr.insert_file(&f.path, bytes, f.mode)?;
     }
     usr.set_mtime_all(mtime);
     let usr_files = usr.walk().len() as u64;
@@ -506,6 +533,31 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         human_bytes(manifest.usr.verity_bytes),
     ));
     Ok(manifest)
+}
+
+/// The `[update]` table: herd-update's config text (checked with
+/// herd-update's own type) and the trusted root key set it names.
+fn update_files(table: &toml::Table, image_toml: &Path) -> Result<(String, Vec<u8>)> {
+    let mut t = table.clone();
+    let root = match t.remove("root") {
+        Some(toml::Value::String(r)) => image_toml.parent().unwrap_or(Path::new(".")).join(r),
+        _ => bail!(
+            "{}: [update] needs root = \"path/to/root/1.json\": the release repository's first key set (herd release init makes it)",
+            image_toml.display()
+        ),
+    };
+    let text = toml::to_string(&t).context("serialising [update]")?;
+    herd_update::config::UpdateConfig::parse(&text).with_context(|| {
+        format!(
+            "{}: [update] is not a valid herd-update configuration",
+            image_toml.display()
+        )
+    })?;
+    let bytes = std::fs::read(&root)
+        .with_context(|| format!("[update] root: cannot read {}", root.display()))?;
+    herd_update::apply::check_root_bytes(&bytes)
+        .with_context(|| format!("[update] root {}", root.display()))?;
+    Ok((text, bytes))
 }
 
 fn spec(

@@ -138,9 +138,19 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
     for f in &cfg.forwards {
         net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
     }
+    if !cfg.guest_forwards.is_empty() && which("busybox").is_none() {
+        return Err(Error::Missing {
+            what: "busybox (relays guest forwards)",
+            path: "$PATH".into(),
+            package: "busybox-static",
+        });
+    }
     for g in &cfg.guest_forwards {
+        // A `tcp:` chardev carries one connection for the VM's lifetime; a
+        // command is started per guest connection, so every connection
+        // (and every reboot) gets its own relay to the host's loopback.
         net.push_str(&format!(
-            ",guestfwd=tcp:10.0.2.100:{}-tcp:127.0.0.1:{}",
+            ",guestfwd=tcp:10.0.2.100:{}-cmd:busybox nc 127.0.0.1 {}",
             g.guest, g.host
         ));
     }

@@ -10,7 +10,7 @@ mod superblock;
 mod tree;
 
 pub use superblock::Superblock;
-pub use tree::{build, hash_area_size, verify, Tree};
+pub use tree::{build, hash_area_size, verify, StreamVerifier, Tree};
 
 /// Parameters of a hash tree.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,391 @@
+//! Over-the-air updates end to end: a node running 0.1.0 from slot A takes
+//! 0.2.0 from a repository served on the host's loopback (reached through a
+//! guestfwd), reboots into slot B, blesses it; then a broken 0.3.0 (its
+//! initramfs cannot set up dm-verity) is tried in slot A until the boot
+//! loader's tries run out, the node falls back to 0.2.0 by itself and
+//! marks 0.3.0 bad.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use herd_qemu::{GuestForward, OnReboot, Vm, VmConfig};
+use herd_tests::*;
+
+const BOOT: Duration = Duration::from_secs(180);
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn herd_ok(args: &[&str]) -> String {
+    run_ok(Command::new(herd()).args(args))
+}
+
+/// An image description: the probe image plus the updater, at `version`.
+fn image_toml(dir: &Path, version: &str, root: &Path, broken: bool) -> PathBuf {
+    image_toml_with(dir, version, root, broken, None)
+}
+
+/// Same, with `extra` (a host file) carried as /usr/share/ballast.
+fn image_toml_with(
+    dir: &Path,
+    version: &str,
+    root: &Path,
+    broken: bool,
+    extra: Option<&Path>,
+) -> PathBuf {
+    let probe = std::fs::read_to_string(workspace().join("tests/images/probe.toml")).unwrap();
+    let lock = workspace().join("buildroot/debian.lock");
+    let mut t = probe
+        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+        .replace(
+            "lock = \"../../buildroot/debian.lock\"",
+            &format!("lock = {:?}", lock.to_str().unwrap()),
+        )
+        .replace(
+            "binaries = [\"herd-init\"]",
+            "binaries = [\"herd-init\", \"herd-update\"]",
+        );
+    if broken {
+        // A release that cannot boot: no dm-verity module in its initramfs.
+        t = t.replace(
+            "initrd_modules = [\"virtio_pci\", \"virtio_blk\", \"dm-verity\", \"squashfs\"]",
+            "initrd_modules = [\"virtio_pci\", \"virtio_blk\", \"squashfs\"]",
+        );
+    }
+    t.push_str(&format!(
+        "\n[[init.service]]\nname = \"updater\"\nexec = [\"/usr/bin/herd-update\", \"run\"]\n\n\
+         [update]\nrepository = \"http://10.0.2.100:8080\"\nchannel = \"stable\"\ninterval_secs = 2\nroot = {:?}\n",
+        root.to_str().unwrap()
+    ));
+    if let Some(x) = extra {
+        t.push_str(&format!(
+            "\n[[usr.file]]\npath = \"share/ballast\"\nsource = {:?}\n",
+            x.to_str().unwrap()
+        ));
+    }
+    let p = dir.join(format!("image-{version}.toml"));
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+fn build(toml: &Path, out: &Path) {
+    run_ok(herd_build(toml, out, 1_700_000_000).arg("--quiet"));
+}
+
+fn entries(disk: &Path) -> Vec<String> {
+    run_ok(
+        Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(format!("{}@@1M", disk.display()))
+            .arg("::/loader/entries"),
+    )
+    .lines()
+    .filter_map(|l| l.rsplit('/').next())
+    .filter(|n| n.ends_with(".conf"))
+    .map(str::to_string)
+    .collect()
+}
+
+/// A release repository with its key, served on 127.0.0.1.
+struct Repo {
+    dir: PathBuf,
+    key: PathBuf,
+    port: u16,
+    _srv: Server,
+}
+
+impl Repo {
+    fn new(d: &Path, name: &str) -> Repo {
+        let key = d.join(format!("{name}.key"));
+        herd_ok(&["key", "generate", "--out", key.to_str().unwrap()]);
+        let dir = d.join(name);
+        herd_ok(&[
+            "release",
+            "init",
+            "--repo",
+            dir.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let srv = Server(
+            Command::new(herd())
+                .arg("serve")
+                .arg(&dir)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        Repo {
+            dir,
+            key,
+            port,
+            _srv: srv,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.join("root/1.json")
+    }
+
+    fn publish(&self, out: &Path, extra: &[&str]) {
+        let mut args = vec![
+            "release",
+            "publish",
+            "--image-out",
+            out.to_str().unwrap(),
+            "--repo",
+            self.dir.to_str().unwrap(),
+            "--key",
+            self.key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        herd_ok(&args);
+    }
+
+    fn channel(&self) -> PathBuf {
+        self.dir.join("channels/stable.json")
+    }
+
+    fn payload(&self, out: &Path, file: &str) -> PathBuf {
+        let m = manifest(out);
+        let sha = m["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["path"] == file)
+            .unwrap()["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.dir.join("payloads").join(sha)
+    }
+}
+
+fn boot(disk: &Path, port: u16, log: &Path) -> Vm {
+    let mut cfg = VmConfig::new(disk.to_path_buf());
+    cfg.memory_mib = 512;
+    cfg.on_reboot = OnReboot::Reset;
+    cfg.guest_forwards.push(GuestForward {
+        guest: 8080,
+        host: port,
+    });
+    Vm::start(&cfg, log).unwrap()
+}
+
+#[test]
+fn updates_to_slot_b_then_rolls_back_a_broken_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let r = Repo::new(d, "repo");
+    let root = r.root();
+    for (v, broken) in [("0.1.0", false), ("0.2.0", false), ("0.3.0", true)] {
+        build(
+            &image_toml(d, v, &root, broken),
+            &d.join(format!("out-{v}")),
+        );
+    }
+    let publish = |v: &str| r.publish(&d.join(format!("out-{v}")), &[]);
+    publish("0.1.0");
+    let disk = d.join("disk.raw");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(d.join("out-0.1.0/disk.raw"))
+            .arg(&disk),
+    );
+    let vm = boot(&disk, r.port, &d.join("console.log"));
+
+    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
+    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
+        .unwrap();
+
+    // 0.2.0: downloaded into slot B, verified, rebooted into, blessed.
+    publish("0.2.0");
+    vm.wait_for("updater: slot b verified against usrhash", BOOT)
+        .unwrap();
+    let ready = vm.wait_for("ready slot=b version=0.2.0", BOOT).unwrap();
+    assert!(ready.contains("herd-init: ready"), "{ready}");
+    vm.wait_for("updater: now running 0.2.0 from slot b", BOOT)
+        .unwrap();
+    vm.wait_for("blessed boot entry herd-b+2-1.conf -> herd-b.conf", BOOT)
+        .unwrap();
+
+    // 0.3.0 cannot boot: three tries, then the boot loader falls back to 0.2.0.
+    publish("0.3.0");
+    vm.wait_for("updater: herd 0.3.0 is ready in slot a", BOOT)
+        .unwrap();
+    let fatal = vm.wait_for("herd-init: FATAL", BOOT).unwrap();
+    assert!(fatal.contains("dm-verity"), "{fatal}");
+    vm.wait_for(
+        "updater: release 0.3.0 failed to boot from slot a",
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    vm.wait_for(
+        "updater: 0.3.0 is the newest release on stable but failed to boot here before: staying on 0.2.0",
+        BOOT,
+    )
+    .unwrap();
+    let lines = vm.lines();
+    let fatals = lines
+        .iter()
+        .filter(|l| l.contains("herd-init: FATAL"))
+        .count();
+    assert_eq!(fatals, 3, "the broken slot is tried exactly 3 times");
+    vm.kill();
+    let e = entries(&disk);
+    assert!(
+        e.contains(&"herd-b.conf".to_string()) && e.contains(&"herd-a+0-3.conf".to_string()),
+        "{e:?}"
+    );
+}
+
+/// Incompressible bytes, the same every run.
+fn ballast(path: &Path, mib: usize) {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut v = vec![0u8; mib << 20];
+    for w in v.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, v).unwrap();
+}
+
+#[test]
+fn refuses_every_bad_input_then_resumes_an_interrupted_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let r = Repo::new(d, "repo");
+    let stranger = Repo::new(d, "stranger");
+    let big = d.join("ballast");
+    ballast(&big, 40);
+    let out = |v: &str| d.join(format!("out-{v}"));
+    for (v, extra) in [
+        ("0.0.9", None),
+        ("0.1.0", None),
+        ("0.2.0", Some(big.as_path())),
+    ] {
+        build(&image_toml_with(d, v, &r.root(), false, extra), &out(v));
+    }
+    r.publish(&out("0.1.0"), &[]);
+    let seq1 = std::fs::read(r.channel()).unwrap();
+    let disk = d.join("disk.raw");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(out("0.1.0").join("disk.raw"))
+            .arg(&disk),
+    );
+    let vm = boot(&disk, r.port, &d.join("console-1.log"));
+    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
+    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
+        .unwrap();
+    let expect = |needle: &str| {
+        let line = vm.wait_for(needle, BOOT).unwrap();
+        assert!(line.contains("updater: update failed"), "{line}");
+    };
+
+    // An older release offered as new.
+    r.publish(&out("0.0.9"), &[]);
+    expect("release 0.0.9 is older than the installed 0.1.0: refusing a downgrade");
+
+    // 0.2.0 with a tampered verity payload, then with one from another
+    // release, then with an endless one: each refused by its hash or size.
+    r.publish(&out("0.2.0"), &[]);
+    let signed = std::fs::read(r.channel()).unwrap();
+    let verity = r.payload(&out("0.2.0"), "usr.verity");
+    let good = std::fs::read(&verity).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 1;
+    std::fs::write(&verity, &bad).unwrap();
+    expect("payload usr.verity: sha256");
+    let old = std::fs::read(r.payload(&out("0.1.0"), "usr.verity")).unwrap();
+    let mut mixed = old.clone();
+    mixed.resize(good.len(), 0);
+    std::fs::write(&verity, &mixed).unwrap();
+    let old_sha = sha256_hex(&mixed);
+    expect(&format!("payload usr.verity: sha256 {old_sha}"));
+    let mut endless = good.clone();
+    endless.extend_from_slice(&vec![0u8; 1 << 20]);
+    std::fs::write(&verity, &endless).unwrap();
+    expect(&format!("payload usr.verity: {} bytes", good.len() + 1));
+
+    // An older channel document than the node has seen (sequence 1 < 3).
+    std::fs::write(r.channel(), &seq1).unwrap();
+    expect("has sequence 1, older than 3 already seen: refusing a rollback");
+
+    // The signed document changed after signing.
+    let text = String::from_utf8(signed.clone()).unwrap();
+    assert!(text.contains("0.2.0"));
+    std::fs::write(r.channel(), text.replacen("0.2.0", "0.2.1", 1)).unwrap();
+    expect("channel metadata has 0 valid signature(s) from trusted keys, 1 needed");
+    // Signed by a key this node does not trust.
+    stranger.publish(&out("0.2.0"), &[]);
+    std::fs::copy(stranger.channel(), r.channel()).unwrap();
+    expect("channel metadata has 0 valid signature(s) from trusted keys, 1 needed; signed by unknown key(s)");
+    // Oversized metadata.
+    std::fs::write(r.channel(), vec![b' '; 2 << 20]).unwrap();
+    expect("refusing an oversized response");
+    // Expired metadata (a frozen repository).
+    std::fs::write(r.channel(), &signed).unwrap();
+    r.publish(&out("0.2.0"), &["--expires-days", "0"]);
+    expect("expired at");
+    let readies = vm
+        .lines()
+        .iter()
+        .filter(|l| l.contains("herd-init: ready"))
+        .count();
+    assert_eq!(readies, 1, "the node kept running 0.1.0 through all of it");
+
+    // The good 0.2.0: pull the plug half way through writing slot B.
+    std::fs::write(&verity, &good).unwrap();
+    r.publish(&out("0.2.0"), &[]);
+    vm.wait_for("updater: downloading usr.img of 0.2.0", BOOT)
+        .unwrap();
+    vm.wait_for_any(&["(50%)", "(75%)"], BOOT).unwrap();
+    vm.kill();
+    let e = entries(&disk);
+    assert!(
+        !e.iter().any(|n| n.starts_with("herd-b")),
+        "no boot entry for a half-written slot: {e:?}"
+    );
+
+    // Power back on: 0.1.0 boots, the download resumes, 0.2.0 comes up.
+    let vm = boot(&disk, r.port, &d.join("console-2.log"));
+    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
+    let resumed = vm
+        .wait_for("updater: resuming usr.img of 0.2.0", BOOT)
+        .unwrap();
+    let at: u64 = resumed
+        .split("at byte ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{resumed}"));
+    assert!(at >= 16 << 20, "resumed at byte {at}: {resumed}");
+    vm.wait_for("updater: slot b verified against usrhash", BOOT)
+        .unwrap();
+    vm.wait_for("ready slot=b version=0.2.0", BOOT).unwrap();
+    vm.wait_for("updater: now running 0.2.0 from slot b", BOOT)
+        .unwrap();
+    vm.kill();
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}

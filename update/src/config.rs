@@ -1,0 +1,184 @@
+//! `/usr/lib/herd/update.toml`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Where the configuration lives in the image.
+pub const CONFIG: &str = "/usr/lib/herd/update.toml";
+/// The trusted root key set baked into the image.
+pub const TRUSTED_ROOT: &str = "/usr/lib/herd/update-root.json";
+/// The updater's state directory (on STATE).
+pub const STATE_DIR: &str = "/var/lib/herd/update";
+
+/// When to reboot into a new release.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reboot {
+    /// As soon as the slot is ready.
+    #[default]
+    Immediate,
+    /// Only inside the daily maintenance window (`window`, UTC).
+    Window,
+    /// Never by itself: an operator runs `herd-init reboot`.
+    Never,
+}
+
+/// A daily time window in UTC, `HH:MM-HH:MM`; it may wrap past midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Minutes after midnight UTC when it opens.
+    pub start: u32,
+    /// Minutes after midnight UTC when it closes.
+    pub end: u32,
+}
+
+impl Window {
+    /// Parses `HH:MM-HH:MM`.
+    pub fn parse(s: &str) -> Result<Window, Error> {
+        let bad = || {
+            Error::Config(format!(
+                "window {s:?}: write HH:MM-HH:MM in UTC, e.g. \"02:00-04:00\""
+            ))
+        };
+        let minute = |t: &str| -> Result<u32, Error> {
+            let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
+            let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let w = Window {
+            start: minute(a)?,
+            end: minute(b)?,
+        };
+        if w.start == w.end {
+            return Err(Error::Config(format!(
+                "window {s:?} is empty: its start and end are the same"
+            )));
+        }
+        Ok(w)
+    }
+
+    /// Whether `unix` seconds fall inside the window.
+    pub fn contains(&self, unix: u64) -> bool {
+        let m = ((unix / 60) % (24 * 60)) as u32;
+        if self.start < self.end {
+            (self.start..self.end).contains(&m)
+        } else {
+            m >= self.start || m < self.end
+        }
+    }
+}
+
+/// The updater's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Repository base URL, e.g. `http://10.0.2.100:8080`.
+    pub repository: String,
+    /// Channel to follow.
+    #[serde(default = "stable")]
+    pub channel: String,
+    /// Seconds between checks (a random 0–10 % is added).
+    #[serde(default = "interval")]
+    pub interval_secs: u64,
+    /// Reboot policy.
+    #[serde(default)]
+    pub reboot: Reboot,
+    /// The maintenance window for `reboot = "window"`: `HH:MM-HH:MM` UTC.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Boot tries a new slot gets before the boot loader falls back.
+    #[serde(default = "tries")]
+    pub tries: u32,
+}
+
+fn stable() -> String {
+    "stable".into()
+}
+fn interval() -> u64 {
+    300
+}
+fn tries() -> u32 {
+    3
+}
+
+impl UpdateConfig {
+    /// Parses and checks the TOML text.
+    pub fn parse(text: &str) -> Result<UpdateConfig, Error> {
+        let c: UpdateConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        if !c.repository.starts_with("http://") {
+            return Err(Error::Config(format!(
+                "repository {:?}: only http:// URLs are supported (metadata and payloads are signed)",
+                c.repository
+            )));
+        }
+        if c.tries == 0 || c.interval_secs == 0 {
+            return Err(Error::Config(
+                "tries and interval_secs must be at least 1".into(),
+            ));
+        }
+        match (c.reboot, &c.window) {
+            (Reboot::Window, None) => {
+                return Err(Error::Config(
+                    "reboot = \"window\" needs window = \"HH:MM-HH:MM\" (UTC)".into(),
+                ))
+            }
+            (_, Some(w)) => {
+                Window::parse(w)?;
+            }
+            _ => {}
+        }
+        Ok(c)
+    }
+
+    /// The maintenance window, when one is set.
+    pub fn window(&self) -> Option<Window> {
+        self.window.as_deref().and_then(|w| Window::parse(w).ok())
+    }
+
+    /// Whether a reboot into a new slot may happen at `unix` seconds.
+    pub fn may_reboot(&self, unix: u64) -> bool {
+        match self.reboot {
+            Reboot::Immediate => true,
+            Reboot::Never => false,
+            Reboot::Window => self.window().is_some_and(|w| w.contains(unix)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = UpdateConfig::parse("repository = \"http://10.0.2.100:8080\"\n").unwrap();
+        assert_eq!(
+            (c.channel.as_str(), c.interval_secs, c.reboot, c.tries),
+            ("stable", 300, Reboot::Immediate, 3)
+        );
+        assert!(UpdateConfig::parse("repository = \"ftp://x\"\n").is_err());
+        assert!(UpdateConfig::parse("repository = \"http://x\"\nchanel = \"a\"\n").is_err());
+        assert!(UpdateConfig::parse("repository = \"http://x\"\nreboot = \"window\"\n").is_err());
+    }
+
+    #[test]
+    fn maintenance_window() {
+        let c = UpdateConfig::parse(
+            "repository = \"http://x\"\nreboot = \"window\"\nwindow = \"23:30-01:00\"\n",
+        )
+        .unwrap();
+        let at = |h: u64, m: u64| 86_400 * 20_000 + h * 3600 + m * 60;
+        assert!(c.may_reboot(at(23, 45)) && c.may_reboot(at(0, 59)));
+        assert!(!c.may_reboot(at(1, 0)) && !c.may_reboot(at(12, 0)));
+        let w = Window::parse("02:00-04:00").unwrap();
+        assert!(w.contains(at(3, 0)) && !w.contains(at(4, 0)) && !w.contains(at(1, 59)));
+        for bad in ["2-4", "25:00-01:00", "02:00-02:00", "02:00"] {
+            assert!(Window::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Installing a slot's boot files and entry on the ESP, crash-safely:
+//! every file is written beside its final name, synced, then renamed.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::path::Path;
+
+use herd_gpt::types;
+use herd_init::disks;
+
+use crate::{io, Error};
+
+const MNT: &str = "/run/herd/update-esp";
+
+/// The ESP, mounted for as long as this lives.
+pub struct Esp;
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in paths")
+}
+
+impl Esp {
+    /// Mounts the disk's ESP.
+    pub fn mount(disk: &str) -> Result<Esp, Error> {
+        let esp = disks::scan()
+            .into_iter()
+            .find(|p| p.disk == disk && p.entry.type_guid == types::ESP)
+            .ok_or_else(|| Error::Disk(format!("no ESP on {disk}")))?;
+        std::fs::create_dir_all(MNT).map_err(io(format!("creating {MNT}")))?;
+        let (src, dst, fs) = (cstr(&esp.dev), cstr(MNT), cstr("vfat"));
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                fs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            return Err(io(format!("mounting the ESP {}", esp.dev))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Esp)
+    }
+
+    /// A path on the mounted ESP.
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
+        Path::new(MNT).join(rel)
+    }
+
+    /// Writes `rel` atomically.
+    pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), Error> {
+        let dst = self.path(rel);
+        let dir = dst.parent().expect("ESP paths have a directory");
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let tmp = dst.with_extension("new");
+        let mut f =
+            std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &dst)
+            .map_err(io(format!("renaming {} into place", dst.display())))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the ESP"))
+    }
+
+    /// Entry file names in loader/entries.
+    pub fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path("loader/entries"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Renames an entry (e.g. to mark a slot bad or blessed).
+    pub fn rename_entry(&self, from: &str, to: &str) -> Result<(), Error> {
+        let dir = self.path("loader/entries");
+        std::fs::rename(dir.join(from), dir.join(to))
+            .map_err(io(format!("renaming entry {from} to {to}")))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the ESP"))
+    }
+
+    /// Removes an entry.
+    pub fn remove_entry(&self, name: &str) -> Result<(), Error> {
+        let dir = self.path("loader/entries");
+        std::fs::remove_file(dir.join(name)).map_err(io(format!("removing entry {name}")))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the ESP"))
+    }
+}
+
+impl Drop for Esp {
+    fn drop(&mut self) {
+        // SAFETY: plain calls with a valid path.
+        unsafe {
+            libc::sync();
+            libc::umount2(cstr(MNT).as_ptr(), 0);
+        }
+    }
+}

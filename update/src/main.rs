@@ -1,0 +1,338 @@
+//! `herd-update`: the node's updater service and its local commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use herd_update::apply::{check, install, reconcile, trusted_root, Found};
+use herd_update::config::{Reboot, UpdateConfig, CONFIG, STATE_DIR, TRUSTED_ROOT};
+use herd_update::esp::Esp;
+use herd_update::slots::Slots;
+use herd_update::state::{boot_id, node_id, State};
+use tracing::{error, info};
+
+/// herd's over-the-air updater. As a service (`run`, started by herd-init)
+/// it polls the release repository named in /usr/lib/herd/update.toml,
+/// verifies the signed metadata with the keys baked into /usr, streams the
+/// newest release into the inactive slot while verifying it, installs a boot
+/// entry with limited tries, and reboots by policy. A release that never
+/// comes up is rolled back by the boot loader and marked bad here.
+#[derive(Parser)]
+#[command(name = "herd-update", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The service: check every interval (with jitter), install, reboot by policy.
+    Run {
+        /// Install but never reboot; an operator runs `herd-init reboot`.
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Show the slots, versions, a pending install, download progress and the last error.
+    Status,
+    /// Fetch and verify the metadata once and say what would happen.
+    Check,
+    /// Check once and install into the inactive slot; reboot only with --reboot.
+    Apply {
+        /// Reboot into the new slot when it is installed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Make the other slot boot next (on purpose) and reboot.
+    Rollback,
+    /// Download and verify the newest release's /usr and verity tree into
+    /// the given files or devices. Touches no boot entry: for recovery and
+    /// benchmarks.
+    WriteSlot {
+        /// Repository base URL.
+        #[arg(long)]
+        repository: String,
+        /// Channel.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// The repository's trusted key set (root/1.json).
+        #[arg(long)]
+        root: PathBuf,
+        /// Where the /usr image goes.
+        #[arg(long)]
+        usr: PathBuf,
+        /// Where the verity tree goes.
+        #[arg(long)]
+        verity: PathBuf,
+        /// Where the resume state is kept.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_ansi(false)
+        .with_writer(std::io::stdout)
+        .init();
+    let cli = Cli::parse();
+    match real_main(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herd-update: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log(m: &str) {
+    info!("{m}");
+}
+
+fn reboot() {
+    info!("rebooting into the new slot");
+    // SAFETY: kill(2) with plain integers; PID 1 (herd-init) reboots cleanly on SIGUSR1.
+    unsafe { libc::kill(1, libc::SIGUSR1) };
+}
+
+/// One check; installs when asked. Returns whether a slot was installed.
+fn once(
+    cfg: &UpdateConfig,
+    slots: &Slots,
+    state: &mut State,
+    dir: &Path,
+    install_it: bool,
+) -> herd_update::Result<(bool, String)> {
+    let root = trusted_root(Path::new(TRUSTED_ROOT))?;
+    let id = node_id(dir);
+    let found = check(cfg, &root, slots, state, &id);
+    state.save(dir)?;
+    match found? {
+        Found::Nothing(why) => Ok((false, why)),
+        Found::Release(rel) if install_it => {
+            install(cfg, &rel, slots, state, dir, &log)?;
+            Ok((true, String::new()))
+        }
+        Found::Release(rel) => Ok((
+            false,
+            format!(
+                "{} {} is available for slot {}",
+                rel.image, rel.version, slots.other
+            ),
+        )),
+    }
+}
+
+fn load() -> Result<(UpdateConfig, Slots, State)> {
+    let text = std::fs::read_to_string(CONFIG)
+        .with_context(|| format!("reading {CONFIG}: is this a herd node with updates enabled?"))?;
+    let cfg = UpdateConfig::parse(&text).with_context(|| CONFIG.to_string())?;
+    let slots = Slots::detect()?;
+    let mut state = State::load(Path::new(STATE_DIR))?;
+    if let Some(line) = reconcile(&slots, &mut state) {
+        log(&line);
+        state.save(Path::new(STATE_DIR))?;
+    }
+    Ok((cfg, slots, state))
+}
+
+fn real_main(cmd: Cmd) -> Result<()> {
+    let dir = Path::new(STATE_DIR);
+    match cmd {
+        Cmd::WriteSlot {
+            repository,
+            channel,
+            root,
+            usr,
+            verity,
+            state_dir,
+        } => write_slot(&repository, &channel, &root, &usr, &verity, &state_dir),
+        Cmd::Status => {
+            let (_, slots, state) = load()?;
+            print!("{}", status(&slots, &state));
+            Ok(())
+        }
+        Cmd::Check => {
+            let (cfg, slots, mut state) = load()?;
+            let (_, why) = once(&cfg, &slots, &mut state, dir, false)?;
+            log(&why);
+            Ok(())
+        }
+        Cmd::Apply { reboot: r } => {
+            let (cfg, slots, mut state) = load()?;
+            let (installed, why) = once(&cfg, &slots, &mut state, dir, true)?;
+            if !installed {
+                log(&why);
+            } else if r {
+                reboot();
+            } else {
+                log("run `herd-init reboot` to boot it");
+            }
+            Ok(())
+        }
+        Cmd::Rollback => {
+            let (_, slots, _) = load()?;
+            rollback(&slots)
+        }
+        Cmd::Run { no_reboot } => {
+            let (mut cfg, slots, mut state) = load()?;
+            if no_reboot {
+                cfg.reboot = Reboot::Never;
+            }
+            serve(&cfg, &slots, &mut state, dir)
+        }
+    }
+}
+
+fn status(slots: &Slots, state: &State) -> String {
+    let pending = state
+        .pending
+        .as_ref()
+        .map(|p| format!("{} in slot {}, waiting for a reboot", p.version, p.slot))
+        .unwrap_or("-".into());
+    let downloading = state
+        .partial
+        .as_ref()
+        .map(|p| {
+            format!(
+                "{} {}: {} of {} bytes ({}%)",
+                p.version,
+                p.role,
+                p.offset,
+                p.size,
+                p.offset * 100 / p.size.max(1)
+            )
+        })
+        .unwrap_or("-".into());
+    format!(
+        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nbad versions:     {}\nhighest sequence: {}\nlast check:       {}\nlast error:       {}\n",
+        slots.image,
+        slots.version,
+        slots.running,
+        slots.other,
+        if state.bad.is_empty() { "-".to_string() } else { state.bad.join(", ") },
+        state.highest_seq,
+        if state.last_check == 0 { "never".to_string() } else { format!("{} (unix seconds)", state.last_check) },
+        state.last_error.as_deref().unwrap_or("-")
+    )
+}
+
+fn rollback(slots: &Slots) -> Result<()> {
+    let esp = Esp::mount(&slots.disk)?;
+    let prefix = format!("{}-{}", slots.image, slots.running);
+    let other = format!("{}-{}", slots.image, slots.other);
+    let entries = esp.entries();
+    if !entries.iter().any(|e| e.starts_with(&other)) {
+        bail!(
+            "slot {} has no boot entry to roll back to (it was never installed, or its install did not finish)",
+            slots.other
+        );
+    }
+    for e in entries.iter().filter(|e| e.starts_with(&prefix)) {
+        // Zero tries left: the boot loader skips it and boots the other slot.
+        esp.rename_entry(e, &format!("{prefix}+0-1.conf"))?;
+    }
+    drop(esp);
+    log(&format!("slot {} will boot next", slots.other));
+    reboot();
+    Ok(())
+}
+
+fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Result<()> {
+    log(&format!(
+        "following {} channel {} every {} s; running {} from slot {}; reboot policy {}",
+        cfg.repository,
+        cfg.channel,
+        cfg.interval_secs,
+        slots.version,
+        slots.running,
+        match cfg.reboot {
+            Reboot::Immediate => "immediate".to_string(),
+            Reboot::Never => "never".to_string(),
+            Reboot::Window => format!("window {} UTC", cfg.window.as_deref().unwrap_or("")),
+        }
+    ));
+    let me = boot_id();
+    let mut last = String::new();
+    let mut said_waiting = false;
+    loop {
+        let line = match once(cfg, slots, state, dir, true) {
+            Ok((_, why)) => why,
+            Err(e) => {
+                state.last_error = Some(e.to_string());
+                let _ = state.save(dir);
+                format!("update failed: {e}")
+            }
+        };
+        // Say each outcome once, not every interval.
+        if !line.is_empty() && line != last {
+            if line.starts_with("update failed") {
+                error!("{line}");
+            } else {
+                log(&line);
+            }
+            last = line;
+        }
+        if state.pending.as_ref().is_some_and(|p| p.boot_id == me) {
+            if cfg.may_reboot(herd_update::now()) {
+                reboot();
+            } else if !said_waiting {
+                said_waiting = true;
+                log(&match cfg.reboot {
+                    Reboot::Window => format!(
+                        "the new slot boots in the next maintenance window ({} UTC)",
+                        cfg.window.as_deref().unwrap_or("")
+                    ),
+                    _ => "reboot policy is never: run `herd-init reboot` to boot the new slot"
+                        .to_string(),
+                });
+            }
+        }
+        let jitter = (herd_update::now() % 10) * cfg.interval_secs / 100;
+        std::thread::sleep(Duration::from_secs(cfg.interval_secs + jitter));
+    }
+}
+
+fn write_slot(
+    repository: &str,
+    channel: &str,
+    root: &Path,
+    usr: &Path,
+    verity: &Path,
+    state_dir: &Path,
+) -> Result<()> {
+    let cfg = UpdateConfig::parse(&format!(
+        "repository = {repository:?}\nchannel = {channel:?}\n"
+    ))?;
+    let trusted = trusted_root(root)?;
+    for target in [usr, verity] {
+        if !target.exists() {
+            std::fs::File::create(target)
+                .with_context(|| format!("creating {}", target.display()))?;
+        }
+    }
+    let mut state = State::load(state_dir)?;
+    let rel = herd_update::apply::newest(&cfg, &trusted, &mut state)?;
+    let start = std::time::Instant::now();
+    herd_update::download::write_slot(
+        repository.trim_end_matches('/'),
+        &rel,
+        &usr.to_string_lossy(),
+        &verity.to_string_lossy(),
+        &mut state,
+        state_dir,
+        &log,
+    )?;
+    log(&format!(
+        "wrote and verified {} {} in {:.2} s (usrhash {})",
+        rel.image,
+        rel.version,
+        start.elapsed().as_secs_f64(),
+        rel.usrhash
+    ));
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! What the updater remembers on STATE (`/var/lib/herd/update/state.json`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{io, Error};
+
+/// A slot written and waiting for its first good boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The version written.
+    pub version: String,
+    /// Into which slot.
+    pub slot: String,
+    /// The boot (kernel boot_id) that wrote it.
+    pub boot_id: String,
+}
+
+/// A download that can be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Version being downloaded.
+    pub version: String,
+    /// Payload role.
+    pub role: String,
+    /// Bytes already written to the slot.
+    pub offset: u64,
+    /// The payload's signed size.
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// The persistent state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Highest channel sequence seen (rollback protection).
+    pub highest_seq: u64,
+    /// Versions that failed to boot here.
+    pub bad: Vec<String>,
+    /// A slot waiting for its first boot.
+    pub pending: Option<Pending>,
+    /// A download in progress.
+    pub partial: Option<Partial>,
+    /// The last error, for `status`.
+    pub last_error: Option<String>,
+    /// When the repository was last checked.
+    pub last_check: u64,
+}
+
+impl State {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    /// Loads the state (empty when there is none yet).
+    pub fn load(dir: &Path) -> Result<State, Error> {
+        match std::fs::read(Self::path(dir)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Config(format!("{}: {e}", Self::path(dir).display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(io(format!("reading {}", Self::path(dir).display()))(e)),
+        }
+    }
+
+    /// Saves atomically (temporary file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let tmp = dir.join("state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).expect("state serialises");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, Self::path(dir)))
+            // The rename is durable only once the directory is synced.
+            .and_then(|_| std::fs::File::open(dir)?.sync_all())
+            .map_err(io("saving the updater state"))
+    }
+}
+
+/// This boot's id.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A stable per-node id for rollout waves (made once, kept on STATE).
+pub fn node_id(dir: &Path) -> String {
+    let p = dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&p) {
+        if !id.trim().is_empty() {
+            return id.trim().to_string();
+        }
+    }
+    let id = boot_id().replace('-', "");
+    let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&p, &id));
+    id
+}
