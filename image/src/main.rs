@@ -305,6 +305,9 @@ struct VmRunArgs {
     /// Use KVM instead of TCG software emulation (broken on nested hosts).
     #[arg(long)]
     kvm: bool,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     memory: u32,
@@ -393,6 +396,10 @@ fn run_vm(args: VmRunArgs) -> Result<ExitCode> {
     let mut cfg = VmConfig::new(args.disk);
     cfg.tpm = args.tpm;
     cfg.memory_mib = args.memory;
+    if args.cpus == 0 {
+        anyhow::bail!("--cpus must be at least 1");
+    }
+    cfg.cpus = args.cpus;
     cfg.snapshot = args.snapshot;
     cfg.vars = args.vars;
     if args.kvm {
