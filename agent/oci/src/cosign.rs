@@ -1,0 +1,317 @@
+//! Image signatures in cosign's key-based format, so users can sign with
+//! the tools they already have (`cosign sign --key`) or with `herd
+//! sign-image`:
+//!
+//! - the signed payload is cosign's "simple signing" JSON naming the image
+//!   manifest digest: `{"critical":{"identity":{"docker-reference":NAME},
+//!   "image":{"docker-manifest-digest":DIGEST},"type":"cosign container
+//!   image signature"},"optional":null}`;
+//! - it is stored in the image's repository as a layer (media type
+//!   `application/vnd.dev.cosign.simplesigning.v1+json`) of an OCI manifest
+//!   tagged `sha256-<hex>.sig`, with the base64 signature in the layer's
+//!   `dev.cosignproject.cosign/signature` annotation;
+//! - ECDSA P-256 signatures are ASN.1 DER over SHA-256 of the payload
+//!   (cosign's default keys); ed25519 signatures are over the payload bytes.
+//!
+//! Public keys are PEM `PUBLIC KEY` (SubjectPublicKeyInfo, as `cosign
+//! generate-key-pair` writes `cosign.pub`) for P-256 or ed25519.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Descriptor, Manifest, OCI_CONFIG, OCI_MANIFEST};
+use crate::registry::Registry;
+use crate::{Digest, Error, Reference};
+
+/// Media type of a signature layer.
+pub const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// Annotation carrying the base64 signature.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The payload's type field.
+pub const PAYLOAD_TYPE: &str = "cosign container image signature";
+
+/// The tag a manifest's signatures live under.
+pub fn signature_tag(manifest: &Digest) -> String {
+    format!("sha256-{}.sig", manifest.hex())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    critical: Critical,
+    optional: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Critical {
+    identity: Identity,
+    image: Image,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    #[serde(rename = "docker-reference")]
+    docker_reference: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Image {
+    #[serde(rename = "docker-manifest-digest")]
+    docker_manifest_digest: String,
+}
+
+/// The simple-signing payload for `name` (registry/repository) at `digest`.
+pub fn payload(name: &str, digest: &Digest) -> Vec<u8> {
+    serde_json::to_vec(&Payload {
+        critical: Critical {
+            identity: Identity {
+                docker_reference: name.into(),
+            },
+            image: Image {
+                docker_manifest_digest: digest.to_string(),
+            },
+            kind: PAYLOAD_TYPE.into(),
+        },
+        optional: None,
+    })
+    .expect("payload serialises")
+}
+
+/// A key a node trusts.
+#[derive(Debug, Clone)]
+pub enum TrustedKey {
+    /// ed25519.
+    Ed25519(ed25519_dalek::VerifyingKey),
+    /// ECDSA P-256.
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+impl TrustedKey {
+    /// Parses a PEM public key (P-256 or ed25519) or a herd public key
+    /// (64 hex digits, as `herd key show` prints).
+    pub fn parse(text: &str, what: &str) -> Result<TrustedKey, Error> {
+        let t = text.trim();
+        if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut raw = [0u8; 32];
+            hex::decode_to_slice(t, &mut raw).expect("checked hex");
+            return ed25519_dalek::VerifyingKey::from_bytes(&raw)
+                .map(TrustedKey::Ed25519)
+                .map_err(|e| Error::Key {
+                    what: what.into(),
+                    message: e.to_string(),
+                });
+        }
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(t) {
+            return Ok(TrustedKey::P256(k));
+        }
+        if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(t) {
+            return Ok(TrustedKey::Ed25519(k));
+        }
+        Err(Error::Key {
+            what: what.into(),
+            message: "not a PEM PUBLIC KEY for ECDSA P-256 or ed25519, nor a herd public key (64 hex digits); encrypted or RSA keys are not supported".into(),
+        })
+    }
+
+    /// A short id for logs: sha256 of the key's bytes, 16 hex digits.
+    pub fn id(&self) -> String {
+        let bytes = match self {
+            TrustedKey::Ed25519(k) => k.to_bytes().to_vec(),
+            TrustedKey::P256(k) => k.to_encoded_point(true).as_bytes().to_vec(),
+        };
+        Digest::of(&bytes).hex()[..16].to_string()
+    }
+
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        match self {
+            TrustedKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
+                .is_ok_and(|s| k.verify_strict(msg, &s).is_ok()),
+            TrustedKey::P256(k) => {
+                use p256::ecdsa::signature::Verifier;
+                p256::ecdsa::Signature::from_der(sig)
+                    .or_else(|_| p256::ecdsa::Signature::from_slice(sig))
+                    .is_ok_and(|s| k.verify(msg, &s).is_ok())
+            }
+        }
+    }
+}
+
+/// Signs the image `r` at `digest` with a herd key and stores the
+/// signature in the registry beside the image (appending to any there).
+pub fn sign(
+    registry: &Registry,
+    r: &Reference,
+    digest: &Digest,
+    key: &herd_release::SigningKey,
+) -> Result<(), Error> {
+    let body = payload(&r.name(), digest);
+    let sig = hex::decode(key.sign(&body)).expect("herd signatures are hex");
+    let layer = Descriptor {
+        media_type: SIMPLESIGNING.into(),
+        digest: Digest::of(&body),
+        size: body.len() as u64,
+        annotations: BTreeMap::from([(
+            SIGNATURE_ANNOTATION.to_string(),
+            base64::engine::general_purpose::STANDARD.encode(sig),
+        )]),
+        platform: None,
+    };
+    let tag = signature_tag(digest);
+    let mut m = match registry.manifest(&r.repository, &tag) {
+        Ok((bytes, _, _)) => {
+            serde_json::from_slice::<Manifest>(&bytes).map_err(|e| Error::Malformed {
+                what: format!("signature manifest {tag}"),
+                message: e.to_string(),
+            })?
+        }
+        Err(Error::NotFound(_)) => {
+            let config = b"{}".to_vec();
+            registry.push_blob(&r.repository, &config)?;
+            Manifest {
+                schema_version: 2,
+                media_type: Some(OCI_MANIFEST.into()),
+                config: Descriptor {
+                    media_type: OCI_CONFIG.into(),
+                    digest: Digest::of(&config),
+                    size: config.len() as u64,
+                    annotations: BTreeMap::new(),
+                    platform: None,
+                },
+                layers: vec![],
+                annotations: BTreeMap::new(),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    if m.layers
+        .iter()
+        .any(|l| l.annotations == layer.annotations && l.digest == layer.digest)
+    {
+        return Ok(());
+    }
+    registry.push_blob(&r.repository, &body)?;
+    m.layers.push(layer);
+    let bytes = serde_json::to_vec(&m).expect("manifest serialises");
+    registry.push_manifest(&r.repository, &tag, &bytes, OCI_MANIFEST)?;
+    Ok(())
+}
+
+/// Finds a signature of the manifest `digest` by one of `keys`; returns
+/// the id of the key that signed. Refuses with what was found otherwise.
+pub fn verify(
+    registry: &Registry,
+    r: &Reference,
+    digest: &Digest,
+    keys: &[TrustedKey],
+) -> Result<String, Error> {
+    let untrusted = |m: String| Error::Untrusted {
+        image: format!("{}@{digest}", r.name()),
+        message: m,
+    };
+    if keys.is_empty() {
+        return Err(untrusted(
+            "the node trusts no image keys (add one to the policy)".into(),
+        ));
+    }
+    let tag = signature_tag(digest);
+    let (bytes, _, _) = match registry.manifest(&r.repository, &tag) {
+        Ok(x) => x,
+        Err(Error::NotFound(_)) => {
+            return Err(untrusted(format!(
+                "it is not signed (no {tag} in {})",
+                r.name()
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+        what: format!("signature manifest {tag}"),
+        message: e.to_string(),
+    })?;
+    let mut seen = Vec::new();
+    for l in m.layers.iter().filter(|l| l.media_type == SIMPLESIGNING) {
+        let Some(sig) = l.annotations.get(SIGNATURE_ANNOTATION) else {
+            continue;
+        };
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
+            seen.push("a signature that is not base64".to_string());
+            continue;
+        };
+        let body = registry.small_blob(&r.repository, l)?;
+        let Some(k) = keys.iter().find(|k| k.verify(&body, &sig)) else {
+            seen.push("a signature by a key this node does not trust (or over other bytes)".into());
+            continue;
+        };
+        let p: Payload = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
+            what: "signature payload".into(),
+            message: e.to_string(),
+        })?;
+        if p.critical.kind != PAYLOAD_TYPE {
+            seen.push(format!("a signed payload of type {:?}", p.critical.kind));
+            continue;
+        }
+        if p.critical.image.docker_manifest_digest != digest.to_string() {
+            seen.push(format!(
+                "a signature for another manifest ({})",
+                p.critical.image.docker_manifest_digest
+            ));
+            continue;
+        }
+        return Ok(k.id());
+    }
+    Err(untrusted(if seen.is_empty() {
+        format!("{tag} holds no cosign signature")
+    } else {
+        format!(
+            "no valid signature by a trusted key; found {}",
+            seen.join("; ")
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_cosigns_shape() {
+        let d = Digest::of(b"m");
+        let p: serde_json::Value = serde_json::from_slice(&payload("r/x", &d)).unwrap();
+        assert_eq!(
+            p["critical"]["image"]["docker-manifest-digest"],
+            d.to_string()
+        );
+        assert_eq!(p["critical"]["identity"]["docker-reference"], "r/x");
+        assert_eq!(p["critical"]["type"], PAYLOAD_TYPE);
+        assert!(p["optional"].is_null());
+        assert_eq!(signature_tag(&d), format!("sha256-{}.sig", d.hex()));
+    }
+
+    #[test]
+    fn keys_and_signatures() {
+        use p256::ecdsa::signature::Signer;
+        use p256::pkcs8::EncodePublicKey;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let pem = sk
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap();
+        let k = TrustedKey::parse(&pem, "test").unwrap();
+        let sig: p256::ecdsa::Signature = sk.sign(b"payload");
+        assert!(k.verify(b"payload", sig.to_der().as_bytes()));
+        assert!(!k.verify(b"payloaD", sig.to_der().as_bytes()));
+        let herd = herd_release::SigningKey::generate().unwrap();
+        let hk = TrustedKey::parse(&herd.public().0, "herd").unwrap();
+        assert!(hk.verify(b"m", &hex::decode(herd.sign(b"m")).unwrap()));
+        assert!(!k.verify(b"m", &hex::decode(herd.sign(b"m")).unwrap()));
+        assert!(TrustedKey::parse(
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+            "x"
+        )
+        .is_err());
+    }
+}

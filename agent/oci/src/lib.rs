@@ -1,0 +1,111 @@
+//! OCI images for herd: image references, the distribution-spec registry
+//! client (plain HTTP), a content-addressed blob store, layer unpacking with
+//! whiteouts, and image signatures in cosign's format (a simple-signing
+//! payload naming the manifest digest, stored in the registry under the tag
+//! `sha256-<hex>.sig`), signed with ed25519 or ECDSA P-256 keys.
+
+pub mod cosign;
+pub mod digest;
+pub mod layout;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use reference::Reference;
+
+/// What can go wrong; each says what and, where it helps, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An image reference that does not parse.
+    #[error("image reference {reference:?}: {message}")]
+    Reference {
+        /// the text
+        reference: String,
+        /// what is wrong
+        message: String,
+    },
+    /// A digest that does not parse or is not sha256.
+    #[error("digest {0:?}: expected sha256:<64 hex digits>")]
+    BadDigest(String),
+    /// Content whose hash is not the digest that named it.
+    #[error("{what}: content has digest {got}, expected {expected} (tampered or corrupted)")]
+    DigestMismatch {
+        /// which content
+        what: String,
+        /// computed
+        got: String,
+        /// expected
+        expected: String,
+    },
+    /// A document that is not what it should be.
+    #[error("{what}: {message}")]
+    Malformed {
+        /// which document
+        what: String,
+        /// what is wrong
+        message: String,
+    },
+    /// Content larger than allowed.
+    #[error("{what}: more than {limit} bytes, refusing it")]
+    TooLarge {
+        /// which content
+        what: String,
+        /// the limit
+        limit: u64,
+    },
+    /// The registry answered with an error or could not be reached.
+    #[error("registry {url}: {message}")]
+    Registry {
+        /// the URL
+        url: String,
+        /// what happened
+        message: String,
+    },
+    /// Not found in the registry or layout.
+    #[error("{0}: not found")]
+    NotFound(String),
+    /// The signature check refused the image.
+    #[error("image {image} is not trusted: {message}")]
+    Untrusted {
+        /// the image
+        image: String,
+        /// why
+        message: String,
+    },
+    /// A key file or key text that does not parse.
+    #[error("key {what}: {message}")]
+    Key {
+        /// which key
+        what: String,
+        /// what is wrong
+        message: String,
+    },
+    /// A layer entry that would escape the root or is unsupported.
+    #[error("layer {layer}: {message}")]
+    Layer {
+        /// the layer digest
+        layer: String,
+        /// what is wrong
+        message: String,
+    },
+    /// I/O.
+    #[error("{what}: {cause}")]
+    Io {
+        /// what was being done
+        what: String,
+        /// the cause
+        cause: std::io::Error,
+    },
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |cause| Error::Io { what, cause }
+}

@@ -1,0 +1,107 @@
+//! Pulling an image the way the agent must: resolve the reference to a
+//! manifest digest, check its signature against the node's trusted keys
+//! *before* anything else is fetched, then fetch the config and the layers
+//! into the store, each checked against its digest.
+
+use std::path::Path;
+
+use tracing::info;
+
+use crate::cosign::{self, TrustedKey};
+use crate::manifest::{Document, ImageConfig, Manifest};
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::{Digest, Error, Reference};
+
+/// A pulled, verified image.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The reference, pinned to the manifest digest.
+    pub reference: Reference,
+    /// Id of the key whose signature was accepted.
+    pub signed_by: String,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The config.
+    pub config: ImageConfig,
+}
+
+/// Pulls `r` into `store` if a signature by one of `keys` covers it.
+pub fn pull(r: &Reference, store: &Store, keys: &[TrustedKey]) -> Result<Pulled, Error> {
+    let reg = Registry::for_reference(r);
+    let (bytes, mt, digest) = reg.manifest(&r.repository, &r.version())?;
+    let what = format!("manifest of {r}");
+    let (bytes, digest) = match Document::parse(&bytes, &mt, &what)? {
+        Document::Manifest(_) => (bytes, digest),
+        Document::Index(i) => {
+            let d = i.for_this_machine(&what)?.digest.clone();
+            let (b, _, _) = reg.manifest(&r.repository, &d.to_string())?;
+            (b, d)
+        }
+    };
+    // The signature covers the platform manifest or, if that is what was
+    // signed, the reference's own digest.
+    let signed_by = cosign::verify(&reg, r, &digest, keys)?;
+    info!("{r}: manifest {digest} signed by key {signed_by}");
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+        what: what.clone(),
+        message: e.to_string(),
+    })?;
+    store.put(&digest, &bytes)?;
+    let config_bytes = match store.get(&manifest.config.digest) {
+        Ok(b) => b,
+        Err(_) => {
+            let b = reg.small_blob(&r.repository, &manifest.config)?;
+            store.put(&manifest.config.digest, &b)?;
+            b
+        }
+    };
+    let config: ImageConfig =
+        serde_json::from_slice(&config_bytes).map_err(|e| Error::Malformed {
+            what: format!("config of {r}"),
+            message: e.to_string(),
+        })?;
+    if !config.os.is_empty() && (config.os != "linux" || config.architecture != "amd64") {
+        return Err(Error::Malformed {
+            what: format!("config of {r}"),
+            message: format!(
+                "image is for {}/{}, this node is linux/amd64",
+                config.os, config.architecture
+            ),
+        });
+    }
+    for l in &manifest.layers {
+        if !store.has(&l.digest) {
+            store.put_with(&l.digest, |w| reg.blob(&r.repository, l, w))?;
+        }
+    }
+    Ok(Pulled {
+        reference: r.pinned(&digest),
+        signed_by,
+        manifest,
+        config,
+    })
+}
+
+impl Pulled {
+    /// Unpacks the layers, bottom first, into `root` (which should be empty).
+    pub fn unpack(&self, store: &Store, root: &Path) -> Result<(), Error> {
+        std::fs::create_dir_all(root).map_err(crate::io(format!("creating {}", root.display())))?;
+        for l in &self.manifest.layers {
+            let f = std::fs::File::open(store.path(&l.digest))
+                .map_err(crate::io(format!("opening layer {}", l.digest)))?;
+            crate::unpack::apply(root, &l.digest, &l.media_type, std::io::BufReader::new(f))?;
+        }
+        Ok(())
+    }
+
+    /// Every blob this image uses (for garbage collection).
+    pub fn blobs(&self) -> Vec<Digest> {
+        let mut v = vec![self.manifest.config.digest.clone()];
+        v.extend(self.manifest.layers.iter().map(|l| l.digest.clone()));
+        if let Some(d) = &self.reference.digest {
+            v.push(d.clone());
+        }
+        v
+    }
+}
