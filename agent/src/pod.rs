@@ -1,0 +1,814 @@
+//! Static pod manifests: the subset of Kubernetes `v1` Pod that herd-agent
+//! honours (docs/PODS.md lists it field by field). Anything else is an
+//! error naming the field and the file, so a pod never runs with part of
+//! its manifest silently ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::quantity;
+
+/// A manifest that cannot run, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct PodError {
+    /// the manifest file
+    pub file: String,
+    /// the field path, e.g. `spec.containers[0].image`
+    pub field: String,
+    /// what is wrong
+    pub message: String,
+}
+
+/// A pod.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pod {
+    /// `v1`.
+    pub api_version: String,
+    /// `Pod`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// What runs.
+    pub spec: PodSpec,
+}
+
+/// Pod metadata.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// DNS label, unique on the node.
+    pub name: String,
+    /// Labels (shown by `herd-agent ps`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (kept, not acted on).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// When containers are restarted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum RestartPolicy {
+    /// Always (the default).
+    #[default]
+    Always,
+    /// When the exit status is not 0.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// The pod spec.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSpec {
+    /// The containers; they share network, IPC and UTS namespaces.
+    pub containers: Vec<Container>,
+    /// Volumes the containers mount.
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Use the node's network namespace.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Seconds between SIGTERM and SIGKILL when stopping (default 30).
+    #[serde(default)]
+    pub termination_grace_period_seconds: Option<u64>,
+}
+
+/// A container.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Container {
+    /// DNS label, unique in the pod.
+    pub name: String,
+    /// Image reference (tag or digest); must be signed by a trusted key.
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's cmd.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Environment.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// Working directory.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// Ports (hostPort maps the node's port into the pod).
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Mounts of the pod's volumes.
+    #[serde(default)]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Security settings.
+    #[serde(default)]
+    pub security_context: SecurityContext,
+    /// Liveness probe.
+    #[serde(default)]
+    pub liveness_probe: Option<Probe>,
+    /// Accepted for compatibility: images are always checked and cached.
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+}
+
+/// An environment variable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvVar {
+    /// Name.
+    pub name: String,
+    /// Literal value.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Value from a secret or config map.
+    #[serde(default)]
+    pub value_from: Option<EnvSource>,
+}
+
+/// Where an environment value comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvSource {
+    /// A key of a secret.
+    #[serde(default)]
+    pub secret_key_ref: Option<KeyRef>,
+    /// A key of a config map.
+    #[serde(default)]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+/// A key in a secret or config map.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyRef {
+    /// The secret or config map.
+    pub name: String,
+    /// The key.
+    pub key: String,
+}
+
+/// A port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Port {
+    /// Port inside the pod.
+    pub container_port: u16,
+    /// Port on the node (127.0.0.1 and the node's addresses).
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    /// TCP (default) or UDP.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A mount.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// Which volume.
+    pub name: String,
+    /// Where in the container.
+    pub mount_path: String,
+    /// Read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Resource settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Resources {
+    /// Hard limits (cgroup v2).
+    #[serde(default)]
+    pub limits: Limits,
+    /// Accepted and shown; a single node does not schedule.
+    #[serde(default)]
+    pub requests: Limits,
+}
+
+/// cpu and memory.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPU, e.g. `500m`.
+    #[serde(default)]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `64Mi`.
+    #[serde(default)]
+    pub memory: Option<String>,
+}
+
+/// Security settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecurityContext {
+    /// User id.
+    #[serde(default)]
+    pub run_as_user: Option<u32>,
+    /// Group id.
+    #[serde(default)]
+    pub run_as_group: Option<u32>,
+    /// Read-only image root (the default on herd: true).
+    #[serde(default)]
+    pub read_only_root_filesystem: Option<bool>,
+    /// Only false is accepted (no new privileges, always).
+    #[serde(default)]
+    pub allow_privilege_escalation: Option<bool>,
+    /// Only false is accepted.
+    #[serde(default)]
+    pub privileged: Option<bool>,
+    /// Capabilities added to or dropped from the default set.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// Capability changes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Added, e.g. `NET_BIND_SERVICE`.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Dropped (`ALL` drops every one).
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// A liveness probe.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Probe {
+    /// Run a command in the container; exit 0 is healthy.
+    #[serde(default)]
+    pub exec: Option<ExecAction>,
+    /// GET a path; 200-399 is healthy.
+    #[serde(default)]
+    pub http_get: Option<HttpGet>,
+    /// Seconds before the first probe (default 0).
+    #[serde(default)]
+    pub initial_delay_seconds: u64,
+    /// Seconds between probes (default 10).
+    #[serde(default = "ten")]
+    pub period_seconds: u64,
+    /// Seconds a probe may take (default 1).
+    #[serde(default = "one")]
+    pub timeout_seconds: u64,
+    /// Failures in a row before a restart (default 3).
+    #[serde(default = "three")]
+    pub failure_threshold: u32,
+}
+
+fn ten() -> u64 {
+    10
+}
+fn one() -> u64 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+
+/// A command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecAction {
+    /// argv.
+    pub command: Vec<String>,
+}
+
+/// An HTTP GET in the pod's network.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGet {
+    /// Path (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Port.
+    pub port: u16,
+}
+
+/// A volume.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Volume {
+    /// Name the mounts use.
+    pub name: String,
+    /// A fresh directory for the pod's lifetime.
+    #[serde(default)]
+    pub empty_dir: Option<EmptyDir>,
+    /// A directory of the node, under /var.
+    #[serde(default)]
+    pub host_path: Option<HostPath>,
+    /// A secret's keys as files, on a tmpfs.
+    #[serde(default)]
+    pub secret: Option<SecretVolume>,
+    /// A config map's keys as files.
+    #[serde(default)]
+    pub config_map: Option<ConfigMapVolume>,
+}
+
+/// emptyDir.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EmptyDir {
+    /// `Memory` for a tmpfs.
+    #[serde(default)]
+    pub medium: Option<String>,
+    /// Size bound, e.g. `64Mi`.
+    #[serde(default)]
+    pub size_limit: Option<String>,
+}
+
+/// hostPath.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostPath {
+    /// Absolute path under /var.
+    pub path: String,
+    /// `Directory` or `DirectoryOrCreate` (default).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// secret volume.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretVolume {
+    /// The secret.
+    pub secret_name: String,
+}
+
+/// configMap volume.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMapVolume {
+    /// The config map.
+    pub name: String,
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+const CAPS: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+    "NET_ADMIN",
+    "SYS_TIME",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "IPC_LOCK",
+    "SYS_PTRACE",
+    "ALL",
+];
+
+impl Pod {
+    /// Parses and checks a manifest; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Pod, PodError> {
+        let file_s = file.display().to_string();
+        let de = serde_yaml::Deserializer::from_str(text);
+        let pod: Pod = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            PodError {
+                file: file_s.clone(),
+                field: if path == "." { "(top)".into() } else { path },
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        pod.check(&file_s)?;
+        Ok(pod)
+    }
+
+    fn check(&self, file: &str) -> Result<(), PodError> {
+        let fail = |field: String, message: String| {
+            Err(PodError {
+                file: file.into(),
+                field,
+                message,
+            })
+        };
+        if self.api_version != "v1" || self.kind != "Pod" {
+            return fail(
+                "apiVersion/kind".into(),
+                format!("{}/{} is not v1/Pod", self.api_version, self.kind),
+            );
+        }
+        if !dns_label(&self.metadata.name) {
+            return fail(
+                "metadata.name".into(),
+                format!(
+                    "{:?} is not a DNS label (lowercase letters, digits, -; at most 63)",
+                    self.metadata.name
+                ),
+            );
+        }
+        if self.spec.containers.is_empty() {
+            return fail(
+                "spec.containers".into(),
+                "a pod needs at least one container".into(),
+            );
+        }
+        let mut volumes = BTreeSet::new();
+        for (i, v) in self.spec.volumes.iter().enumerate() {
+            let f = format!("spec.volumes[{i}]");
+            if !dns_label(&v.name) || !volumes.insert(v.name.as_str()) {
+                return fail(
+                    format!("{f}.name"),
+                    format!("{:?}: not a DNS label, or used twice", v.name),
+                );
+            }
+            let kinds = [
+                v.empty_dir.is_some(),
+                v.host_path.is_some(),
+                v.secret.is_some(),
+                v.config_map.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return fail(
+                    f,
+                    "give exactly one of emptyDir, hostPath, secret, configMap".into(),
+                );
+            }
+            if let Some(e) = &v.empty_dir {
+                if let Some(m) = &e.medium {
+                    if m != "Memory" && !m.is_empty() {
+                        return fail(
+                            format!("{f}.emptyDir.medium"),
+                            format!("{m:?}: only \"\" or \"Memory\""),
+                        );
+                    }
+                }
+                if let Some(s) = &e.size_limit {
+                    if let Err(e) = quantity::memory_bytes(s) {
+                        return fail(format!("{f}.emptyDir.sizeLimit"), e.to_string());
+                    }
+                }
+            }
+            if let Some(h) = &v.host_path {
+                let p = Path::new(&h.path);
+                let under_var = p.is_absolute()
+                    && p.starts_with("/var")
+                    && !p.components().any(|c| c == std::path::Component::ParentDir);
+                if !under_var {
+                    return fail(
+                        format!("{f}.hostPath.path"),
+                        format!("{:?}: hostPath volumes must be under /var", h.path),
+                    );
+                }
+                if let Some(k) = &h.kind {
+                    if !["", "Directory", "DirectoryOrCreate"].contains(&k.as_str()) {
+                        return fail(
+                            format!("{f}.hostPath.type"),
+                            format!("{k:?}: only Directory or DirectoryOrCreate"),
+                        );
+                    }
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut host_ports = BTreeSet::new();
+        for (i, c) in self.spec.containers.iter().enumerate() {
+            let f = format!("spec.containers[{i}]");
+            if !dns_label(&c.name) || !names.insert(c.name.as_str()) {
+                return fail(
+                    format!("{f}.name"),
+                    format!("{:?}: not a DNS label, or used twice", c.name),
+                );
+            }
+            if let Err(e) = herd_oci::Reference::parse(&c.image) {
+                return fail(format!("{f}.image"), e.to_string());
+            }
+            for (j, e) in c.env.iter().enumerate() {
+                let ef = format!("{f}.env[{j}]");
+                if e.name.is_empty() || e.name.contains('=') {
+                    return fail(
+                        format!("{ef}.name"),
+                        format!("{:?} is not a variable name", e.name),
+                    );
+                }
+                let from = e.value_from.as_ref().map(|v| {
+                    [v.secret_key_ref.is_some(), v.config_map_key_ref.is_some()]
+                        .iter()
+                        .filter(|x| **x)
+                        .count()
+                });
+                match (e.value.is_some(), from) {
+                    (true, None) | (false, Some(1)) => {}
+                    _ => {
+                        return fail(ef, "give value, or valueFrom with exactly one of secretKeyRef, configMapKeyRef".into())
+                    }
+                }
+            }
+            for (j, p) in c.ports.iter().enumerate() {
+                let pf = format!("{f}.ports[{j}]");
+                if p.container_port == 0 {
+                    return fail(format!("{pf}.containerPort"), "must be 1-65535".into());
+                }
+                let proto = p.protocol.as_deref().unwrap_or("TCP");
+                if proto != "TCP" && proto != "UDP" {
+                    return fail(format!("{pf}.protocol"), format!("{proto:?}: TCP or UDP"));
+                }
+                if let Some(h) = p.host_port {
+                    if h == 0 || !host_ports.insert((h, proto)) {
+                        return fail(
+                            format!("{pf}.hostPort"),
+                            format!("{h}: 0, or used twice in this pod"),
+                        );
+                    }
+                }
+            }
+            for (j, m) in c.volume_mounts.iter().enumerate() {
+                let mf = format!("{f}.volumeMounts[{j}]");
+                if !volumes.contains(m.name.as_str()) {
+                    return fail(
+                        format!("{mf}.name"),
+                        format!("no volume named {:?} in spec.volumes", m.name),
+                    );
+                }
+                if !m.mount_path.starts_with('/') || m.mount_path.split('/').any(|c| c == "..") {
+                    return fail(
+                        format!("{mf}.mountPath"),
+                        format!("{:?}: an absolute path without ..", m.mount_path),
+                    );
+                }
+            }
+            for (which, l) in [
+                ("limits", &c.resources.limits),
+                ("requests", &c.resources.requests),
+            ] {
+                if let Some(cpu) = &l.cpu {
+                    if let Err(e) = quantity::cpu_millis(cpu) {
+                        return fail(format!("{f}.resources.{which}.cpu"), e.to_string());
+                    }
+                }
+                if let Some(mem) = &l.memory {
+                    if let Err(e) = quantity::memory_bytes(mem) {
+                        return fail(format!("{f}.resources.{which}.memory"), e.to_string());
+                    }
+                }
+            }
+            let sc = &c.security_context;
+            if sc.privileged == Some(true) {
+                return fail(
+                    format!("{f}.securityContext.privileged"),
+                    "privileged containers are not supported on herd".into(),
+                );
+            }
+            if sc.allow_privilege_escalation == Some(true) {
+                return fail(
+                    format!("{f}.securityContext.allowPrivilegeEscalation"),
+                    "herd always sets no_new_privs; only false is accepted".into(),
+                );
+            }
+            if let Some(caps) = &sc.capabilities {
+                for (which, list) in [("add", &caps.add), ("drop", &caps.drop)] {
+                    if let Some(bad) = list
+                        .iter()
+                        .find(|c| !CAPS.contains(&c.trim_start_matches("CAP_")))
+                    {
+                        return fail(
+                            format!("{f}.securityContext.capabilities.{which}"),
+                            format!("unknown or unsupported capability {bad:?}"),
+                        );
+                    }
+                }
+            }
+            if let Some(p) = &c.liveness_probe {
+                let pf = format!("{f}.livenessProbe");
+                if p.exec.is_some() == p.http_get.is_some() {
+                    return fail(pf, "give exactly one of exec, httpGet".into());
+                }
+                if p.exec.as_ref().is_some_and(|e| e.command.is_empty()) {
+                    return fail(format!("{pf}.exec.command"), "is empty".into());
+                }
+                if p.period_seconds == 0 || p.timeout_seconds == 0 || p.failure_threshold == 0 {
+                    return fail(
+                        pf,
+                        "periodSeconds, timeoutSeconds and failureThreshold must be at least 1"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  restartPolicy: OnFailure
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: httpd
+    image: 127.0.0.1:5000/herd/web:1
+    command: ["/bin/busybox", "httpd"]
+    args: ["-f", "-p", "8080"]
+    workingDir: /srv
+    env:
+    - {name: MODE, value: prod}
+    - name: TOKEN
+      valueFrom: {secretKeyRef: {name: web, key: token}}
+    - name: COLOR
+      valueFrom: {configMapKeyRef: {name: web, key: color}}
+    ports: [{containerPort: 8080, hostPort: 18080, protocol: TCP, name: http}]
+    volumeMounts:
+    - {name: cache, mountPath: /cache}
+    - {name: data, mountPath: /data}
+    - {name: creds, mountPath: /run/creds, readOnly: true}
+    - {name: conf, mountPath: /etc/web}
+    resources:
+      limits: {cpu: 500m, memory: 64Mi}
+      requests: {cpu: "0.1", memory: 16Mi}
+    securityContext:
+      runAsUser: 1000
+      runAsGroup: 1000
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}
+    livenessProbe:
+      httpGet: {path: /, port: 8080}
+      initialDelaySeconds: 2
+      periodSeconds: 5
+  - name: sidecar
+    image: 127.0.0.1:5000/herd/web@sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
+    livenessProbe: {exec: {command: [/bin/true]}}
+  volumes:
+  - {name: cache, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
+  - {name: data, hostPath: {path: /var/lib/web, type: DirectoryOrCreate}}
+  - {name: creds, secret: {secretName: web}}
+  - {name: conf, configMap: {name: web}}
+"#;
+
+    fn parse(t: &str) -> Result<Pod, PodError> {
+        Pod::parse(t, Path::new("/etc/herd/pods/web.yaml"))
+    }
+
+    #[test]
+    fn every_supported_field() {
+        let p = parse(FULL).unwrap();
+        assert_eq!(p.spec.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(p.spec.containers.len(), 2);
+        let c = &p.spec.containers[0];
+        assert_eq!(c.ports[0].host_port, Some(18080));
+        assert_eq!(c.liveness_probe.as_ref().unwrap().failure_threshold, 3);
+        assert_eq!(
+            p.spec.volumes[1].host_path.as_ref().unwrap().path,
+            "/var/lib/web"
+        );
+    }
+
+    #[track_caller]
+    fn refused(edit: (&str, &str), field: &str, msg: &str) {
+        assert!(FULL.contains(edit.0), "{}", edit.0);
+        let e = parse(&FULL.replacen(edit.0, edit.1, 1)).unwrap_err();
+        assert_eq!(e.file, "/etc/herd/pods/web.yaml");
+        assert!(e.field.contains(field), "field {:?} in {e}", field);
+        assert!(e.message.contains(msg), "{msg:?} in {e}");
+    }
+
+    #[test]
+    fn unknown_and_unsupported_fields_are_named() {
+        refused(
+            ("    workingDir:", "    workingDirr:"),
+            "spec.containers[0]",
+            "unknown field `workingDirr`",
+        );
+        refused(
+            ("  restartPolicy: OnFailure", "  nodeSelector: {a: b}"),
+            "spec",
+            "unknown field `nodeSelector`",
+        );
+        refused(
+            ("  restartPolicy: OnFailure", "  restartPolicy: Sometimes"),
+            "spec.restartPolicy",
+            "unknown variant",
+        );
+        refused(
+            ("hostPath: {path: /var/lib/web", "hostPath: {path: /etc"),
+            "spec.volumes[1].hostPath.path",
+            "under /var",
+        );
+        refused(
+            (
+                "hostPath: {path: /var/lib/web",
+                "hostPath: {path: /var/../etc",
+            ),
+            "hostPath.path",
+            "under /var",
+        );
+        refused(
+            ("cpu: 500m", "cpu: lots"),
+            "spec.containers[0].resources.limits.cpu",
+            "not a valid cpu",
+        );
+        refused(
+            ("memory: 64Mi", "memory: 64Mb"),
+            "resources.limits.memory",
+            "not a valid memory",
+        );
+        refused(
+            ("{name: conf, mountPath", "{name: nope, mountPath"),
+            "volumeMounts[3].name",
+            "no volume named",
+        );
+        refused(
+            ("allowPrivilegeEscalation: false", "privileged: true"),
+            "securityContext.privileged",
+            "not supported",
+        );
+        refused(
+            ("add: [NET_BIND_SERVICE]", "add: [SYS_ADMIN]"),
+            "capabilities.add",
+            "SYS_ADMIN",
+        );
+        refused(
+            ("- name: sidecar", "- name: httpd"),
+            "spec.containers[1].name",
+            "used twice",
+        );
+        refused(
+            ("name: web\n  labels", "name: Web_1\n  labels"),
+            "metadata.name",
+            "DNS label",
+        );
+        refused(
+            ("image: 127.0.0.1:5000/herd/web:1", "image: Bad//Image"),
+            "spec.containers[0].image",
+            "image reference",
+        );
+        refused(
+            ("    - {name: MODE, value: prod}", "    - {name: MODE}"),
+            "env[0]",
+            "give value",
+        );
+        refused(
+            (
+                "exec: {command: [/bin/true]}",
+                "exec: {command: [/bin/true]}, httpGet: {port: 1}",
+            ),
+            "livenessProbe",
+            "exactly one",
+        );
+        refused(
+            ("medium: Memory", "medium: Disk"),
+            "emptyDir.medium",
+            "Memory",
+        );
+        refused(
+            ("hostPort: 18080", "hostPort: 0"),
+            "ports[0].hostPort",
+            "0, or used twice",
+        );
+        refused(
+            ("apiVersion: v1", "apiVersion: v2"),
+            "apiVersion",
+            "not v1/Pod",
+        );
+    }
+
+    #[test]
+    fn yaml_errors_say_where() {
+        let e = parse("apiVersion: v1\nkind: [\n").unwrap_err();
+        assert!(e.message.contains("line"), "{e}");
+    }
+}
