@@ -11,5 +11,6 @@ pub mod progress;
 pub mod publish;
 pub mod qcow2;
 pub mod serve;
+pub mod sign_image;
 pub mod sparse;
 pub mod state;

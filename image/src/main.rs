@@ -49,6 +49,26 @@ enum Command {
     Release(ReleaseCommand),
     /// Serve a release repository over HTTP (for local use and tests).
     Serve(ServeArgs),
+    /// Sign a container image with a herd key, in cosign's format.
+    ///
+    /// IMAGE is REGISTRY/REPOSITORY[:TAG|@DIGEST] (the signature is stored in
+    /// the registry as the tag sha256-<digest>.sig, where cosign puts it) or
+    /// oci:DIR[:NAME] for an OCI layout (the signature is added to the layout
+    /// under that tag's name; copy it to the registry with the image).
+    /// Nodes whose policy trusts the key's public half (`herd key show`) run it.
+    SignImage(SignImageArgs),
+}
+
+#[derive(clap::Args)]
+struct SignImageArgs {
+    /// The image: REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:NAME].
+    image: String,
+    /// Signing key (`herd key generate`).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// For oci: layouts, the REGISTRY/REPOSITORY nodes will pull it as.
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -448,6 +468,13 @@ fn main() -> ExitCode {
         Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),
         Command::Release(r) => run_release(r).map(|()| ExitCode::SUCCESS),
         Command::Serve(a) => herd::serve::serve(&a.repo, &a.listen).map(|()| ExitCode::SUCCESS),
+        Command::SignImage(a) => herd_release::SigningKey::load(&a.key)
+            .map_err(anyhow::Error::from)
+            .and_then(|k| herd::sign_image::sign_image(&a.image, a.name.as_deref(), &k))
+            .map(|d| {
+                println!("signed {} ({d})", a.image);
+                ExitCode::SUCCESS
+            }),
     };
     match result {
         Ok(code) => code,

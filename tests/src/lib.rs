@@ -5,6 +5,8 @@
 //! The tests expect `./test` (or `scripts/setup.sh`) to have installed the
 //! tools and built `target/release/herd` and the static node binaries.
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

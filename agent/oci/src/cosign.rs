@@ -140,15 +140,14 @@ impl TrustedKey {
     }
 }
 
-/// Signs the image `r` at `digest` with a herd key and stores the
-/// signature in the registry beside the image (appending to any there).
-pub fn sign(
-    registry: &Registry,
-    r: &Reference,
+/// The signature layer (payload bytes and descriptor) for `name` at
+/// `digest`, signed with a herd key.
+fn signature_layer(
+    name: &str,
     digest: &Digest,
     key: &herd_release::SigningKey,
-) -> Result<(), Error> {
-    let body = payload(&r.name(), digest);
+) -> (Vec<u8>, Descriptor) {
+    let body = payload(name, digest);
     let sig = hex::decode(key.sign(&body)).expect("herd signatures are hex");
     let layer = Descriptor {
         media_type: SIMPLESIGNING.into(),
@@ -160,6 +159,50 @@ pub fn sign(
         )]),
         platform: None,
     };
+    (body, layer)
+}
+
+/// The (empty) config every signature manifest carries.
+const SIG_CONFIG: &[u8] = b"{}";
+
+fn new_signature_manifest() -> Manifest {
+    Manifest {
+        schema_version: 2,
+        media_type: Some(OCI_MANIFEST.into()),
+        config: Descriptor {
+            media_type: OCI_CONFIG.into(),
+            digest: Digest::of(SIG_CONFIG),
+            size: SIG_CONFIG.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        },
+        layers: vec![],
+        annotations: BTreeMap::new(),
+    }
+}
+
+/// Adds `layer` to `m` unless an identical signature is there; says
+/// whether it was added.
+fn append(m: &mut Manifest, layer: Descriptor) -> bool {
+    if m.layers
+        .iter()
+        .any(|l| l.annotations == layer.annotations && l.digest == layer.digest)
+    {
+        return false;
+    }
+    m.layers.push(layer);
+    true
+}
+
+/// Signs the image `r` at `digest` with a herd key and stores the
+/// signature in the registry beside the image (appending to any there).
+pub fn sign(
+    registry: &Registry,
+    r: &Reference,
+    digest: &Digest,
+    key: &herd_release::SigningKey,
+) -> Result<(), Error> {
+    let (body, layer) = signature_layer(&r.name(), digest, key);
     let tag = signature_tag(digest);
     let mut m = match registry.manifest(&r.repository, &tag) {
         Ok((bytes, _, _)) => {
@@ -169,34 +212,43 @@ pub fn sign(
             })?
         }
         Err(Error::NotFound(_)) => {
-            let config = b"{}".to_vec();
-            registry.push_blob(&r.repository, &config)?;
-            Manifest {
-                schema_version: 2,
-                media_type: Some(OCI_MANIFEST.into()),
-                config: Descriptor {
-                    media_type: OCI_CONFIG.into(),
-                    digest: Digest::of(&config),
-                    size: config.len() as u64,
-                    annotations: BTreeMap::new(),
-                    platform: None,
-                },
-                layers: vec![],
-                annotations: BTreeMap::new(),
-            }
+            registry.push_blob(&r.repository, SIG_CONFIG)?;
+            new_signature_manifest()
         }
         Err(e) => return Err(e),
     };
-    if m.layers
-        .iter()
-        .any(|l| l.annotations == layer.annotations && l.digest == layer.digest)
-    {
+    if !append(&mut m, layer) {
         return Ok(());
     }
     registry.push_blob(&r.repository, &body)?;
-    m.layers.push(layer);
     let bytes = serde_json::to_vec(&m).expect("manifest serialises");
     registry.push_manifest(&r.repository, &tag, &bytes, OCI_MANIFEST)?;
+    Ok(())
+}
+
+/// Signs the image at `digest` in an OCI layout: the signature manifest
+/// goes into the layout under the name `sha256-<hex>.sig`, so copying the
+/// layout's images to a registry (e.g. `skopeo copy oci:DIR:NAME
+/// docker://...`) carries the signature along. `name` is the
+/// registry/repository the image will be pulled as.
+pub fn sign_layout(
+    layout: &crate::layout::Layout,
+    name: &str,
+    digest: &Digest,
+    key: &herd_release::SigningKey,
+) -> Result<(), Error> {
+    let (body, layer) = signature_layer(name, digest, key);
+    let tag = signature_tag(digest);
+    let mut m = match layout.manifest(&tag) {
+        Ok((m, _)) => m,
+        Err(Error::NotFound(_)) => new_signature_manifest(),
+        Err(e) => return Err(e),
+    };
+    layout.put(SIG_CONFIG)?;
+    layout.put(&body)?;
+    if append(&mut m, layer) {
+        layout.add_image(&m, &tag)?;
+    }
     Ok(())
 }
 

@@ -31,17 +31,21 @@ pub fn pull(r: &Reference, store: &Store, keys: &[TrustedKey]) -> Result<Pulled,
     let reg = Registry::for_reference(r);
     let (bytes, mt, digest) = reg.manifest(&r.repository, &r.version())?;
     let what = format!("manifest of {r}");
-    let (bytes, digest) = match Document::parse(&bytes, &mt, &what)? {
-        Document::Manifest(_) => (bytes, digest),
+    let (bytes, digest, index) = match Document::parse(&bytes, &mt, &what)? {
+        Document::Manifest(_) => (bytes, digest, None),
         Document::Index(i) => {
             let d = i.for_this_machine(&what)?.digest.clone();
             let (b, _, _) = reg.manifest(&r.repository, &d.to_string())?;
-            (b, d)
+            (b, d, Some(digest))
         }
     };
-    // The signature covers the platform manifest or, if that is what was
-    // signed, the reference's own digest.
-    let signed_by = cosign::verify(&reg, r, &digest, keys)?;
+    // The signature covers the platform manifest or, for a multi-platform
+    // image, the index that names it (what `cosign sign` signs by default).
+    let signed_by = match (cosign::verify(&reg, r, &digest, keys), &index) {
+        (Ok(k), _) => k,
+        (Err(Error::Untrusted { .. }), Some(idx)) => cosign::verify(&reg, r, idx, keys)?,
+        (Err(e), _) => return Err(e),
+    };
     info!("{r}: manifest {digest} signed by key {signed_by}");
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
         what: what.clone(),

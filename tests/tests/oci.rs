@@ -2,156 +2,20 @@
 //! registry, on 127.0.0.1): an image made offline, pushed by skopeo (an
 //! independent client), signed in cosign's format, pulled and unpacked only
 //! when the signature checks; unsigned, wrongly signed and tampered images
-//! are refused and nothing of them lands in the store.
+//! are refused and nothing of them lands in the store. `herd sign-image`
+//! signs registry images and OCI layouts.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use herd_oci::cosign::{self, TrustedKey};
 use herd_oci::layout::Layout;
-use herd_oci::manifest::{
-    Descriptor, ImageConfig, Manifest, RootFs, RunConfig, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST,
-};
+use herd_oci::manifest::{Manifest, OCI_MANIFEST};
 use herd_oci::pull::pull;
 use herd_oci::registry::Registry;
 use herd_oci::store::Store;
-use herd_oci::{Digest, Error, Reference};
-
-struct Reg {
-    child: Child,
-    port: u16,
-    storage: PathBuf,
-}
-
-impl Drop for Reg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn need(tool: &str) {
-    assert!(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success(),
-        "{tool} is missing: run scripts/setup.sh (it installs docker-registry and skopeo)"
-    );
-}
-
-fn registry(dir: &Path) -> Reg {
-    need("docker-registry");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let storage = dir.join("storage");
-    let cfg = dir.join("registry.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "docker-registry did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Reg {
-        child,
-        port,
-        storage,
-    }
-}
-
-/// A one-layer image with busybox in an OCI layout, named `name`.
-fn make_image(layout: &Layout, name: &str, marker: &str) -> Digest {
-    let mut tar = tar::Builder::new(Vec::new());
-    let bb = std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup.sh installs it)");
-    for (path, data, mode) in [
-        ("bin/busybox", bb.as_slice(), 0o755),
-        ("etc/marker", marker.as_bytes(), 0o644),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, path, data).unwrap();
-    }
-    let raw = tar.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&raw).unwrap();
-    let gz = gz.finish().unwrap();
-    let config = ImageConfig {
-        architecture: "amd64".into(),
-        os: "linux".into(),
-        config: RunConfig {
-            cmd: Some(vec!["/bin/busybox".into(), "true".into()]),
-            ..Default::default()
-        },
-        rootfs: RootFs {
-            kind: "layers".into(),
-            diff_ids: vec![Digest::of(&raw)],
-        },
-    };
-    let config = serde_json::to_vec(&config).unwrap();
-    let desc = |mt: &str, b: &[u8]| Descriptor {
-        media_type: mt.into(),
-        digest: Digest::of(b),
-        size: b.len() as u64,
-        annotations: BTreeMap::new(),
-        platform: None,
-    };
-    layout.put(&gz).unwrap();
-    layout.put(&config).unwrap();
-    let m = Manifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.into()),
-        config: desc(OCI_CONFIG, &config),
-        layers: vec![desc(OCI_LAYER_GZIP, &gz)],
-        annotations: BTreeMap::new(),
-    };
-    layout.add_image(&m, name).unwrap()
-}
-
-fn skopeo_push(layout: &Path, name: &str, dest: &str) {
-    need("skopeo");
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--insecure-policy",
-        ])
-        .arg(format!("oci:{}:{name}", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use herd_oci::{Error, Reference};
+use herd_tests::registry::{make_image, registry, skopeo_push};
+use herd_tests::{herd, run, run_ok};
 
 fn key_of(k: &herd_release::SigningKey) -> TrustedKey {
     TrustedKey::parse(&k.public().0, "test").unwrap()
@@ -280,4 +144,83 @@ fn pulls_only_signed_untampered_images() {
     let e = pull(&web_ref, &fresh, &[key_of(&signer)]).unwrap_err();
     assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
     assert!(!fresh.has(layer), "a tampered layer never enters the store");
+}
+
+#[test]
+fn herd_sign_image_signs_registry_images_and_layouts() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = registry(t.path());
+    let dir = t.path().join("layout");
+    let layout = Layout::create(&dir).unwrap();
+    let web = make_image(&layout, "web", "web");
+    let host = format!("127.0.0.1:{}", reg.port);
+    skopeo_push(&dir, "web", &format!("{host}/herd/web:1"));
+    let key = t.path().join("image.key");
+    run_ok(
+        Command::new(herd())
+            .args(["key", "generate", "--out"])
+            .arg(&key),
+    );
+    let k = herd_release::SigningKey::load(&key).unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+
+    // A registry image by tag.
+    let out = run_ok(
+        Command::new(herd())
+            .args(["sign-image", &format!("{host}/herd/web:1"), "--key"])
+            .arg(&key),
+    );
+    assert!(out.contains(&web.to_string()), "{out}");
+    let r = Reference::parse(&format!("{host}/herd/web:1")).unwrap();
+    pull(&r, &store, &[key_of(&k)]).unwrap();
+
+    // A layout, signed before it is pushed: the signature travels with it.
+    let name = format!("{host}/herd/offline");
+    run_ok(
+        Command::new(herd())
+            .args([
+                "sign-image",
+                &format!("oci:{}:web", dir.display()),
+                "--name",
+                &name,
+                "--key",
+            ])
+            .arg(&key),
+    );
+    skopeo_push(&dir, "web", &format!("{name}:1"));
+    let sig = cosign::signature_tag(&web);
+    skopeo_push(&dir, &sig, &format!("{name}:{sig}"));
+    let r = Reference::parse(&format!("{name}:1")).unwrap();
+    pull(&r, &store, &[key_of(&k)]).unwrap();
+
+    // Bad inputs.
+    let fails = |args: &[&str], msg: &str| {
+        let o = run(Command::new(herd()).arg("sign-image").args(args));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(msg), "{args:?}: {err}");
+    };
+    let key_s = key.to_str().unwrap();
+    fails(
+        &[&format!("oci:{}:web", dir.display()), "--key", key_s],
+        "needs --name",
+    );
+    fails(
+        &[&format!("{host}/herd/nothing:1"), "--key", key_s],
+        "not found",
+    );
+    fails(
+        &[
+            &format!("oci:{}:nope", dir.display()),
+            "--name",
+            &name,
+            "--key",
+            key_s,
+        ],
+        "nope",
+    );
+    fails(
+        &[&format!("{host}/herd/web:1"), "--key", "/nonexistent.key"],
+        "/nonexistent.key",
+    );
+    fails(&["Not A Reference", "--key", key_s], "image reference");
 }
