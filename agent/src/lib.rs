@@ -3,3 +3,4 @@
 
 pub mod pod;
 pub mod quantity;
+pub mod spec;

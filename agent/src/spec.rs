@@ -1,0 +1,377 @@
+//! The OCI runtime configuration (`config.json`) for one container of a
+//! pod: what the runtime (crun, shipped in the image) is told to create.
+//! Every container gets its own mount and PID namespaces; the pod's
+//! containers share network, IPC and UTS namespaces (the first container
+//! creates them, the others join); no_new_privs always; a default
+//! capability set; a default seccomp profile; cgroup limits; a read-only
+//! root unless the manifest asks otherwise.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use herd_oci::manifest::ImageConfig;
+use serde_json::{json, Value};
+
+use crate::pod::{Container, Pod};
+use crate::quantity;
+
+/// The capabilities a container has unless its manifest changes them
+/// (the set container runtimes have long used, without NET_RAW and MKNOD).
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// System calls the default seccomp profile refuses (EPERM): kernel
+/// modules, kexec, reboot, swap, clocks, accounting, keyrings, BPF, perf,
+/// userfaultfd, handle-based opens, raw I/O ports, and new user namespaces.
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "acct",
+    "add_key",
+    "request_key",
+    "keyctl",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "iopl",
+    "ioperm",
+    "lookup_dcookie",
+    "quotactl",
+    "pivot_root",
+    "mount",
+    "umount2",
+    "unshare",
+    "setns",
+];
+
+/// A resolved volume: where its content lives on the node.
+#[derive(Debug, Clone)]
+pub struct VolumeSource {
+    /// Host path bound into the container.
+    pub path: PathBuf,
+}
+
+/// What the agent decided beyond the manifest.
+#[derive(Debug, Clone, Default)]
+pub struct SpecInputs {
+    /// The unpacked image root.
+    pub rootfs: PathBuf,
+    /// Volume name → host path.
+    pub volumes: BTreeMap<String, VolumeSource>,
+    /// Resolved environment values for `valueFrom` entries (name → value).
+    pub env_from: BTreeMap<String, String>,
+    /// The PID of the pod's first container, whose network, IPC and UTS
+    /// namespaces this one joins; None for the first container.
+    pub join: Option<u32>,
+    /// cgroup path for this container (e.g. `herd/pods/web/httpd`).
+    pub cgroup: String,
+}
+
+/// argv as Kubernetes defines it: `command` replaces the entrypoint and
+/// `args` the cmd.
+pub fn argv(c: &Container, image: &ImageConfig) -> Vec<String> {
+    let ic = &image.config;
+    match (&c.command, &c.args) {
+        (Some(cmd), Some(args)) => cmd.iter().chain(args).cloned().collect(),
+        (Some(cmd), None) => cmd.clone(),
+        (None, Some(args)) => ic
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(args)
+            .cloned()
+            .collect(),
+        (None, None) => ic
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(ic.cmd.iter().flatten())
+            .cloned()
+            .collect(),
+    }
+}
+
+fn env(c: &Container, image: &ImageConfig, inputs: &SpecInputs) -> Vec<String> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        vars.retain(|(n, _)| n != k);
+        vars.push((k.into(), v.into()));
+    };
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    for kv in image.config.env.iter().flatten() {
+        if let Some((k, v)) = kv.split_once('=') {
+            set(k, v);
+        }
+    }
+    for e in &c.env {
+        let v = e
+            .value
+            .clone()
+            .or_else(|| inputs.env_from.get(&e.name).cloned())
+            .unwrap_or_default();
+        set(&e.name, &v);
+    }
+    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn caps(c: &Container) -> Vec<String> {
+    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    if let Some(k) = &c.security_context.capabilities {
+        for d in &k.drop {
+            let d = d.trim_start_matches("CAP_");
+            if d == "ALL" {
+                set.clear();
+            } else {
+                set.retain(|x| x != d);
+            }
+        }
+        for a in &k.add {
+            let a = a.trim_start_matches("CAP_").to_string();
+            if a != "ALL" && !set.contains(&a) {
+                set.push(a);
+            }
+        }
+    }
+    set.into_iter().map(|c| format!("CAP_{c}")).collect()
+}
+
+fn uid_gid(c: &Container, image: &ImageConfig) -> (u32, u32) {
+    let from_image = image
+        .config
+        .user
+        .as_deref()
+        .map(|u| {
+            let (a, b) = u.split_once(':').unwrap_or((u, "0"));
+            (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+        })
+        .unwrap_or((0, 0));
+    (
+        c.security_context.run_as_user.unwrap_or(from_image.0),
+        c.security_context.run_as_group.unwrap_or(from_image.1),
+    )
+}
+
+/// The OCI runtime config for container `c` of `pod`.
+pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &SpecInputs) -> Value {
+    let (uid, gid) = uid_gid(c, image);
+    let caps = caps(c);
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    for m in &c.volume_mounts {
+        if let Some(v) = inputs.volumes.get(&m.name) {
+            let mut opts = vec!["rbind", "nosuid", "nodev"];
+            if m.read_only {
+                opts.push("ro");
+            }
+            mounts.push(json!({"destination": m.mount_path, "type": "bind", "source": v.path, "options": opts}));
+        }
+    }
+    let shared = |kind: &str| match inputs.join {
+        Some(pid) => {
+            json!({"type": kind, "path": format!("/proc/{pid}/ns/{}", if kind == "network" { "net" } else { kind })})
+        }
+        None => json!({"type": kind}),
+    };
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        shared("ipc"),
+        shared("uts"),
+    ];
+    if !pod.spec.host_network {
+        namespaces.push(shared("network"));
+    }
+    let mut resources = json!({"pids": {"limit": 1024}});
+    if let Some(m) = c
+        .resources
+        .limits
+        .memory
+        .as_deref()
+        .and_then(|m| quantity::memory_bytes(m).ok())
+    {
+        resources["memory"] = json!({"limit": m});
+    }
+    if let Some(cpu) = c
+        .resources
+        .limits
+        .cpu
+        .as_deref()
+        .and_then(|m| quantity::cpu_millis(m).ok())
+    {
+        resources["cpu"] = json!({"quota": cpu * 100, "period": 100_000});
+    }
+    let mut spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid},
+            "args": argv(c, image),
+            "env": env(c, image, inputs),
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true
+        },
+        "root": {
+            "path": inputs.rootfs,
+            "readonly": c.security_context.read_only_root_filesystem.unwrap_or(true)
+        },
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": inputs.cgroup,
+            "resources": resources,
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+            },
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    });
+    if inputs.join.is_none() {
+        spec["hostname"] = json!(pod.metadata.name);
+    }
+    spec
+}
+
+/// Writes `config.json` into `bundle`.
+pub fn write_bundle(bundle: &Path, spec: &Value) -> std::io::Result<()> {
+    std::fs::create_dir_all(bundle)?;
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(spec).expect("spec serialises"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_oci::manifest::RunConfig;
+
+    fn pod(yaml_container: &str) -> Pod {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5000/x:1\n{yaml_container}"
+        );
+        Pod::parse(&text, Path::new("t.yaml")).unwrap()
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            config: RunConfig {
+                entrypoint: Some(vec!["/ep".into()]),
+                cmd: Some(vec!["default".into()]),
+                env: Some(vec!["A=image".into(), "PATH=/bin".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn argv_follows_kubernetes() {
+        let img = image();
+        assert_eq!(argv(&pod("").spec.containers[0], &img), ["/ep", "default"]);
+        assert_eq!(
+            argv(&pod("    args: [x]\n").spec.containers[0], &img),
+            ["/ep", "x"]
+        );
+        assert_eq!(
+            argv(&pod("    command: [/c]\n").spec.containers[0], &img),
+            ["/c"]
+        );
+        assert_eq!(
+            argv(
+                &pod("    command: [/c]\n    args: [y]\n").spec.containers[0],
+                &img
+            ),
+            ["/c", "y"]
+        );
+    }
+
+    #[test]
+    fn spec_carries_the_manifest() {
+        let p = pod("    env: [{name: A, value: pod}, {name: S, valueFrom: {secretKeyRef: {name: s, key: k}}}]\n    resources: {limits: {cpu: 250m, memory: 32Mi}}\n    securityContext: {runAsUser: 7, capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}\n");
+        let mut inputs = SpecInputs {
+            rootfs: "/r".into(),
+            cgroup: "herd/web/c".into(),
+            ..Default::default()
+        };
+        inputs.env_from.insert("S".into(), "secret".into());
+        let s = runtime_spec(&p, &p.spec.containers[0], &image(), &inputs);
+        let env: Vec<&str> = s["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"A=pod") && env.contains(&"S=secret") && env.contains(&"PATH=/bin"),
+            "{env:?}"
+        );
+        assert_eq!(s["process"]["user"]["uid"], 7);
+        assert_eq!(
+            s["process"]["capabilities"]["bounding"],
+            json!(["CAP_NET_BIND_SERVICE"])
+        );
+        assert_eq!(s["process"]["noNewPrivileges"], true);
+        assert_eq!(s["root"]["readonly"], true);
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 32 << 20);
+        assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 25_000);
+        assert_eq!(s["hostname"], "web");
+        let joined = runtime_spec(
+            &p,
+            &p.spec.containers[0],
+            &image(),
+            &SpecInputs {
+                join: Some(42),
+                ..inputs
+            },
+        );
+        assert!(joined["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"type": "network", "path": "/proc/42/ns/net"})));
+        assert!(joined.get("hostname").is_none());
+    }
+}
