@@ -304,6 +304,30 @@ enum Format {
 enum VmCommand {
     /// Boot DISK (raw or qcow2) under QEMU; exits when the VM powers off.
     Run(VmRunArgs),
+    /// Print a libvirt domain for DISK (UEFI/OVMF, q35, virtio disk and
+    /// net, serial console, optional TPM): `virsh define` it.
+    LibvirtXml(LibvirtXmlArgs),
+}
+
+#[derive(clap::Args)]
+struct LibvirtXmlArgs {
+    /// The disk image (raw or qcow2); the domain refers to its absolute path.
+    disk: PathBuf,
+    /// Domain name.
+    #[arg(long, default_value = "herd")]
+    name: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Add an emulated TPM 2.0 (libvirt starts swtpm).
+    #[arg(long)]
+    tpm: bool,
+    /// Use KVM (domain type kvm) instead of TCG (type qemu).
+    #[arg(long)]
+    kvm: bool,
 }
 
 #[derive(clap::Args)]
@@ -411,6 +435,21 @@ fn parse_pair(s: &str, what: &str) -> Result<(u16, u16)> {
     Ok((a, b))
 }
 
+fn libvirt_xml(a: LibvirtXmlArgs) -> Result<ExitCode> {
+    if a.cpus == 0 || a.memory < 64 {
+        anyhow::bail!("--cpus must be at least 1 and --memory at least 64 (MiB)");
+    }
+    let mut cfg = herd_qemu::VmConfig::new(a.disk);
+    cfg.memory_mib = a.memory;
+    cfg.cpus = a.cpus;
+    cfg.tpm = a.tpm;
+    if a.kvm {
+        cfg.accel = herd_qemu::Accel::Kvm;
+    }
+    print!("{}", herd_qemu::libvirt::domain_xml(&cfg, &a.name)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_vm(args: VmRunArgs) -> Result<ExitCode> {
     use herd_qemu::{Accel, Forward, GuestForward, VmConfig};
     let mut cfg = VmConfig::new(args.disk);
@@ -465,6 +504,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
         Command::Vm(VmCommand::Run(a)) => run_vm(a),
+        Command::Vm(VmCommand::LibvirtXml(a)) => libvirt_xml(a),
         Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),
         Command::Release(r) => run_release(r).map(|()| ExitCode::SUCCESS),
         Command::Serve(a) => herd::serve::serve(&a.repo, &a.listen).map(|()| ExitCode::SUCCESS),

@@ -35,7 +35,7 @@ fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn format_of(cfg: &VmConfig) -> Result<&'static str, Error> {
+pub(crate) fn format_of(cfg: &VmConfig) -> Result<&'static str, Error> {
     let disk = cfg.disk.display().to_string();
     let mut magic = [0u8; 4];
     let mut f = std::fs::File::open(&cfg.disk).map_err(|e| Error::Disk {

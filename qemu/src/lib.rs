@@ -9,6 +9,7 @@
 
 mod command;
 mod config;
+pub mod libvirt;
 mod qmp;
 mod vm;
 

@@ -1,0 +1,75 @@
+//! `herd vm libvirt-xml`: the domain it prints passes libvirt's own schema
+//! check (`virt-xml-validate`, libvirt-clients) for raw and qcow2 disks,
+//! with and without a TPM, and with a path that needs escaping.
+
+use std::path::Path;
+use std::process::Command;
+
+use herd_tests::*;
+
+fn validate(xml: &str, dir: &Path) -> (bool, String) {
+    let f = dir.join("domain.xml");
+    std::fs::write(&f, xml).unwrap();
+    let out = run(Command::new("virt-xml-validate").arg(&f).arg("domain"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn domains_validate() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("a & b");
+    std::fs::create_dir(&d).unwrap();
+    let raw = d.join("disk.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let qcow = d.join("disk.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow)
+            .arg("64M"),
+    );
+    for (disk, extra, want) in [
+        (&raw, vec![], "type='raw'"),
+        (&qcow, vec!["--tpm"], "tpm-crb"),
+        (
+            &qcow,
+            vec![
+                "--kvm", "--name", "node-1", "--memory", "2048", "--cpus", "4",
+            ],
+            "<domain type='kvm'>",
+        ),
+    ] {
+        let xml = run_ok(
+            Command::new(herd())
+                .args(["vm", "libvirt-xml"])
+                .arg(disk)
+                .args(&extra),
+        );
+        assert!(xml.contains(want), "{want} in {xml}");
+        assert!(xml.contains("a &amp; b/disk."), "{xml}");
+        let (ok, text) = validate(&xml, t.path());
+        assert!(ok, "virt-xml-validate refused {extra:?}: {text}\n{xml}");
+    }
+    // The referee does refuse a broken domain.
+    let xml = run_ok(Command::new(herd()).args(["vm", "libvirt-xml"]).arg(&raw));
+    let (ok, _) = validate(&xml.replace("<vcpu>2</vcpu>", "<vcpu>two</vcpu>"), t.path());
+    assert!(!ok, "virt-xml-validate accepted a broken domain");
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let fails = |args: &[&str], msg: &str| {
+        let o = run(Command::new(herd()).args(["vm", "libvirt-xml"]).args(args));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(msg), "{args:?}: {err}");
+    };
+    fails(&["/nonexistent/disk.raw"], "/nonexistent/disk.raw");
+    let disk = t.path().join("d.raw");
+    std::fs::write(&disk, b"x").unwrap();
+    let disk = disk.to_str().unwrap();
+    fails(&[disk, "--cpus", "0"], "--cpus must be at least 1");
+    fails(&[disk, "--name", "a/b"], "without '/'");
+}
