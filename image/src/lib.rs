@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod config;
 pub mod elf;
+pub mod flash;
 pub mod manifest;
 pub mod output;
 pub mod pipeline;

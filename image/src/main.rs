@@ -57,6 +57,27 @@ enum Command {
     /// under that tag's name; copy it to the registry with the image).
     /// Nodes whose policy trusts the key's public half (`herd key show`) run it.
     SignImage(SignImageArgs),
+    /// Write a raw disk image onto a block device (or into a file), then read
+    /// it back and compare sha256s.
+    ///
+    /// Refuses a qcow2 image, the image itself, a device that is mounted or
+    /// held (device-mapper, e.g. the running system), and a device smaller
+    /// than the image. Asks for confirmation unless --yes.
+    Flash(FlashArgs),
+}
+
+#[derive(clap::Args)]
+struct FlashArgs {
+    /// The raw disk image (e.g. out/default/disk.raw).
+    image: PathBuf,
+    /// The block device (e.g. /dev/sdX) or file to write.
+    target: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -508,6 +529,23 @@ fn main() -> ExitCode {
         Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),
         Command::Release(r) => run_release(r).map(|()| ExitCode::SUCCESS),
         Command::Serve(a) => herd::serve::serve(&a.repo, &a.listen).map(|()| ExitCode::SUCCESS),
+        Command::Flash(a) => herd::flash::flash(
+            &a.image,
+            &a.target,
+            herd::flash::FlashOptions {
+                yes: a.yes,
+                quiet: a.quiet,
+            },
+        )
+        .map_err(anyhow::Error::from)
+        .map(|sha| {
+            println!(
+                "wrote {} to {} and read it back: sha256 {sha}",
+                a.image.display(),
+                a.target.display()
+            );
+            ExitCode::SUCCESS
+        }),
         Command::SignImage(a) => herd_release::SigningKey::load(&a.key)
             .map_err(anyhow::Error::from)
             .and_then(|k| herd::sign_image::sign_image(&a.image, a.name.as_deref(), &k))
