@@ -20,7 +20,7 @@ if touch /written 2>/dev/null; then echo root=rw; else echo root=ro; fi
 if echo x > /data/out 2>/dev/null; then echo data=rw; else echo data=ro; fi
 cat /conf/greeting
 unshare -U true 2>&1 || true
-ps -o pid= | wc -l | sed 's/^ */procs=/'
+echo "pid=$$"
 "#;
 
 #[test]
@@ -48,7 +48,7 @@ fn crun_runs_the_generated_spec() {
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     for tool in [
-        "sh", "id", "grep", "hostname", "pwd", "touch", "cat", "unshare", "ps", "wc", "sed", "echo",
+        "sh", "id", "grep", "hostname", "pwd", "touch", "cat", "unshare", "echo",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
     }
@@ -108,7 +108,7 @@ fn crun_runs_the_generated_spec() {
         "data=ro",
         "hello from a config map",
         "unshare(0x10000000): Operation not permitted",
-        "procs=3",
+        "pid=1",
     ] {
         assert!(
             text.contains(want),

@@ -7,3 +7,4 @@ pub mod bootcount;
 pub mod cmdline;
 pub mod config;
 pub mod disks;
+pub mod os_release;

@@ -11,20 +11,6 @@ use crate::{bless, info, input, modules, sys};
 
 const GRACE: Duration = Duration::from_secs(5);
 
-fn os_release(key: &str) -> Option<String> {
-    fs::read_to_string("/usr/lib/os-release")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            Some(
-                l.strip_prefix(key)?
-                    .strip_prefix('=')?
-                    .trim_matches('"')
-                    .to_string(),
-            )
-        })
-}
-
 fn late_modules() -> usize {
     let mut n = 0;
     if let Ok(rd) = fs::read_dir("/usr/lib/modules") {
@@ -204,8 +190,8 @@ pub fn run() -> ! {
     input::watch_power_button();
     let mut sup = Supervisor::new(&cfg.services);
     sup.start_due();
-    let version = os_release("IMAGE_VERSION")
-        .or_else(|| os_release("VERSION_ID"))
+    let version = herd_init::os_release::field("IMAGE_VERSION")
+        .or_else(|| herd_init::os_release::field("VERSION_ID"))
         .unwrap_or_default();
     info!(
         "ready slot={} version={version} usrhash={} in {} ms",

@@ -72,6 +72,13 @@ pub struct Release {
     pub rollout: Option<Rollout>,
 }
 
+impl Release {
+    /// The dm-verity root hash as bytes; None when `usrhash` is not 64 hex digits.
+    pub fn root_hash(&self) -> Option<[u8; 32]> {
+        hex::decode(&self.usrhash).ok()?.try_into().ok()
+    }
+}
+
 /// The current release of a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -163,9 +163,8 @@ pub fn install(
         "slot {slot} verified against usrhash {}",
         rel.usrhash
     ));
-    let root: [u8; 32] = hex::decode(&rel.usrhash)
-        .ok()
-        .and_then(|h| h.try_into().ok())
+    let root = rel
+        .root_hash()
         .ok_or_else(|| Error::Disk(format!("release {} has a malformed usrhash", rel.version)))?;
     let kernel = fetch_small_payload(base, rel, "linux")?;
     let initrd = fetch_small_payload(base, rel, "initrd")?;

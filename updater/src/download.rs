@@ -277,9 +277,8 @@ pub fn write_slot(
     state_dir: &Path,
     log: &dyn Fn(&str),
 ) -> Result<(), Error> {
-    let root: [u8; 32] = hex::decode(&rel.usrhash)
-        .ok()
-        .and_then(|h| h.try_into().ok())
+    let root = rel
+        .root_hash()
         .ok_or_else(|| Error::Disk(format!("release {} has a malformed usrhash", rel.version)))?;
     let job = |role, dev| Job {
         base,

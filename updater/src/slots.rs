@@ -2,6 +2,7 @@
 
 use herd_init::cmdline::Cmdline;
 use herd_init::disks::{self, Part};
+use herd_init::os_release;
 
 use crate::Error;
 
@@ -18,20 +19,6 @@ pub struct Slots {
     pub image: String,
     /// The disk holding the slots (e.g. `vda`).
     pub disk: String,
-}
-
-fn os_release(key: &str) -> Option<String> {
-    std::fs::read_to_string("/usr/lib/os-release")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            Some(
-                l.strip_prefix(key)?
-                    .strip_prefix('=')?
-                    .trim_matches('"')
-                    .to_string(),
-            )
-        })
 }
 
 impl Slots {
@@ -56,8 +43,8 @@ impl Slots {
         Ok(Slots {
             running,
             other,
-            version: os_release("IMAGE_VERSION").unwrap_or_default(),
-            image: os_release("IMAGE_ID").unwrap_or_else(|| "herd".into()),
+            version: os_release::field("IMAGE_VERSION").unwrap_or_default(),
+            image: os_release::field("IMAGE_ID").unwrap_or_else(|| "herd".into()),
             disk: usr.disk,
         })
     }
