@@ -349,6 +349,10 @@ struct LibvirtXmlArgs {
     /// Use KVM (domain type kvm) instead of TCG (type qemu).
     #[arg(long)]
     kvm: bool,
+    /// Forward host 127.0.0.1:HOST to guest port GUEST (TCP); repeatable.
+    /// Uses libvirt's passt backend (Debian package passt on the VM host).
+    #[arg(long, value_name = "HOST:GUEST")]
+    forward: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -466,6 +470,10 @@ fn libvirt_xml(a: LibvirtXmlArgs) -> Result<ExitCode> {
     cfg.tpm = a.tpm;
     if a.kvm {
         cfg.accel = herd_qemu::Accel::Kvm;
+    }
+    for f in &a.forward {
+        let (host, guest) = parse_pair(f, "--forward")?;
+        cfg.forwards.push(herd_qemu::Forward { host, guest });
     }
     print!("{}", herd_qemu::libvirt::domain_xml(&cfg, &a.name)?);
     Ok(ExitCode::SUCCESS)

@@ -23,13 +23,33 @@ fn esc(s: &str) -> String {
 }
 
 /// The domain XML for `cfg`'s disk under `name`. The disk path is made
-/// absolute (libvirt needs it); forwards are not expressed (use libvirt's
-/// own networking).
+/// absolute (libvirt needs it). `cfg.forwards` become `<portForward>`s on
+/// 127.0.0.1, which libvirt supports only with the passt backend of user
+/// networking (Debian package `passt`), so the NIC uses passt when there are
+/// forwards and libvirt's default (SLIRP) otherwise. Guest-to-host forwards
+/// have no libvirt counterpart and are refused.
 pub fn domain_xml(cfg: &VmConfig, name: &str) -> Result<String, Error> {
     if name.is_empty() || name.contains('/') {
         return Err(Error::Disk {
             path: cfg.disk.display().to_string(),
             message: format!("domain name {name:?}: give a non-empty name without '/'"),
+        });
+    }
+    if !cfg.guest_forwards.is_empty() {
+        return Err(Error::Disk {
+            path: cfg.disk.display().to_string(),
+            message: "guest-to-host forwards have no libvirt equivalent: drop them".into(),
+        });
+    }
+    let meta = std::fs::metadata(&cfg.disk).map_err(|e| Error::Disk {
+        path: cfg.disk.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let block = std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type());
+    if !meta.is_file() && !block {
+        return Err(Error::Disk {
+            path: cfg.disk.display().to_string(),
+            message: "not a regular file or block device".into(),
         });
     }
     let format = format_of(cfg)?;
@@ -46,6 +66,23 @@ pub fn domain_xml(cfg: &VmConfig, name: &str) -> Result<String, Error> {
     } else {
         ""
     };
+    let mut net = String::new();
+    if !cfg.forwards.is_empty() {
+        net.push_str("\n      <backend type='passt'/>");
+        for f in &cfg.forwards {
+            if f.host == 0 || f.guest == 0 {
+                return Err(Error::Disk {
+                    path: cfg.disk.display().to_string(),
+                    message: format!("forward {}:{}: ports must be 1-65535", f.host, f.guest),
+                });
+            }
+            net.push_str(&format!(
+                "\n      <portForward proto='tcp' address='127.0.0.1'>\n        \
+                 <range start='{}' to='{}'/>\n      </portForward>",
+                f.host, f.guest
+            ));
+        }
+    }
     Ok(format!(
         "<domain type='{kind}'>
   <name>{name}</name>
@@ -66,13 +103,13 @@ pub fn domain_xml(cfg: &VmConfig, name: &str) -> Result<String, Error> {
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <disk type='file' device='disk'>
+    <disk type='{disk_type}' device='disk'>
       <driver name='qemu' type='{format}'/>
-      <source file='{disk}'/>
+      <source {source}='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
     <interface type='user'>
-      <model type='virtio'/>
+      <model type='virtio'/>{net}
     </interface>
     <serial type='pty'>
       <target port='0'/>
@@ -97,12 +134,40 @@ pub fn domain_xml(cfg: &VmConfig, name: &str) -> Result<String, Error> {
             "host-model"
         },
         disk = esc(&disk.display().to_string()),
+        disk_type = if block { "block" } else { "file" },
+        source = if block { "dev" } else { "file" },
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwards_use_passt() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("d.raw");
+        std::fs::write(&p, [0u8; 512]).unwrap();
+        let mut cfg = VmConfig::new(p);
+        let x = domain_xml(&cfg, "n").unwrap();
+        assert!(!x.contains("passt") && !x.contains("portForward"), "{x}");
+        assert!(x.contains("type='raw'") && !x.contains("<tpm"), "{x}");
+        cfg.forwards.push(crate::Forward {
+            host: 8080,
+            guest: 80,
+        });
+        cfg.forwards.push(crate::Forward {
+            host: 2222,
+            guest: 22,
+        });
+        let x = domain_xml(&cfg, "n").unwrap();
+        assert!(x.contains("<backend type='passt'/>"), "{x}");
+        assert!(x.contains("<range start='8080' to='80'/>"), "{x}");
+        assert!(x.contains("<range start='2222' to='22'/>"), "{x}");
+        cfg.guest_forwards
+            .push(crate::GuestForward { guest: 1, host: 2 });
+        assert!(domain_xml(&cfg, "n").is_err());
+    }
 
     #[test]
     fn escapes_and_detects_the_format() {

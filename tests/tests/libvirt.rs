@@ -1,6 +1,7 @@
 //! `herd vm libvirt-xml`: the domain it prints passes libvirt's own schema
 //! check (`virt-xml-validate`, libvirt-clients) for raw and qcow2 disks,
-//! with and without a TPM, and with a path that needs escaping.
+//! with and without a TPM, with port forwards (passt), and with a path
+//! that needs escaping.
 
 use std::path::Path;
 use std::process::Command;
@@ -40,6 +41,11 @@ fn domains_validate() {
             ],
             "<domain type='kvm'>",
         ),
+        (
+            &raw,
+            vec!["--forward", "8080:80", "--forward", "2222:22"],
+            "<range start='2222' to='22'/>",
+        ),
     ] {
         let xml = run_ok(
             Command::new(herd())
@@ -51,6 +57,33 @@ fn domains_validate() {
         assert!(xml.contains("a &amp; b/disk."), "{xml}");
         let (ok, text) = validate(&xml, t.path());
         assert!(ok, "virt-xml-validate refused {extra:?}: {text}\n{xml}");
+    }
+    // A block device is a <disk type='block'> (loop device, when this
+    // test may create one).
+    match Command::new("losetup")
+        .arg("--show")
+        .arg("-f")
+        .arg(&raw)
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let out = run(Command::new(herd()).args(["vm", "libvirt-xml", &dev]));
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+            let xml = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(xml.contains(&format!("<source dev='{dev}'/>")), "{xml}");
+            let (ok, text) = validate(&xml, t.path());
+            assert!(
+                ok,
+                "virt-xml-validate refused the block device domain: {text}\n{xml}"
+            );
+        }
+        other => eprintln!("skipping the block device case: losetup unavailable ({other:?})"),
     }
     // The referee does refuse a broken domain.
     let xml = run_ok(Command::new(herd()).args(["vm", "libvirt-xml"]).arg(&raw));
@@ -72,4 +105,8 @@ fn bad_input_is_refused() {
     let disk = disk.to_str().unwrap();
     fails(&[disk, "--cpus", "0"], "--cpus must be at least 1");
     fails(&[disk, "--name", "a/b"], "without '/'");
+    fails(&[disk, "--forward", "8080"], "must look like 8080:80");
+    fails(&[disk, "--forward", "0:80"], "ports must be 1-65535");
+    // A directory is not a disk.
+    fails(&[t.path().to_str().unwrap()], t.path().to_str().unwrap());
 }
