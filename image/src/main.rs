@@ -545,12 +545,14 @@ fn main() -> ExitCode {
                 quiet: a.quiet,
             },
         )
-        .map_err(anyhow::Error::from)
-        .map(|sha| {
+        .with_context(|| format!("flashing {} onto {}", a.image.display(), a.target.display()))
+        .map(|f| {
             println!(
-                "wrote {} to {} and read it back: sha256 {sha}",
+                "wrote {} ({} bytes) to {} and read it back: sha256 {} matches",
                 a.image.display(),
-                a.target.display()
+                f.bytes,
+                a.target.display(),
+                f.sha256
             );
             ExitCode::SUCCESS
         }),
