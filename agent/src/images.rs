@@ -62,6 +62,14 @@ pub enum ImageError {
         /// why
         source: std::io::Error,
     },
+    /// `oci:NAME` is in none of the node's layouts.
+    #[error("image oci:{name} is in none of the node's OCI layouts: {looked}")]
+    NotInLayout {
+        /// the name
+        name: String,
+        /// where it was looked for
+        looked: String,
+    },
     /// The pull policy is not one of the three.
     #[error("imagePullPolicy {0:?} is not Always, IfNotPresent or Never")]
     PullPolicy(String),
@@ -92,6 +100,7 @@ struct Entry {
 /// The image cache.
 pub struct Images {
     root: PathBuf,
+    layouts: Vec<PathBuf>,
     store: Store,
     index: Mutex<BTreeMap<String, Entry>>,
 }
@@ -118,8 +127,9 @@ fn pull_policy(r: &Reference, asked: Option<&str>) -> Result<PullPolicy, ImageEr
 }
 
 impl Images {
-    /// The cache under `root` (created when missing).
-    pub fn open(root: &Path) -> Result<Images, ImageError> {
+    /// The cache under `root` (created when missing); `oci:NAME` images
+    /// are looked up in the OCI layouts `layouts`, in order.
+    pub fn open(root: &Path, layouts: Vec<PathBuf>) -> Result<Images, ImageError> {
         let store = Store::open(root)?;
         let index = match std::fs::read(root.join("images.json")) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
@@ -127,6 +137,7 @@ impl Images {
         };
         Ok(Images {
             root: root.to_path_buf(),
+            layouts,
             store,
             index: Mutex::new(index),
         })
@@ -151,6 +162,9 @@ impl Images {
         asked_policy: Option<&str>,
         policy: &Policy,
     ) -> Result<Ready, ImageError> {
+        if let Some(name) = image.strip_prefix(herd_oci::pull::LAYOUT_PREFIX) {
+            return self.get_from_layout(name, policy);
+        }
         let r = Reference::parse(image).map_err(|source| ImageError::Reference {
             image: image.into(),
             source,
@@ -217,6 +231,39 @@ impl Images {
             pulled,
             rootfs,
             fetched,
+        })
+    }
+
+    /// Image `name` of the first layout that has it; read again every
+    /// time (it is local), its signature checked every time.
+    fn get_from_layout(&self, name: &str, policy: &Policy) -> Result<Ready, ImageError> {
+        let mut missing = Vec::new();
+        for dir in &self.layouts {
+            let layout = match herd_oci::layout::Layout::open(dir) {
+                Ok(l) => l,
+                Err(_) => {
+                    missing.push(format!("{} (not an OCI layout)", dir.display()));
+                    continue;
+                }
+            };
+            match herd_oci::pull::pull_layout(&layout, name, &self.store, &policy.keys) {
+                Ok(pulled) => {
+                    let rootfs = self.unpacked(&pulled)?;
+                    return Ok(Ready {
+                        pulled,
+                        rootfs,
+                        fetched: false,
+                    });
+                }
+                Err(herd_oci::Error::NotFound(_)) => {
+                    missing.push(format!("{} (no image {name:?})", dir.display()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ImageError::NotInLayout {
+            name: name.into(),
+            looked: missing.join(", "),
         })
     }
 
@@ -313,7 +360,7 @@ mod tests {
     #[test]
     fn never_without_a_copy_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let images = Images::open(t.path()).unwrap();
+        let images = Images::open(t.path(), Vec::new()).unwrap();
         let e = images
             .get("127.0.0.1:1/a:1", Some("Never"), &Policy::default())
             .unwrap_err();

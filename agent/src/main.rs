@@ -75,6 +75,10 @@ struct RunArgs {
     /// Config maps, one directory per config map, one file per key.
     #[arg(long, default_value = "/etc/herd/configmaps")]
     configmaps: PathBuf,
+    /// OCI image layouts holding `oci:NAME` images (signed in the layout
+    /// with `herd sign-image oci:DIR:NAME`), searched in order.
+    #[arg(long = "layout", default_values = ["/var/lib/herd/images", "/usr/share/herd/images"])]
+    layouts: Vec<PathBuf>,
     /// Persistent state: image store, unpacked roots, pod directories.
     #[arg(long, default_value = "/var/lib/herd/agent")]
     state: PathBuf,
@@ -252,7 +256,8 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
         );
     }
     let status = Status::default();
-    let images = Images::open(&a.state.join("images")).context("opening the image store")?;
+    let images = Images::open(&a.state.join("images"), a.layouts.clone())
+        .context("opening the image store")?;
     let env = Arc::new(Env::new(
         Runtime {
             bin: a.runtime.clone(),
@@ -295,6 +300,10 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
     }
     let mut watch = Watch::default();
     let mut running: BTreeMap<PathBuf, Handle> = BTreeMap::new();
+    // Pods asked to stop, still within their grace period; a changed
+    // manifest's new pod starts once its old pod is gone.
+    let mut stopping: Vec<(PathBuf, Handle)> = Vec::new();
+    let mut start_after_stop: BTreeSet<PathBuf> = BTreeSet::new();
     let mut gc_at: Option<Instant> = Some(Instant::now() + Duration::from_secs(60));
     while !STOP.load(Ordering::SeqCst) {
         for change in watch.scan(&a.pods) {
@@ -303,32 +312,61 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
                 Change::Changed(p) => (Some(p.clone()), Some(p)),
                 Change::Removed(p) => (Some(p), None),
             };
-            if let Some(p) = stop {
-                if let Some(h) = running.remove(&p) {
+            if let Some(p) = &stop {
+                if let Some(h) = running.remove(p) {
                     status.event(
                         &h.name,
                         "Stopping",
                         format!("{} changed or went", p.display()),
                     );
-                    let name = h.name.clone();
                     h.stop();
-                    h.join();
-                    status.remove(&name);
+                    stopping.push((p.clone(), h));
                 } else {
-                    status.remove(&refused_name(&p));
+                    status.remove(&refused_name(p));
                 }
                 gc_at = Some(Instant::now() + Duration::from_secs(10));
             }
-            if let Some(p) = start {
+            match start {
+                Some(p) if stopping.iter().any(|(q, _)| *q == p) => {
+                    start_after_stop.insert(p);
+                }
+                Some(p) => start_pod(&env, &status, &mut running, p),
+                None => {
+                    if let Some(p) = stop {
+                        start_after_stop.remove(&p);
+                    }
+                }
+            }
+        }
+        let (done, still): (Vec<_>, Vec<_>) =
+            stopping.into_iter().partition(|(_, h)| h.is_finished());
+        stopping = still;
+        for (p, h) in done {
+            let name = h.name.clone();
+            h.join();
+            if !running.values().any(|r| r.name == name) {
+                status.remove(&name);
+            }
+            if start_after_stop.remove(&p) && p.exists() {
                 start_pod(&env, &status, &mut running, p);
             }
         }
-        if gc_at.is_some_and(|t| Instant::now() >= t) && env.preparing.load(Ordering::SeqCst) == 0 {
+        // Not while a pod is being pulled or still stopping (its image is
+        // in use until it is gone).
+        if gc_at.is_some_and(|t| Instant::now() >= t)
+            && stopping.is_empty()
+            && env.preparing.load(Ordering::SeqCst) == 0
+        {
             gc_at = None;
             collect_garbage(&env, &status);
         }
-        notify.wait(Duration::from_secs(2));
+        notify.wait(if stopping.is_empty() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(200)
+        });
     }
+    running.extend(stopping);
     status.event(
         "",
         "AgentStopping",

@@ -506,7 +506,14 @@ impl Pod {
                     format!("{:?}: not a DNS label, or used twice", c.name),
                 );
             }
-            if let Err(e) = herd_oci::Reference::parse(&c.image) {
+            if let Some(name) = c.image.strip_prefix(herd_oci::pull::LAYOUT_PREFIX) {
+                if !herd_oci::pull::valid_layout_name(name) {
+                    return fail(
+                        format!("{f}.image"),
+                        format!("{name:?} is not an image name of an OCI layout (letters, digits, ._:/@-)"),
+                    );
+                }
+            } else if let Err(e) = herd_oci::Reference::parse(&c.image) {
                 return fail(format!("{f}.image"), e.to_string());
             }
             for (j, e) in c.env.iter().enumerate() {

@@ -53,11 +53,12 @@ impl Runtime {
             .spawn()
     }
 
-    /// Sends `signal` (e.g. "TERM", "KILL") to the container's processes.
+    /// Sends `signal` (e.g. "TERM", "KILL") to the container's first
+    /// process (when it dies, the kernel ends the rest of its PID namespace).
     pub fn kill(&self, id: &str, signal: &str) {
         let _ = self
             .command()
-            .args(["kill", "--all", id, signal])
+            .args(["kill", id, signal])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -134,6 +134,11 @@ impl Handle {
         let _ = self.tx.send(Msg::Stop);
     }
 
+    /// Whether the pod has stopped (its thread ended).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Waits until the pod has stopped and its volumes are gone.
     pub fn join(self) {
         let _ = self.thread.join();

@@ -3,7 +3,8 @@
 //! Debian's crun running the containers. A signed pod serves HTTP through
 //! its host port and a sidecar sees it on the pod's loopback; an unsigned
 //! pod and an invalid manifest are refused with their reasons while the
-//! signed one keeps running; a killed container is restarted after the
+//! signed one keeps running; images of an OCI layout on the node run only
+//! when signed in the layout; a killed container is restarted after the
 //! kubelet's back-off; a removed manifest stops its pod and its image is
 //! collected; SIGTERM stops the agent and its pods.
 
@@ -120,6 +121,9 @@ fn agent_runs_signed_pods_and_refuses_the_rest() {
     let key = herd_release::SigningKey::generate().unwrap();
     let web_ref = Reference::parse(&format!("{host}/herd/web:1")).unwrap();
     cosign::sign(&Registry::for_reference(&web_ref), &web_ref, &web, &key).unwrap();
+    // The same image, signed inside the layout too: the node runs it from
+    // the layout (`oci:web`) with no registry at all.
+    cosign::sign_layout(&layout, "registry.example/herd/web", &web, &key).unwrap();
 
     let d = t.path();
     for sub in [
@@ -170,6 +174,17 @@ spec:
     )
     .unwrap();
 
+    std::fs::write(
+        d.join("pods/local.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: local}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: oci:web\n    command: [/bin/busybox, sh, -c, 'echo local marker $(cat /etc/marker); exec /bin/busybox sleep 100000']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pods/local-unsigned.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: local-unsigned}\nspec:\n  containers:\n  - name: c\n    image: oci:unsigned\n",
+    )
+    .unwrap();
+
     let agent_bin = bin_dir().join("herd-agent");
     let socket = d.join("run/agent.sock");
     let log = d.join("agent.log");
@@ -177,7 +192,7 @@ spec:
     // runs in a private mount namespace that sees only cgroup2, with the
     // runtime's cgroups off (on a node they are on).
     let script = format!(
-        "mount -t cgroup2 none /sys/fs/cgroup && exec {} --socket {} run --pods {} --policy {} --secrets {} --state {} --run {} --logs {} --no-cgroups --host-ip 127.0.0.1",
+        "mount -t cgroup2 none /sys/fs/cgroup && exec {} --socket {} run --pods {} --policy {} --secrets {} --state {} --run {} --logs {} --layout {} --no-cgroups --host-ip 127.0.0.1",
         agent_bin.display(),
         socket.display(),
         d.join("pods").display(),
@@ -186,6 +201,7 @@ spec:
         d.join("state").display(),
         d.join("run").display(),
         d.join("logs").display(),
+        layout_dir.display(),
     );
     let child = Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
@@ -222,6 +238,18 @@ spec:
         m.contains("is not signed") && m.contains("nothing of it runs"),
         "{m}"
     );
+    // From the node's OCI layout: the signed image runs, the unsigned one does not.
+    wait_for("the layout pod's output", 60, &log, || {
+        let (ok, out) = agent.cli(&["logs", "local"]);
+        (ok && out.contains("local marker web")).then_some(())
+    });
+    let lu = wait_for("the unsigned layout pod to be refused", 60, &log, || {
+        agent
+            .pod("local-unsigned")
+            .filter(|p| p["phase"] == "BackOff")
+    });
+    let m = lu["message"].as_str().unwrap();
+    assert!(m.contains("it is not signed (no sha256-"), "{m}");
     let bad = agent.pod("bad").expect("the invalid pod is listed");
     assert_eq!(bad["phase"], "Refused");
     assert!(
@@ -263,8 +291,9 @@ spec:
     // Removing the manifest stops the pod and frees its port; its image
     // is collected.
     std::fs::remove_file(d.join("pods/web.yaml")).unwrap();
-    wait_for("the removed pod to go", 30, &log, || {
-        agent.pod("web").is_none().then_some(())
+    std::fs::remove_file(d.join("pods/local.yaml")).unwrap();
+    wait_for("the removed pods to go", 30, &log, || {
+        (agent.pod("web").is_none() && agent.pod("local").is_none()).then_some(())
     });
     assert!(http_get(port).is_none(), "the host port is closed");
     wait_for("the unused image to be collected", 60, &log, || {

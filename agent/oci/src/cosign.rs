@@ -284,6 +284,52 @@ pub fn verify(
         what: format!("signature manifest {tag}"),
         message: e.to_string(),
     })?;
+    check_signatures(&m, digest, keys, |l| registry.small_blob(&r.repository, l))
+        .map_err(|e| e.map_or_else(|err| err, untrusted))
+}
+
+/// Finds a signature of the manifest `digest` by one of `keys` in the OCI
+/// layout (where [`sign_layout`] puts it); returns the signing key's id.
+pub fn verify_layout(
+    layout: &crate::layout::Layout,
+    name: &str,
+    digest: &Digest,
+    keys: &[TrustedKey],
+) -> Result<String, Error> {
+    let untrusted = |m: String| Error::Untrusted {
+        image: format!("{name}@{digest}"),
+        message: m,
+    };
+    if keys.is_empty() {
+        return Err(untrusted(
+            "the node trusts no image keys (add one to the policy)".into(),
+        ));
+    }
+    let tag = signature_tag(digest);
+    let m = match layout.manifest(&tag) {
+        Ok((m, _)) => m,
+        Err(Error::NotFound(_)) => {
+            return Err(untrusted(format!(
+                "it is not signed (no {tag} in the layout; sign it with `herd sign-image oci:DIR:NAME`)"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    check_signatures(&m, digest, keys, |l| {
+        layout.get(&l.digest, crate::manifest::MAX_DOCUMENT)
+    })
+    .map_err(|e| e.map_or_else(|err| err, untrusted))
+}
+
+/// The signature layers of `m` checked against `keys` and `digest`:
+/// Ok(key id), or Err(Ok(why untrusted)) / Err(Err(error fetching)).
+fn check_signatures(
+    m: &Manifest,
+    digest: &Digest,
+    keys: &[TrustedKey],
+    fetch: impl Fn(&Descriptor) -> Result<Vec<u8>, Error>,
+) -> Result<String, Result<String, Error>> {
+    let tag = signature_tag(digest);
     let mut seen = Vec::new();
     for l in m.layers.iter().filter(|l| l.media_type == SIMPLESIGNING) {
         let Some(sig) = l.annotations.get(SIGNATURE_ANNOTATION) else {
@@ -293,14 +339,16 @@ pub fn verify(
             seen.push("a signature that is not base64".to_string());
             continue;
         };
-        let body = registry.small_blob(&r.repository, l)?;
+        let body = fetch(l).map_err(Err)?;
         let Some(k) = keys.iter().find(|k| k.verify(&body, &sig)) else {
             seen.push("a signature by a key this node does not trust (or over other bytes)".into());
             continue;
         };
-        let p: Payload = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
-            what: "signature payload".into(),
-            message: e.to_string(),
+        let p: Payload = serde_json::from_slice(&body).map_err(|e| {
+            Err(Error::Malformed {
+                what: "signature payload".into(),
+                message: e.to_string(),
+            })
         })?;
         if p.critical.kind != PAYLOAD_TYPE {
             seen.push(format!("a signed payload of type {:?}", p.critical.kind));
@@ -315,7 +363,7 @@ pub fn verify(
         }
         return Ok(k.id());
     }
-    Err(untrusted(if seen.is_empty() {
+    Err(Ok(if seen.is_empty() {
         format!("{tag} holds no cosign signature")
     } else {
         format!(

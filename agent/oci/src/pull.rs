@@ -74,15 +74,7 @@ pub fn pull_from(
             what: format!("config of {r}"),
             message: e.to_string(),
         })?;
-    if !config.os.is_empty() && (config.os != "linux" || config.architecture != "amd64") {
-        return Err(Error::Malformed {
-            what: format!("config of {r}"),
-            message: format!(
-                "image is for {}/{}, this node is linux/amd64",
-                config.os, config.architecture
-            ),
-        });
-    }
+    check_platform(&config, &format!("config of {r}"))?;
     for l in &manifest.layers {
         if !store.has(&l.digest) {
             store.put_with(&l.digest, |w| reg.blob(&r.repository, l, w))?;
@@ -90,6 +82,89 @@ pub fn pull_from(
     }
     Ok(Pulled {
         reference: r.pinned(&digest),
+        signed_by,
+        manifest,
+        config,
+    })
+}
+
+fn check_platform(config: &ImageConfig, what: &str) -> Result<(), Error> {
+    if !config.os.is_empty() && (config.os != "linux" || config.architecture != "amd64") {
+        return Err(Error::Malformed {
+            what: what.into(),
+            message: format!(
+                "image is for {}/{}, this node is linux/amd64",
+                config.os, config.architecture
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// How a pod names an image of an OCI layout on the node: `oci:NAME`,
+/// NAME being the image's `org.opencontainers.image.ref.name` there.
+pub const LAYOUT_PREFIX: &str = "oci:";
+
+/// Whether `name` may name an image in a layout (`oci:NAME`).
+pub fn valid_layout_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b))
+}
+
+/// Takes image `name` of an OCI layout on the node into `store`, if a
+/// signature by one of `keys` stored in the layout (as `herd sign-image
+/// oci:DIR:NAME` writes it) covers its manifest; every blob is checked
+/// against its digest on the way.
+pub fn pull_layout(
+    layout: &crate::layout::Layout,
+    name: &str,
+    store: &Store,
+    keys: &[TrustedKey],
+) -> Result<Pulled, Error> {
+    use crate::manifest::MAX_DOCUMENT;
+    let (manifest, digest) = layout.manifest(name)?;
+    let signed_by = cosign::verify_layout(layout, name, &digest, keys)?;
+    info!("oci:{name}: manifest {digest} signed by key {signed_by}");
+    store.put(&digest, &layout.get(&digest, MAX_DOCUMENT)?)?;
+    let config_bytes = layout.get(&manifest.config.digest, MAX_DOCUMENT)?;
+    store.put(&manifest.config.digest, &config_bytes)?;
+    let config: ImageConfig =
+        serde_json::from_slice(&config_bytes).map_err(|e| Error::Malformed {
+            what: format!("config of oci:{name}"),
+            message: e.to_string(),
+        })?;
+    check_platform(&config, &format!("config of oci:{name}"))?;
+    for l in &manifest.layers {
+        store.put_with(&l.digest, |w| {
+            let src = layout.blob_path(&l.digest);
+            let mut f = std::fs::File::open(&src)
+                .map_err(crate::io(format!("opening {}", src.display())))?;
+            let mut h = crate::digest::Hashing::new(w);
+            std::io::copy(&mut f, &mut h)
+                .map_err(crate::io(format!("copying {}", src.display())))?;
+            let n = h.len();
+            let (got, _) = h.finish();
+            if got != l.digest || n != l.size {
+                return Err(Error::DigestMismatch {
+                    what: format!("layer {} of oci:{name}", l.digest),
+                    got: format!("{got} ({n} bytes)"),
+                    expected: format!("{} ({} bytes)", l.digest, l.size),
+                });
+            }
+            Ok(n)
+        })?;
+    }
+    Ok(Pulled {
+        reference: Reference {
+            registry: "oci".into(),
+            repository: name.into(),
+            tag: None,
+            digest: Some(digest),
+        },
         signed_by,
         manifest,
         config,

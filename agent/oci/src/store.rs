@@ -46,7 +46,10 @@ impl Store {
         if dst.is_file() {
             return Ok(dst);
         }
-        let tmp = dst.with_extension(format!("part-{}", std::process::id()));
+        // Unique per writer: two pods may pull the same blob at once.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dst.with_extension(format!("part-{}-{n}", std::process::id()));
         let f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
         let mut w = BufWriter::new(f);
         let r = fill(&mut w).and_then(|_| {
