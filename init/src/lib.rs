@@ -8,3 +8,4 @@ pub mod cmdline;
 pub mod config;
 pub mod disks;
 pub mod os_release;
+pub mod tree;
