@@ -424,7 +424,7 @@ fn checked_config(file: Option<PathBuf>) -> Result<Option<PathBuf>> {
 fn config_check(file: &Path) -> Result<ExitCode> {
     match herd_provision::check_file(file) {
         Ok(c) => {
-            println!("{}: OK: {}", file.display(), c.summary());
+            println!("{}", herd_provision::ok_report(file, &c));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -8,7 +8,7 @@
 //! | `/etc/herd/init.toml` | herd-init's node settings: `hostname`, `[network]` |
 //! | `/etc/herd/pods/NAME.yaml` | each static pod's manifest, named by `metadata.name` |
 //! | `/etc/herd/policy/keys/NAME.pub` | each trusted image key, as given |
-//! | `/etc/herd/policy/policy.toml` | `[[key]] name, file, id, scopes` |
+//! | `/etc/herd/policy/policy.toml` | `insecure_registries` (herd-agent's policy file) |
 //! | `/etc/herd/update.toml` | herd-update settings overriding the image's |
 //! | `/var/lib/herd/provisioned` | the marker: the configuration's sha256 and source |
 //!
@@ -23,10 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use herd_init::config::Local;
-use herd_oci::cosign::TrustedKey;
-
 use crate::config::Checked;
+use herd_init::config::Local;
 
 /// The marker, relative to the node root.
 pub const MARKER: &str = "var/lib/herd/provisioned";
@@ -75,17 +73,10 @@ pub fn provisioned(root: &Path) -> Option<Marker> {
     })
 }
 
+/// herd-agent's `policy.toml` (agent/src/policy.rs).
 #[derive(Serialize)]
-struct Policy {
-    key: Vec<PolicyKey>,
-}
-
-#[derive(Serialize)]
-struct PolicyKey {
-    name: String,
-    file: String,
-    id: String,
-    scopes: Vec<String>,
+struct PolicyFile {
+    insecure_registries: Vec<String>,
 }
 
 /// The files a configuration produces: (path relative to the root, bytes).
@@ -116,28 +107,25 @@ pub fn files(c: &Checked) -> Vec<(String, Vec<u8>)> {
             manifest.clone().into_bytes(),
         ));
     }
-    if !cfg.images.keys.is_empty() {
-        let mut policy = Policy { key: Vec::new() };
-        for k in &cfg.images.keys {
-            let k = k.get_ref();
-            let file = format!("keys/{}.pub", k.name);
-            let id = TrustedKey::parse(&k.key, &k.name)
-                .map(|t| t.id())
-                .unwrap_or_default();
-            out.push((
-                format!("{POLICY_DIR}/{file}"),
-                format!("{}\n", k.key.trim()).into_bytes(),
-            ));
-            policy.key.push(PolicyKey {
-                name: k.name.clone(),
-                file,
-                id,
-                scopes: k.scopes.clone(),
-            });
-        }
+    for k in &cfg.images.keys {
+        let k = k.get_ref();
+        out.push((
+            format!("{POLICY_DIR}/keys/{}.pub", k.name),
+            format!("{}\n", k.key.trim()).into_bytes(),
+        ));
+    }
+    if !cfg.images.insecure_registries.is_empty() {
+        let policy = PolicyFile {
+            insecure_registries: cfg
+                .images
+                .insecure_registries
+                .iter()
+                .map(|r| r.get_ref().clone())
+                .collect(),
+        };
         let text = format!(
-            "# Written once by herd-provision. Images run only when signed by one of\n\
-             # these keys, and only inside the key's scopes (none = any image).\n{}",
+            "# Written once by herd-provision: registries herd-agent reaches over plain HTTP\n\
+             # (images from them must still be signed by a key in keys/).\n{}",
             toml::to_string(&policy).expect("policy serialises")
         );
         out.push((format!("{POLICY_DIR}/policy.toml"), text.into_bytes()));
@@ -229,6 +217,7 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
 mod tests {
     use super::*;
     use crate::config::NodeConfig;
+    use herd_oci::cosign::TrustedKey;
 
     fn good() -> Checked {
         NodeConfig::parse(&crate::config::tests::good()).unwrap()
@@ -260,13 +249,13 @@ mod tests {
         );
         let pod = fs::read_to_string(r.join("etc/herd/pods/web.yaml")).unwrap();
         herd_agent::pod::Pod::parse(&pod, Path::new("web.yaml")).unwrap();
+        // herd-agent's own policy reader takes what was written.
+        let (policy, skipped) = herd_agent::policy::Policy::load(&[r.join("etc/herd/policy")]);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(policy.keys.len(), 1);
         let key = fs::read_to_string(r.join("etc/herd/policy/keys/ops.pub")).unwrap();
-        TrustedKey::parse(&key, "ops").unwrap();
-        let policy: toml::Table =
-            toml::from_str(&fs::read_to_string(r.join("etc/herd/policy/policy.toml")).unwrap())
-                .unwrap();
-        assert_eq!(policy["key"][0]["file"].as_str(), Some("keys/ops.pub"));
-        assert_eq!(policy["key"][0]["id"].as_str().unwrap().len(), 16);
+        assert!(policy.trusts(&TrustedKey::parse(&key, "ops").unwrap().id()));
+        assert!(policy.plain_http("10.0.2.100:5000"));
         let update = fs::read_to_string(r.join(UPDATE)).unwrap();
         let merged = format!("repository = \"http://x\"\n{update}");
         let u = herd_update::config::UpdateConfig::parse(&merged).unwrap();

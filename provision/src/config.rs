@@ -11,10 +11,12 @@
 //! gateway = "10.0.2.2"
 //! dns = ["10.0.2.3"]
 //!
+//! [images]
+//! insecure_registries = ["10.0.2.100:5000"]   # optional: registries reached over plain HTTP
+//!
 //! [[images.key]]                   # keys whose signatures make an image runnable
 //! name = "ops"
 //! key = "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----"   # or 64 hex digits
-//! scopes = ["registry.example.com/team"]   # optional: image names this key may sign
 //!
 //! [[pod]]                          # a static pod (Kubernetes v1 Pod YAML)
 //! manifest = """
@@ -117,13 +119,17 @@ pub struct NodeConfig {
     pub update: Option<Spanned<UpdateSettings>>,
 }
 
-/// `[images]`: which signing keys the node trusts.
+/// `[images]`: herd-agent's image policy (`/etc/herd/policy`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Images {
     /// Trusted keys.
     #[serde(default, rename = "key")]
     pub keys: Vec<Spanned<ImageKey>>,
+    /// Registries (`host` or `host:port`) herd-agent may reach over plain
+    /// HTTP; images from them must still be signed.
+    #[serde(default)]
+    pub insecure_registries: Vec<Spanned<String>>,
 }
 
 /// A trusted image signing key.
@@ -135,10 +141,6 @@ pub struct ImageKey {
     /// PEM `PUBLIC KEY` (ECDSA P-256 or ed25519, as `cosign.pub`) or a herd
     /// public key (64 hex digits, `herd key show`).
     pub key: String,
-    /// Image names (`REGISTRY/REPOSITORY` prefixes, whole path segments)
-    /// this key may sign; empty = any image.
-    #[serde(default)]
-    pub scopes: Vec<String>,
 }
 
 /// A static pod.
@@ -179,6 +181,20 @@ pub struct Checked {
     pub pods: Vec<(String, String)>,
     /// sha256 of the configuration's bytes, hex.
     pub sha256: String,
+    /// Remarks that do not stop the configuration (offline checks only).
+    pub notes: Vec<Problem>,
+}
+
+/// Whether the image carries trusted image keys of its own
+/// (`/usr/lib/herd/policy/keys`), which herd-agent adds to the node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKeys {
+    /// Checking offline: not known.
+    Unknown,
+    /// The image has none.
+    None,
+    /// The image has some.
+    Some,
 }
 
 /// 1-based line and column of a byte offset.
@@ -210,16 +226,30 @@ fn valid_channel(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-/// Whether image `name` (`REGISTRY/REPOSITORY`) is inside `scope`.
-pub fn in_scope(name: &str, scope: &str) -> bool {
-    let s = scope.trim_end_matches('/');
-    name == s || name.strip_prefix(s).is_some_and(|r| r.starts_with('/'))
+/// `host` or `host:port`, no scheme, path or spaces.
+fn valid_registry(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 impl NodeConfig {
-    /// Parses and checks the whole configuration. On error, every problem
-    /// found (a syntax error stops at the first one).
+    /// Parses and checks the whole configuration offline (whether the image
+    /// carries keys is not known). On error, every problem found (a syntax
+    /// error stops at the first one).
     pub fn parse(text: &str) -> Result<Checked, Invalid> {
+        NodeConfig::parse_for(text, ImageKeys::Unknown)
+    }
+
+    /// Parses and checks the whole configuration for an image that does or
+    /// does not carry trusted keys of its own.
+    pub fn parse_for(text: &str, image_keys: ImageKeys) -> Result<Checked, Invalid> {
         let one = |line, column, message: String| Invalid {
             problems: vec![Problem {
                 line,
@@ -250,14 +280,16 @@ impl NodeConfig {
             one(line, column, e.message().trim().to_string())
         })?;
         let mut problems = Vec::new();
-        let mut at = |offset: usize, message: String| {
+        let mut notes = Vec::new();
+        let place = |offset: usize, message: String| {
             let (line, column) = position(text, offset);
-            problems.push(Problem {
+            Problem {
                 line,
                 column,
                 message,
-            });
+            }
         };
+        let mut at = |offset: usize, message: String| problems.push(place(offset, message));
 
         if let Some(v) = &config.version {
             if *v.get_ref() != VERSION {
@@ -292,8 +324,18 @@ impl NodeConfig {
             }
         }
 
+        for r in &config.images.insecure_registries {
+            if !valid_registry(r.get_ref()) {
+                at(
+                    r.span().start,
+                    format!(
+                        "images.insecure_registries: {:?} is not a registry host or host:port, e.g. \"10.0.2.100:5000\"",
+                        r.get_ref()
+                    ),
+                );
+            }
+        }
         let mut names = BTreeSet::new();
-        let mut keys: Vec<&ImageKey> = Vec::new();
         for k in &config.images.keys {
             let start = k.span().start;
             let key = k.get_ref();
@@ -311,24 +353,8 @@ impl NodeConfig {
             if let Err(e) = TrustedKey::parse(&key.key, &key.name) {
                 at(start, format!("images.key {:?}: {e}", key.name));
             }
-            for s in &key.scopes {
-                let t = s.trim_end_matches('/');
-                if t.is_empty()
-                    || t.contains("://")
-                    || t.contains(['@', ' ', '\t', '\n'])
-                    || !t.contains(|c: char| c.is_ascii_alphanumeric())
-                {
-                    at(
-                        start,
-                        format!(
-                            "images.key {:?}: scope {s:?} is not an image name prefix such as \"registry.example.com/team\"",
-                            key.name
-                        ),
-                    );
-                }
-            }
-            keys.push(key);
         }
+        let no_keys = config.images.keys.is_empty();
 
         let mut pods = Vec::new();
         let mut pod_names = BTreeSet::new();
@@ -349,34 +375,28 @@ impl NodeConfig {
                     format!("{what}: a pod named {name:?} is defined twice; pod names are unique on a node"),
                 );
             }
-            for c in &pod.spec.containers {
-                let image = match herd_oci::Reference::parse(&c.image) {
-                    Ok(r) => r.name(),
-                    Err(e) => {
-                        at(start, format!("{what}: container {:?}: {e}", c.name));
-                        continue;
-                    }
-                };
-                let trusted = keys
-                    .iter()
-                    .any(|k| k.scopes.is_empty() || k.scopes.iter().any(|s| in_scope(&image, s)));
-                if !trusted {
+            if no_keys && image_keys != ImageKeys::Some {
+                let c = &pod.spec.containers[0];
+                let msg = format!(
+                    "pod {name:?}: container {:?} runs {}, but no [[images.key]] is configured",
+                    c.name, c.image
+                );
+                if image_keys == ImageKeys::None {
                     at(
                         start,
-                        if keys.is_empty() {
-                            format!(
-                                "pod {name:?}: container {:?} runs {}, but no [[images.key]] is configured: \
-                                 herd runs signed images only, so add the key that signs it",
-                                c.name, c.image
-                            )
-                        } else {
-                            format!(
-                                "pod {name:?}: container {:?} runs {}, which no [[images.key]] scope covers: \
-                                 add a scope for {image} or a key without scopes",
-                                c.name, c.image
-                            )
-                        },
+                        format!(
+                            "{msg} and the image carries no trusted keys: herd runs signed images only, \
+                             so add the key that signs it"
+                        ),
                     );
+                } else {
+                    notes.push(place(
+                        start,
+                        format!(
+                            "{msg}: it runs only if the image carries the key that signs it \
+                             (/usr/lib/herd/policy/keys); a node whose image has none refuses this configuration"
+                        ),
+                    ));
                 }
             }
             pods.push((name, p.manifest.get_ref().clone()));
@@ -407,6 +427,7 @@ impl NodeConfig {
 
         if problems.is_empty() {
             Ok(Checked {
+                notes,
                 pods,
                 sha256: hex::encode(Sha256::digest(text.as_bytes())),
                 config,
@@ -433,6 +454,15 @@ impl Checked {
             c.images.keys.len(),
             if c.images.keys.len() == 1 { "" } else { "s" }
         ));
+        if !c.images.insecure_registries.is_empty() {
+            let r: Vec<&str> = c
+                .images
+                .insecure_registries
+                .iter()
+                .map(|r| r.get_ref().as_str())
+                .collect();
+            parts.push(format!("plain-HTTP registries {}", r.join(" ")));
+        }
         let names: Vec<&str> = self.pods.iter().map(|(n, _)| n.as_str()).collect();
         parts.push(format!(
             "{} pod{}{}",
@@ -474,7 +504,8 @@ pub(crate) mod tests {
     pub(crate) fn good() -> String {
         format!(
             "hostname = \"node-7\"\n[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n\
-             [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\nscopes = [\"registry.example.com/team\"]\n\
+             [images]\ninsecure_registries = [\"10.0.2.100:5000\"]\n\
+             [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\n\
              {}[update]\nchannel = \"beta\"\nreboot = \"window\"\nwindow = \"02:00-04:00\"\n",
             pod("web", "registry.example.com/team/web:1.0")
         )
@@ -524,8 +555,9 @@ pub(crate) mod tests {
     fn every_semantic_problem_is_reported() {
         let text = format!(
             "version = 2\nhostname = \"bad host\"\n[network]\nmode = \"static\"\n\
+             [images]\ninsecure_registries = [\"http://r.io/x\"]\n\
              [[images.key]]\nname = \"ops\"\nkey = \"not a key\"\n\
-             [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\nscopes = [\"https://x\"]\n\
+             [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\n\
              {}{}{}[update]\nreboot = \"window\"\nchannel = \"a b\"\n",
             pod("web", "registry.example.com/team/web:1"),
             pod("web", "registry.example.com/team/web:1"),
@@ -536,9 +568,9 @@ pub(crate) mod tests {
             ("line 1, column 11", "version = 2"),
             ("line 2, column 12", "not a valid host name"),
             ("line 3, column 1", "network.address"),
-            ("line 5, column 1", "images.key \"ops\": key ops"),
-            ("line 8, column 1", "defined twice"),
-            ("line 8, column 1", "scope \"https://x\""),
+            ("line 6, column 24", "\"http://r.io/x\" is not a registry"),
+            ("line 7, column 1", "images.key \"ops\": key ops"),
+            ("line 10, column 1", "defined twice"),
             ("pod #2", "defined twice"),
             ("pod #3", "privileged"),
             ("[update]", "channel \"a b\""),
@@ -553,22 +585,46 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn pods_need_a_trusted_key_in_scope() {
-        let p = problems(&format!("hostname = \"n\"\n{}", pod("web", "r.io/a:1")));
-        assert!(p[0].contains("no [[images.key]] is configured"), "{p:?}");
-        let p = problems(&format!(
-            "[[images.key]]\nname = \"k\"\nkey = \"{KEY}\"\nscopes = [\"r.io/team\"]\n{}",
-            pod("web", "r.io/teams/a:1")
-        ));
-        assert!(p[0].contains("no [[images.key]] scope covers"), "{p:?}");
-        NodeConfig::parse(&format!(
-            "[[images.key]]\nname = \"k\"\nkey = \"{KEY}\"\n{}",
-            pod("web", "r.io/any/a:1")
-        ))
-        .unwrap();
-        assert!(in_scope("r.io/team/a", "r.io/team/"));
-        assert!(in_scope("r.io/team", "r.io/team"));
-        assert!(!in_scope("r.io/teams/a", "r.io/team"));
+    fn pods_need_a_trusted_key_somewhere() {
+        let text = format!("hostname = \"n\"\n{}", pod("web", "r.io/a:1"));
+        // Offline: a note, since the image may carry keys.
+        let c = NodeConfig::parse(&text).unwrap();
+        assert!(
+            c.notes[0].to_string().starts_with("line 3, column 12:")
+                && c.notes[0]
+                    .message
+                    .contains("no [[images.key]] is configured"),
+            "{:?}",
+            c.notes
+        );
+        // On a node whose image has none: refused.
+        let p = NodeConfig::parse_for(&text, ImageKeys::None).unwrap_err();
+        assert!(
+            p.problems[0]
+                .message
+                .contains("the image carries no trusted keys"),
+            "{p}"
+        );
+        assert!(NodeConfig::parse_for(&text, ImageKeys::Some)
+            .unwrap()
+            .notes
+            .is_empty());
+        let with_key = format!("{text}[[images.key]]\nname = \"k\"\nkey = \"{KEY}\"\n");
+        assert!(NodeConfig::parse_for(&with_key, ImageKeys::None)
+            .unwrap()
+            .notes
+            .is_empty());
+        for (r, ok) in [
+            ("10.0.2.100", true),
+            ("10.0.2.100:5000", true),
+            ("reg.example", true),
+            ("http://x", false),
+            ("x/y", false),
+            ("x:0", false),
+            ("", false),
+        ] {
+            assert_eq!(valid_registry(r), ok, "{r}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod source;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{Checked, Invalid, NodeConfig, Problem};
+pub use config::{Checked, ImageKeys, Invalid, NodeConfig, Problem};
 
 /// Why a configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +55,41 @@ fn lines(path: &Path, invalid: &Invalid) -> String {
         .join("\n")
 }
 
-/// Checks bytes as a node configuration; `what` names them in errors.
+/// Checks bytes as a node configuration offline; `what` names them in errors.
 pub fn check_bytes(bytes: &[u8], what: &Path) -> Result<Checked, CheckError> {
+    check_bytes_for(bytes, what, ImageKeys::Unknown)
+}
+
+/// Checks bytes as a node configuration for an image with or without keys
+/// of its own.
+pub fn check_bytes_for(
+    bytes: &[u8],
+    what: &Path,
+    image_keys: ImageKeys,
+) -> Result<Checked, CheckError> {
     let text = std::str::from_utf8(bytes).map_err(|_| CheckError::NotText {
         path: what.to_path_buf(),
     })?;
-    NodeConfig::parse(text).map_err(|invalid| CheckError::Invalid {
+    NodeConfig::parse_for(text, image_keys).map_err(|invalid| CheckError::Invalid {
         path: what.to_path_buf(),
         invalid,
     })
+}
+
+/// What `herd config check` prints for a good configuration: the OK line
+/// and one line per note.
+pub fn ok_report(path: &Path, c: &Checked) -> String {
+    let mut out = format!("{}: OK: {}", path.display(), c.summary());
+    for n in &c.notes {
+        out.push_str(&format!(
+            "\n{}:{}:{}: note: {}",
+            path.display(),
+            n.line,
+            n.column,
+            n.message
+        ));
+    }
+    out
 }
 
 /// Reads and checks a configuration file (`herd config check FILE`).

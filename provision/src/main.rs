@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use herd_provision::{apply, check_bytes, check_file, source, CheckError};
+use herd_provision::{
+    apply, check_bytes_for, check_file, ok_report, source, CheckError, ImageKeys,
+};
 
 #[derive(Parser)]
 #[command(
@@ -143,6 +145,25 @@ fn find() -> Result<Option<(String, Vec<u8>)>> {
     Ok(None)
 }
 
+/// Whether the image carries trusted image keys (`/usr/lib/herd/policy/keys`,
+/// which herd-agent reads after the node's own).
+fn image_keys(root: &Path) -> ImageKeys {
+    let has = std::fs::read_dir(root.join("usr/lib/herd/policy/keys"))
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                e.path()
+                    .extension()
+                    .is_some_and(|x| x == "pub" || x == "pem")
+            })
+        })
+        .unwrap_or(false);
+    if has {
+        ImageKeys::Some
+    } else {
+        ImageKeys::None
+    }
+}
+
 const UNPROVISIONED: &str = "the node stays unprovisioned: the image's hostname and network, no pods, no trusted image keys";
 
 fn node(root: &Path) -> ExitCode {
@@ -170,7 +191,7 @@ fn node(root: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let checked = match check_bytes(&bytes, Path::new(&from)) {
+    let checked = match check_bytes_for(&bytes, Path::new(&from), image_keys(root)) {
         Ok(c) => c,
         Err(CheckError::Invalid { invalid, .. }) => {
             for p in &invalid.problems {
@@ -217,7 +238,7 @@ fn main() -> ExitCode {
         Command::Node { root } => node(&root),
         Command::Check { file } => match check_file(&file) {
             Ok(c) => {
-                println!("{}: OK: {}", file.display(), c.summary());
+                println!("{}", ok_report(&file, &c));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -36,13 +36,15 @@ spec:
 fn good_config(hostname: &str) -> String {
     format!(
         "hostname = \"{hostname}\"\n\n[network]\nmode = \"static\"\naddress = \"10.0.2.20/24\"\ngateway = \"10.0.2.2\"\n\n\
-         [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\nscopes = [\"registry.example.com/team\"]\n\n\
+         [images]\ninsecure_registries = [\"10.0.2.100:5000\"]\n\n\
+         [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\n\n\
          [[pod]]\nmanifest = \"\"\"\n{POD}\"\"\"\n\n[update]\nchannel = \"beta\"\nreboot = \"never\"\n"
     )
 }
 
-/// Two problems a node must report with their places: a bad host name (line
-/// 1) and a pod whose image no trusted key covers (line 2).
+/// Two problems a node must report with their places: a bad host name on
+/// line 1 and, on line 3, a pod no trusted key can sign (no [[images.key]],
+/// and the test image carries no keys of its own).
 const BROKEN: &str = "hostname = \"bad host!\"\n[[pod]]\nmanifest = \"\"\"\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: registry.example.com/team/web:1.0\n\"\"\"\n";
 
 fn image() -> &'static Path {
@@ -181,7 +183,7 @@ fn fw_cfg_configuration_is_applied_once() {
     );
     let policy = st("/etc/herd/policy/policy.toml").unwrap();
     assert!(
-        policy.contains("name = \"ops\"") && policy.contains("registry.example.com/team"),
+        policy.contains("insecure_registries = [\"10.0.2.100:5000\"]"),
         "{policy}"
     );
     let init = st("/etc/herd/init.toml").unwrap();
@@ -270,10 +272,8 @@ fn broken_configuration_is_refused_and_the_node_stays_safe() {
     );
     let lines = vm.lines();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("line 3, column 12")
-                && l.contains("no [[images.key]] is configured")),
+        lines.iter().any(|l| l.contains("line 3, column 12")
+            && l.contains("no [[images.key]] is configured and the image carries no trusted keys")),
         "{lines:#?}"
     );
     // Safe state: boots to ready with the image's host name and DHCP, no
@@ -298,7 +298,9 @@ fn config_check_and_vm_run_refuse_the_broken_file_offline() {
     fs::write(&good, good_config("node-7")).unwrap();
     let ok = run_ok(Command::new(herd()).args(["config", "check"]).arg(&good));
     assert!(
-        ok.contains("OK: hostname node-7, network static, 1 image key, 1 pod (web)"),
+        ok.contains(
+            "OK: hostname node-7, network static, 1 image key, plain-HTTP registries 10.0.2.100:5000, 1 pod (web)"
+        ),
         "{ok}"
     );
     let broken = tmp.path().join("broken.toml");
@@ -307,8 +309,23 @@ fn config_check_and_vm_run_refuse_the_broken_file_offline() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let b = broken.display();
-    assert!(err.contains(&format!("{b}:1:12: ")), "{err}");
-    assert!(err.contains(&format!("{b}:3:12: ")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{b}:1:12: hostname \"bad host!\" is not a valid host name"
+        )),
+        "{err}"
+    );
+    // Offline, a pod without keys is a note: the image may carry them.
+    let nokeys = tmp.path().join("nokeys.toml");
+    fs::write(&nokeys, BROKEN.replace("bad host!", "node-8")).unwrap();
+    let ok = run_ok(Command::new(herd()).args(["config", "check"]).arg(&nokeys));
+    assert!(
+        ok.contains(&format!(
+            "{}:3:12: note: pod \"web\": container \"web\" runs registry.example.com/team/web:1.0, but no [[images.key]] is configured",
+            nokeys.display()
+        )),
+        "{ok}"
+    );
     // herd vm run checks the configuration before it starts anything.
     let out = run(Command::new(herd())
         .args(["vm", "run", "/nonexistent/disk.raw", "--config"])
