@@ -336,3 +336,41 @@ fn config_check_and_vm_run_refuse_the_broken_file_offline() {
         "{err}"
     );
 }
+
+#[test]
+fn provisioned_pod_and_key_reach_herd_agent_in_the_default_image() {
+    // The default image runs herd-agent: the provisioned key is loaded and
+    // the provisioned pod is picked up from /etc/herd/pods. Its registry is
+    // not reachable (user networking with restrict=on and no guest
+    // forward), so the pull fails, and says so for that pod.
+    let image = default_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("node.toml");
+    let pod = POD.replace(
+        "registry.example.com/team/web:1.0",
+        "10.0.2.100:5000/team/web:1.0",
+    );
+    fs::write(
+        &config,
+        format!(
+            "hostname = \"node-9\"\n[images]\ninsecure_registries = [\"10.0.2.100:5000\"]\n\
+             [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\n[[pod]]\nmanifest = \"\"\"\n{pod}\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    let vm = boot(&image.join("disk.raw"), &tmp.path().join("boot.log"), |c| {
+        c.snapshot = true;
+        c.config = Some(config.clone());
+    });
+    vm.wait_for("herd-provision: wrote /etc/herd/pods/web.yaml", BOOT)
+        .unwrap();
+    vm.wait_for(
+        "agent: AgentStarted: watching /etc/herd/pods; 1 trusted image key(s)",
+        BOOT,
+    )
+    .unwrap();
+    let failed = vm.wait_for("pod web: PullFailed", BOOT).unwrap();
+    assert!(failed.contains("10.0.2.100:5000"), "{failed}");
+    vm.kill();
+    let _ = fs::remove_dir_all(image);
+}
