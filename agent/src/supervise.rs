@@ -434,8 +434,10 @@ impl Worker {
         for (i, c) in self.pod.spec.containers.iter().enumerate() {
             let id = format!("{name}_{}", c.name);
             // Leftovers of an agent that died without stopping its pods.
-            self.env.runtime.kill(&id, "KILL");
-            self.env.runtime.delete(&id);
+            if self.env.runtime.root.join(&id).exists() {
+                self.env.runtime.kill(&id, "KILL");
+                self.env.runtime.delete(&id);
+            }
             let bundle = self.env.bundles.join(&id);
             let _ = std::fs::remove_dir_all(&bundle);
             let image_root = &prep.images[i].rootfs;
@@ -527,7 +529,7 @@ impl Worker {
                 if done.load(Ordering::SeqCst) || Instant::now() > end {
                     break None;
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_micros(250));
             };
             let Some(pid) = pid else {
                 return Err((
