@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PKGS=(qemu-system-x86 qemu-utils ovmf systemd-boot-efi swtpm swtpm-tools
       squashfs-tools dosfstools mtools cryptsetup-bin busybox-static cpio
       fdisk gdisk e2fsprogs util-linux dnsmasq-base iproute2 libvirt-clients bc
-      curl time docker-registry skopeo crun libxml2-utils)
+      curl time docker-registry skopeo crun libxml2-utils python3-jsonschema)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -37,4 +37,4 @@ echo "==> building herd (release)" >&2
 cargo build --release -q -p herd >&2
 echo "==> building the node binaries (static)" >&2
 RUSTFLAGS='-C target-feature=+crt-static' \
-  cargo build --release -q --target x86_64-unknown-linux-gnu -p herd-init -p herd-update -p herd-agent >&2
+  cargo build --release -q --target x86_64-unknown-linux-gnu -p herd-init -p herd-update -p herd-agent -p herd-provision >&2

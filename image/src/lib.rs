@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod publish;
 pub mod qcow2;
+pub mod sbom;
 pub mod serve;
 pub mod sign_image;
 pub mod sparse;

@@ -64,6 +64,20 @@ enum Command {
     /// held (device-mapper, e.g. the running system), and a device smaller
     /// than the image. Asks for confirmation unless --yes.
     Flash(FlashArgs),
+    /// Node configurations (first-boot provisioning, docs/PROVISIONING.md).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a node configuration offline, exactly as a node checks it
+    /// before applying it: prints OK and what it sets, or every problem
+    /// with its line and column (exit status 1).
+    Check {
+        /// The node configuration (TOML).
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -353,6 +367,10 @@ struct LibvirtXmlArgs {
     /// Uses libvirt's passt backend (Debian package passt on the VM host).
     #[arg(long, value_name = "HOST:GUEST")]
     forward: Vec<String>,
+    /// Hand this node configuration to the guest through fw_cfg
+    /// (opt/herd/config); it is checked first.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -386,6 +404,34 @@ struct VmRunArgs {
     /// Keep the UEFI variables in this file across runs (default: a private copy per run).
     #[arg(long, value_name = "FILE")]
     vars: Option<PathBuf>,
+    /// Hand this node configuration to the guest through QEMU's fw_cfg
+    /// (opt/herd/config), applied on the node's first boot; it is checked
+    /// first (`herd config check`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Refuses a node configuration a node would refuse, before booting.
+fn checked_config(file: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    if let Some(f) = &file {
+        herd_provision::check_file(f).map_err(|e| {
+            anyhow::anyhow!("{e}\nthe node would refuse this configuration; fix it first")
+        })?;
+    }
+    Ok(file)
+}
+
+fn config_check(file: &Path) -> Result<ExitCode> {
+    match herd_provision::check_file(file) {
+        Ok(c) => {
+            println!("{}", herd_provision::ok_report(file, &c));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn default_bin_dir() -> Result<PathBuf> {
@@ -465,6 +511,7 @@ fn libvirt_xml(a: LibvirtXmlArgs) -> Result<ExitCode> {
         anyhow::bail!("--cpus must be at least 1 and --memory at least 64 (MiB)");
     }
     let mut cfg = herd_qemu::VmConfig::new(a.disk);
+    cfg.config = checked_config(a.config)?;
     cfg.memory_mib = a.memory;
     cfg.cpus = a.cpus;
     cfg.tpm = a.tpm;
@@ -482,6 +529,7 @@ fn libvirt_xml(a: LibvirtXmlArgs) -> Result<ExitCode> {
 fn run_vm(args: VmRunArgs) -> Result<ExitCode> {
     use herd_qemu::{Accel, Forward, GuestForward, VmConfig};
     let mut cfg = VmConfig::new(args.disk);
+    cfg.config = checked_config(args.config)?;
     cfg.tpm = args.tpm;
     cfg.memory_mib = args.memory;
     if args.cpus == 0 {
@@ -534,6 +582,7 @@ fn main() -> ExitCode {
         Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
         Command::Vm(VmCommand::Run(a)) => run_vm(a),
         Command::Vm(VmCommand::LibvirtXml(a)) => libvirt_xml(a),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),
         Command::Release(r) => run_release(r).map(|()| ExitCode::SUCCESS),
         Command::Serve(a) => herd::serve::serve(&a.repo, &a.listen).map(|()| ExitCode::SUCCESS),

@@ -47,6 +47,7 @@ pub mod names {
     pub const KERNEL: &str = "boot/linux";
     pub const INITRD: &str = "boot/initrd";
     pub const BOOTLOADER: &str = "boot/BOOTX64.EFI";
+    pub const SBOM: &str = crate::sbom::FILE;
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -447,6 +448,20 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     staging.write(names::KERNEL, &kernel.vmlinuz)?;
     staging.write(names::INITRD, &initrd)?;
     staging.write(names::BOOTLOADER, &systemd_boot)?;
+    let binaries: Vec<crate::sbom::Binary> = bins
+        .iter()
+        .map(|(n, d)| crate::sbom::Binary { name: n, data: d })
+        .collect();
+    let sbom = crate::sbom::spdx(&crate::sbom::Input {
+        name,
+        version,
+        usrhash: &usrhash,
+        epoch,
+        packages: &packages,
+        binaries: &binaries,
+    })
+    .context("reading the Cargo.lock herd was built with, for the SBOM")?;
+    staging.write(names::SBOM, &sbom)?;
     let mut output_names: Vec<String> = [
         names::DISK,
         names::USR,
@@ -454,6 +469,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         names::KERNEL,
         names::INITRD,
         names::BOOTLOADER,
+        names::SBOM,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -467,7 +483,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     }
 
     let step = progress.step("hashing outputs");
-    let in_memory: [(&str, &[u8]); 5] = [
+    let in_memory: [(&str, &[u8]); 6] = [
+        (names::SBOM, &sbom),
         (names::USR, &squashfs),
         (names::USR_VERITY, &verity.hash_area),
         (names::KERNEL, &kernel.vmlinuz),

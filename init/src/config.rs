@@ -149,25 +149,76 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     Ok((addr, len))
 }
 
+/// Where provisioning writes the node's own settings, which override the
+/// image's `hostname` and `[network]` (see docs/PROVISIONING.md).
+pub const LOCAL: &str = "/etc/herd/init.toml";
+
+/// `/etc/herd/init.toml`: the node's own host name and network, written
+/// once by provisioning on STATE. Services stay the image's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Local {
+    /// Host name; overrides the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Network settings; replace the image's `[network]` as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+}
+
+impl Local {
+    /// Parses and checks the TOML text; errors name line and column.
+    pub fn parse(text: &str) -> Result<Local, ConfigError> {
+        let l: Local = from_toml(text)?;
+        l.check()?;
+        Ok(l)
+    }
+
+    /// Checks the host name and network as the image's would be checked.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        Config {
+            hostname: self.hostname.clone(),
+            network: self.network.clone().unwrap_or_default(),
+            ..Config::default()
+        }
+        .check()
+    }
+}
+
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                format!(
+                    "line {}, column {}: ",
+                    before.matches('\n').count() + 1,
+                    s.start - before.rfind('\n').map_or(0, |i| i + 1) + 1
+                )
+            })
+            .unwrap_or_default();
+        ConfigError(format!("{at}{}", e.message()))
+    })
+}
+
 impl Config {
     /// Parses and checks the TOML text; errors name line and column.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let before = &text[..s.start.min(text.len())];
-                    format!(
-                        "line {}, column {}: ",
-                        before.matches('\n').count() + 1,
-                        s.start - before.rfind('\n').map_or(0, |i| i + 1) + 1
-                    )
-                })
-                .unwrap_or_default();
-            ConfigError(format!("{at}{}", e.message()))
-        })?;
+        let c: Config = from_toml(text)?;
         c.check()?;
         Ok(c)
+    }
+
+    /// The image's configuration with the node's own settings on top.
+    pub fn with_local(mut self, local: Local) -> Config {
+        if local.hostname.is_some() {
+            self.hostname = local.hostname;
+        }
+        if let Some(n) = local.network {
+            self.network = n;
+        }
+        self
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -242,6 +293,28 @@ mod tests {
         assert_eq!(
             parse_cidr(c.network.address.as_deref().unwrap()).unwrap().1,
             24
+        );
+    }
+
+    #[test]
+    fn local_overrides_hostname_and_network() {
+        let image =
+            Config::parse("hostname = \"img\"\n[[service]]\nname = \"a\"\nexec = [\"/bin/a\"]\n")
+                .unwrap();
+        let l = Local::parse("hostname = \"node-7\"\n[network]\nmode = \"off\"\n").unwrap();
+        let c = image.clone().with_local(l);
+        assert_eq!(c.hostname.as_deref(), Some("node-7"));
+        assert_eq!(c.network.mode, NetMode::Off);
+        assert_eq!(c.services, image.services);
+        assert_eq!(image.clone().with_local(Local::default()), image);
+        let e = Local::parse("hostname = \"a b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid host name"), "{e}");
+        let e = Local::parse("\n[[service]]\n").unwrap_err().to_string();
+        assert!(
+            e.contains("line 2, column 3") && e.contains("service"),
+            "{e}"
         );
     }
 

@@ -11,6 +11,7 @@ mod initrd;
 mod input;
 mod log;
 mod modules;
+mod provision;
 mod root;
 mod supervise;
 mod sys;

@@ -4,10 +4,10 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use herd_init::cmdline::Cmdline;
-use herd_init::config::{parse_cidr, Config, NetMode};
+use herd_init::config::{parse_cidr, Config, Local, NetMode, LOCAL};
 
 use crate::supervise::Supervisor;
-use crate::{bless, info, input, modules, sys};
+use crate::{bless, info, input, modules, provision, sys};
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -77,6 +77,18 @@ fn network(cfg: &Config, hostname: &str) {
                 .spawn(move || herd_net::dhcp::run_forever(&iface, &host, &|m| info!("{m}")));
         }
         NetMode::Off => {}
+    }
+}
+
+/// The node's own settings from provisioning (`/etc/herd/init.toml`).
+fn local_settings() -> Local {
+    match fs::read_to_string(LOCAL).map(|t| Local::parse(&t)) {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            info!("{LOCAL} is invalid ({e}); using the image's hostname and network");
+            Local::default()
+        }
+        Err(_) => Local::default(),
     }
 }
 
@@ -159,6 +171,8 @@ pub fn run() -> ! {
         }
         Err(_) => Config::default(),
     };
+    provision::run();
+    let cfg = cfg.with_local(local_settings());
     let hostname = cfg
         .hostname
         .clone()

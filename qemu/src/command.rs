@@ -85,6 +85,34 @@ fn start_swtpm(dir: &Path) -> Result<Child, Error> {
     Ok(child)
 }
 
+/// The fw_cfg item name of a herd node configuration.
+pub const FW_CFG_CONFIG: &str = "opt/herd/config";
+
+/// A node configuration file, checked to be readable, made absolute.
+pub(crate) fn config_file(c: &Path) -> Result<PathBuf, Error> {
+    let meta = std::fs::metadata(c).map_err(io(format!(
+        "node configuration {}: cannot read it",
+        c.display()
+    )))?;
+    if !meta.is_file() {
+        return Err(Error::Io {
+            what: format!("node configuration {}", c.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    std::path::absolute(c).map_err(io(format!("node configuration {}", c.display())))
+}
+
+/// `-fw_cfg name=opt/herd/config,file=PATH`, commas in PATH doubled as
+/// QEMU's option syntax wants.
+pub(crate) fn fw_cfg_arg(c: &Path) -> Result<String, Error> {
+    let p = config_file(c)?;
+    Ok(format!(
+        "name={FW_CFG_CONFIG},file={}",
+        p.display().to_string().replace(',', ",,")
+    ))
+}
+
 /// Checks the host, makes the private files, starts swtpm, and returns the
 /// QEMU arguments (serial console on stdio).
 pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
@@ -211,6 +239,9 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
     } else {
         None
     };
+    if let Some(c) = &cfg.config {
+        args.extend(["-fw_cfg".into(), fw_cfg_arg(c)?]);
+    }
     args.extend(cfg.extra_args.iter().cloned());
     Ok(Prepared {
         _dir: dir,
@@ -218,4 +249,23 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
         swtpm,
         args,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fw_cfg_argument() {
+        let t = tempfile::tempdir().unwrap();
+        let c = t.path().join("a,b.toml");
+        std::fs::write(&c, "hostname = \"n\"\n").unwrap();
+        let a = fw_cfg_arg(&c).unwrap();
+        assert_eq!(
+            a,
+            format!("name=opt/herd/config,file={}/a,,b.toml", t.path().display())
+        );
+        assert!(fw_cfg_arg(&t.path().join("missing")).is_err());
+        assert!(fw_cfg_arg(t.path()).is_err());
+    }
 }

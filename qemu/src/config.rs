@@ -81,6 +81,9 @@ pub struct VmConfig {
     pub on_reboot: OnReboot,
     /// Discard disk writes.
     pub snapshot: bool,
+    /// A herd node configuration handed to the guest through QEMU's
+    /// fw_cfg as `opt/herd/config` (read by herd-provision on first boot).
+    pub config: Option<PathBuf>,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
 }
@@ -102,6 +105,7 @@ impl VmConfig {
             vars: None,
             on_reboot: OnReboot::Reset,
             snapshot: false,
+            config: None,
             extra_args: Vec::new(),
         }
     }

@@ -87,7 +87,7 @@ pub fn domain_xml(cfg: &VmConfig, name: &str) -> Result<String, Error> {
         "<domain type='{kind}'>
   <name>{name}</name>
   <memory unit='MiB'>{mem}</memory>
-  <vcpu>{cpus}</vcpu>
+  <vcpu>{cpus}</vcpu>{sysinfo}
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <loader readonly='yes' type='pflash'>{code}</loader>
@@ -124,6 +124,14 @@ pub fn domain_xml(cfg: &VmConfig, name: &str) -> Result<String, Error> {
 </domain>
 ",
         name = esc(name),
+        sysinfo = match &cfg.config {
+            Some(c) => format!(
+                "\n  <sysinfo type='fwcfg'>\n    <entry name='{}' file='{}'/>\n  </sysinfo>",
+                crate::command::FW_CFG_CONFIG,
+                esc(&crate::command::config_file(c)?.display().to_string())
+            ),
+            None => String::new(),
+        },
         mem = cfg.memory_mib,
         cpus = cfg.cpus,
         code = esc(&cfg.ovmf_code.display().to_string()),
@@ -181,5 +189,28 @@ mod tests {
         assert!(x.contains("<name>n&apos;1</name>"));
         assert!(x.contains("type='qcow2'") && x.contains("tpm-crb"));
         assert!(domain_xml(&VmConfig::new(t.path().join("missing.raw")), "x").is_err());
+    }
+
+    #[test]
+    fn node_configuration_through_fw_cfg() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("d.raw");
+        std::fs::write(&p, [0u8; 512]).unwrap();
+        let c = t.path().join("node.toml");
+        std::fs::write(&c, "hostname = \"n\"\n").unwrap();
+        let mut cfg = VmConfig::new(p);
+        assert!(!domain_xml(&cfg, "n").unwrap().contains("sysinfo"));
+        cfg.config = Some(c.clone());
+        let x = domain_xml(&cfg, "n").unwrap();
+        assert!(
+            x.contains(&format!(
+                "<sysinfo type='fwcfg'>\n    <entry name='opt/herd/config' file='{}'/>",
+                c.display()
+            )),
+            "{x}"
+        );
+        cfg.config = Some(t.path().join("missing.toml"));
+        let e = domain_xml(&cfg, "n").unwrap_err().to_string();
+        assert!(e.contains("missing.toml"), "{e}");
     }
 }

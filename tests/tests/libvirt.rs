@@ -31,8 +31,16 @@ fn domains_validate() {
             .arg(&qcow)
             .arg("64M"),
     );
+    let node = d.join("node.toml");
+    std::fs::write(&node, "hostname = \"node-1\"\n").unwrap();
+    let node = node.to_str().unwrap();
     for (disk, extra, want) in [
         (&raw, vec![], "type='raw'"),
+        (
+            &raw,
+            vec!["--config", node],
+            "<entry name='opt/herd/config' file=",
+        ),
         (&qcow, vec!["--tpm"], "tpm-crb"),
         (
             &qcow,

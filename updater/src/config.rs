@@ -6,6 +6,9 @@ use crate::Error;
 
 /// Where the configuration lives in the image.
 pub const CONFIG: &str = "/usr/lib/herd/update.toml";
+/// The node's own settings (written once by provisioning on STATE); each
+/// key overrides the image's.
+pub const LOCAL: &str = "/etc/herd/update.toml";
 /// The trusted root key set baked into the image.
 pub const TRUSTED_ROOT: &str = "/usr/lib/herd/update-root.json";
 /// The updater's state directory (on STATE).
@@ -135,6 +138,19 @@ impl UpdateConfig {
         Ok(c)
     }
 
+    /// The image's settings with the node's own (`/etc/herd/update.toml`,
+    /// from provisioning) laid over them key by key, then checked as one.
+    pub fn parse_with_local(image: &str, local: Option<&str>) -> Result<UpdateConfig, Error> {
+        let Some(local) = local else {
+            return UpdateConfig::parse(image);
+        };
+        let mut t: toml::Table = toml::from_str(image).map_err(|e| Error::Config(e.to_string()))?;
+        let l: toml::Table =
+            toml::from_str(local).map_err(|e| Error::Config(format!("{LOCAL}: {e}")))?;
+        t.extend(l);
+        UpdateConfig::parse(&toml::to_string(&t).map_err(|e| Error::Config(e.to_string()))?)
+    }
+
     /// The maintenance window, when one is set.
     pub fn window(&self) -> Option<Window> {
         self.window.as_deref().and_then(|w| Window::parse(w).ok())
@@ -164,6 +180,27 @@ mod tests {
         assert!(UpdateConfig::parse("repository = \"ftp://x\"\n").is_err());
         assert!(UpdateConfig::parse("repository = \"http://x\"\nchanel = \"a\"\n").is_err());
         assert!(UpdateConfig::parse("repository = \"http://x\"\nreboot = \"window\"\n").is_err());
+    }
+
+    #[test]
+    fn local_settings_override_the_image() {
+        let image = "repository = \"http://a\"\nchannel = \"stable\"\n";
+        let c = UpdateConfig::parse_with_local(
+            image,
+            Some("channel = \"beta\"\nreboot = \"window\"\nwindow = \"02:00-04:00\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.repository.as_str(), c.channel.as_str()),
+            ("http://a", "beta")
+        );
+        assert_eq!(c.reboot, Reboot::Window);
+        assert_eq!(
+            UpdateConfig::parse_with_local(image, None).unwrap().channel,
+            "stable"
+        );
+        assert!(UpdateConfig::parse_with_local(image, Some("reboot = \"window\"\n")).is_err());
+        assert!(UpdateConfig::parse_with_local(image, Some("chanel = \"x\"\n")).is_err());
     }
 
     #[test]

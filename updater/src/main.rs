@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use herd_update::apply::{check, install, reconcile, trusted_root, Found};
-use herd_update::config::{Reboot, UpdateConfig, CONFIG, STATE_DIR, TRUSTED_ROOT};
+use herd_update::config::{Reboot, UpdateConfig, CONFIG, LOCAL, STATE_DIR, TRUSTED_ROOT};
 use herd_update::esp::Esp;
 use herd_update::slots::Slots;
 use herd_update::state::{boot_id, node_id, State};
@@ -130,7 +130,9 @@ fn once(
 fn load() -> Result<(UpdateConfig, Slots, State)> {
     let text = std::fs::read_to_string(CONFIG)
         .with_context(|| format!("reading {CONFIG}: is this a herd node with updates enabled?"))?;
-    let cfg = UpdateConfig::parse(&text).with_context(|| CONFIG.to_string())?;
+    let local = std::fs::read_to_string(LOCAL).ok();
+    let cfg = UpdateConfig::parse_with_local(&text, local.as_deref())
+        .with_context(|| format!("{CONFIG} with the node's {LOCAL}"))?;
     let slots = Slots::detect()?;
     let mut state = State::load(Path::new(STATE_DIR))?;
     if let Some(line) = reconcile(&slots, &mut state) {
