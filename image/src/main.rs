@@ -64,6 +64,27 @@ enum Command {
     /// held (device-mapper, e.g. the running system), and a device smaller
     /// than the image. Asks for confirmation unless --yes.
     Flash(FlashArgs),
+    /// Measured boot: predict the TPM PCR values of a node.
+    #[command(subcommand)]
+    Pcr(PcrCommand),
+}
+
+#[derive(Subcommand)]
+enum PcrCommand {
+    /// Print the PCR 11 values a UKI produces (after systemd-stub, and after
+    /// each boot phase herd-init measures) and herd-init's PCR 15, SHA-256.
+    ///
+    /// PATH is a `herd build` output directory (both slots' UKIs) or one UKI
+    /// file. The values agree with `systemd-measure calculate` for the
+    /// same sections; a booted node reports the `ready` PCR 11 and the
+    /// PCR 15 (see docs/MEASURED-BOOT.md).
+    Predict {
+        /// Output directory or UKI file.
+        path: PathBuf,
+        /// Print JSON (slot -> predictions) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -532,6 +553,17 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
+        Command::Pcr(PcrCommand::Predict { path, json }) => {
+            herd::pcr::predict(&path).and_then(|p| {
+                if json {
+                    let map: std::collections::BTreeMap<_, _> = p.into_iter().collect();
+                    println!("{}", serde_json::to_string_pretty(&map)?);
+                } else {
+                    print!("{}", herd::pcr::render(&p));
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Vm(VmCommand::Run(a)) => run_vm(a),
         Command::Vm(VmCommand::LibvirtXml(a)) => libvirt_xml(a),
         Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),

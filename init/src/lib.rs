@@ -7,4 +7,5 @@ pub mod bootcount;
 pub mod cmdline;
 pub mod config;
 pub mod disks;
+pub mod measure;
 pub mod os_release;

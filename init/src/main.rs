@@ -14,6 +14,7 @@ mod modules;
 mod root;
 mod supervise;
 mod sys;
+mod tpm;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! Installing a slot's boot files and entry on the ESP, crash-safely:
-//! every file is written beside its final name, synced, then renamed.
+//! Installing a slot's UKI on the ESP, crash-safely: every file is written
+//! beside its final name, synced, then renamed.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -69,36 +69,68 @@ impl Esp {
             .map_err(io("syncing the ESP"))
     }
 
-    /// Entry file names in loader/entries.
-    pub fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.path("loader/entries"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
+    /// Boot entries (`loader/entries/*.conf`) and UKIs (`EFI/Linux/*.efi`),
+    /// sorted by directory and name.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut v = Vec::new();
+        for (dir, ext) in [(ENTRIES, ".conf"), (UKIS, ".efi")] {
+            if let Ok(rd) = std::fs::read_dir(self.path(dir)) {
+                for e in rd.flatten() {
+                    if let Ok(name) = e.file_name().into_string() {
+                        if name.to_ascii_lowercase().ends_with(ext) {
+                            v.push(Entry { dir, name });
+                        }
+                    }
+                }
+            }
+        }
+        v.sort_by(|a, b| (a.dir, &a.name).cmp(&(b.dir, &b.name)));
         v
     }
 
-    /// Renames an entry (e.g. to mark a slot bad or blessed).
-    pub fn rename_entry(&self, from: &str, to: &str) -> Result<(), Error> {
-        let dir = self.path("loader/entries");
-        std::fs::rename(dir.join(from), dir.join(to))
-            .map_err(io(format!("renaming entry {from} to {to}")))?;
+    /// Renames an entry in its directory (e.g. to mark a slot bad or blessed).
+    pub fn rename_entry(&self, e: &Entry, to: &str) -> Result<(), Error> {
+        let dir = self.path(e.dir);
+        std::fs::rename(dir.join(&e.name), dir.join(to))
+            .map_err(io(format!("renaming {}/{} to {to}", e.dir, e.name)))?;
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io("syncing the ESP"))
     }
 
     /// Removes an entry.
-    pub fn remove_entry(&self, name: &str) -> Result<(), Error> {
-        let dir = self.path("loader/entries");
-        std::fs::remove_file(dir.join(name)).map_err(io(format!("removing entry {name}")))?;
+    pub fn remove_entry(&self, e: &Entry) -> Result<(), Error> {
+        let dir = self.path(e.dir);
+        std::fs::remove_file(dir.join(&e.name))
+            .map_err(io(format!("removing {}/{}", e.dir, e.name)))?;
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io("syncing the ESP"))
+    }
+}
+
+/// Boot Loader Specification type #1 entries.
+pub const ENTRIES: &str = "loader/entries";
+/// Unified Kernel Images (type #2 entries).
+pub const UKIS: &str = "EFI/Linux";
+
+/// A boot entry or UKI on the ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// [`ENTRIES`] or [`UKIS`].
+    pub dir: &'static str,
+    /// The file name, with its tries counter if any.
+    pub name: String,
+}
+
+impl Entry {
+    /// `.conf` or `.efi`.
+    pub fn ext(&self) -> &'static str {
+        if self.dir == UKIS {
+            ".efi"
+        } else {
+            ".conf"
+        }
     }
 }
 

@@ -215,3 +215,63 @@ impl<T: Read + Write> Tpm<T> {
         result
     }
 }
+
+/// Everything a verifier asks a node for: its PCR values (SHA-256), the
+/// event log of herd-init's measurements, and, when it sent a nonce, a
+/// quote over PCR 11 and PCR 15. Served by the node's local API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// PCR index → SHA-256 bank value, hex; PCRs 0-23.
+    pub pcrs: std::collections::BTreeMap<u32, String>,
+    /// herd-init's event log, in extend order.
+    pub events: Vec<Event>,
+    /// A quote over PCRs [`QUOTED`] when a nonce was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<QuoteJson>,
+}
+
+/// The PCRs a [`Report`]'s quote covers: the UKI and herd-init's.
+pub const QUOTED: [u32; 2] = [11, 15];
+
+/// A quote, hex-encoded for JSON.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct QuoteJson {
+    /// The verifier's nonce, as given.
+    pub nonce: String,
+    /// TPMS_ATTEST.
+    pub attest: String,
+    /// TPMT_SIGNATURE.
+    pub signature: String,
+    /// The signing key's TPMT_PUBLIC.
+    pub public: String,
+}
+
+impl<T: Read + Write> Tpm<T> {
+    /// The node's [`Report`]: PCRs read now, `log` (the text of herd-init's
+    /// event log, possibly empty), and a quote if `nonce` is given.
+    pub fn report(&mut self, log: &str, nonce: Option<&[u8]>) -> Result<Report, Error> {
+        let pcrs = self
+            .pcr_read(&(0..24).collect::<Vec<_>>())?
+            .into_iter()
+            .map(|(i, v)| (i, hex::encode(v)))
+            .collect();
+        let events = eventlog::parse(log).map_err(|_| Error::Malformed("event log"))?;
+        let quote = match nonce {
+            Some(n) => {
+                let q = self.quote(&QUOTED, n)?;
+                Some(QuoteJson {
+                    nonce: hex::encode(n),
+                    attest: hex::encode(q.attest),
+                    signature: hex::encode(q.signature),
+                    public: hex::encode(q.public),
+                })
+            }
+            None => None,
+        };
+        Ok(Report {
+            pcrs,
+            events,
+            quote,
+        })
+    }
+}

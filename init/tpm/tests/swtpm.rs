@@ -132,4 +132,18 @@ fn extend_read_replay_and_tpm2_pcrread_agree() {
         "the attestation ends with the digest of the quoted PCRs"
     );
     assert!(q.signature.len() > 64 && !q.public.is_empty());
+
+    // The report a node's API serves: PCRs, the log, a quote over 11 and 15.
+    let log: String = events.iter().map(|e| e.to_line() + "\n").collect();
+    let r = tpm.report(&log, Some(b"n0nce")).unwrap();
+    assert_eq!(r.pcrs.len(), 24);
+    assert_eq!(r.pcrs[&15], hex::encode(after[&15]));
+    assert_eq!(r.events, events);
+    let q = r.quote.unwrap();
+    assert_eq!(q.nonce, hex::encode(b"n0nce"));
+    let mut both = Sha256::new();
+    both.update([0u8; 32]); // PCR 11, untouched here
+    both.update(after[&15]);
+    assert!(q.attest.ends_with(&hex::encode(both.finalize())));
+    assert!(tpm.report("not json\n", None).is_err());
 }
