@@ -37,4 +37,4 @@ echo "==> building herd (release)" >&2
 cargo build --release -q -p herd >&2
 echo "==> building the node binaries (static)" >&2
 RUSTFLAGS='-C target-feature=+crt-static' \
-  cargo build --release -q --target x86_64-unknown-linux-gnu -p herd-init -p herd-update >&2
+  cargo build --release -q --target x86_64-unknown-linux-gnu -p herd-init -p herd-update -p herd-agent >&2

@@ -1,8 +1,17 @@
 //! herd-agent: runs Kubernetes-style static pods on a herd node, only
 //! from container images whose signatures verify against the node's keys.
 
+pub mod api;
 pub mod backoff;
+pub mod images;
+pub mod logs;
+pub mod net;
 pub mod pod;
+pub mod policy;
 pub mod quantity;
+pub mod runtime;
 pub mod spec;
+pub mod status;
+pub mod supervise;
+pub mod volumes;
 pub mod watch;

@@ -67,6 +67,60 @@ impl Watch {
     }
 }
 
+/// Wakes the agent when anything in a directory changes (inotify), so a
+/// new manifest starts without waiting for the next periodic scan.
+#[derive(Debug)]
+pub struct Notify(std::os::fd::OwnedFd);
+
+impl Notify {
+    /// Watches `dir` (which must exist).
+    pub fn new(dir: &Path) -> std::io::Result<Notify> {
+        use std::os::fd::FromRawFd;
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::other("NUL in path"))?;
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by inotify_init1 and is owned by nobody else.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mask = libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MODIFY
+            | libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_ATTRIB;
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Notify(owned))
+    }
+
+    /// Waits until something changed or `timeout` passed (or a signal
+    /// arrived); drains the pending notifications.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            let mut buf = [0u8; 4096];
+            // SAFETY: reading into a buffer we own, of the length given;
+            // the descriptor is non-blocking.
+            while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +147,20 @@ mod tests {
         );
         std::fs::remove_file(d.join("a.yaml")).unwrap();
         assert_eq!(w.scan(d), [Change::Removed(d.join("a.yaml"))]);
+    }
+
+    #[test]
+    fn notify_wakes_on_a_new_file() {
+        let t = tempfile::tempdir().unwrap();
+        let n = Notify::new(t.path()).unwrap();
+        let p = t.path().join("web.yaml");
+        let w = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::fs::write(p, "x").unwrap();
+        });
+        let began = std::time::Instant::now();
+        n.wait(std::time::Duration::from_secs(20));
+        assert!(began.elapsed() < std::time::Duration::from_secs(10));
+        w.join().unwrap();
     }
 }

@@ -42,30 +42,6 @@ fn check_usr(dev: &str, slot: &str) {
     }
 }
 
-fn seed_etc(from: &str, to: &str) -> std::io::Result<u32> {
-    let mut n = 0;
-    fs::create_dir_all(to)?;
-    for e in fs::read_dir(from)? {
-        let e = e?;
-        let src = e.path();
-        let dst = std::path::Path::new(to).join(e.file_name());
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            n += seed_etc(
-                src.to_str().unwrap_or_default(),
-                dst.to_str().unwrap_or_default(),
-            )?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-            n += 1;
-        } else {
-            fs::copy(&src, &dst)?;
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
 /// Runs the initramfs stage and execs the real root's herd-init.
 pub fn run() -> ! {
     mount_or_die(
@@ -248,7 +224,10 @@ pub fn run() -> ! {
         }
     }
     if first_boot {
-        match seed_etc("/sysroot/usr/share/factory/etc", "/sysroot/.state/etc") {
+        match herd_init::tree::copy(
+            std::path::Path::new("/sysroot/usr/share/factory/etc"),
+            std::path::Path::new("/sysroot/.state/etc"),
+        ) {
             Ok(n) => info!("first boot: /etc seeded with {n} files from /usr/share/factory/etc"),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 info!("first boot: no /usr/share/factory/etc")

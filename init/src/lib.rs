@@ -9,3 +9,4 @@ pub mod config;
 pub mod disks;
 pub mod measure;
 pub mod os_release;
+pub mod tree;

@@ -28,7 +28,16 @@ pub struct Pulled {
 
 /// Pulls `r` into `store` if a signature by one of `keys` covers it.
 pub fn pull(r: &Reference, store: &Store, keys: &[TrustedKey]) -> Result<Pulled, Error> {
-    let reg = Registry::for_reference(r);
+    pull_from(&Registry::for_reference(r), r, store, keys)
+}
+
+/// [`pull`] through a given registry client (e.g. one allowed plain HTTP).
+pub fn pull_from(
+    reg: &Registry,
+    r: &Reference,
+    store: &Store,
+    keys: &[TrustedKey],
+) -> Result<Pulled, Error> {
     let (bytes, mt, digest) = reg.manifest(&r.repository, &r.version())?;
     let what = format!("manifest of {r}");
     let (bytes, digest, index) = match Document::parse(&bytes, &mt, &what)? {
@@ -41,9 +50,9 @@ pub fn pull(r: &Reference, store: &Store, keys: &[TrustedKey]) -> Result<Pulled,
     };
     // The signature covers the platform manifest or, for a multi-platform
     // image, the index that names it (what `cosign sign` signs by default).
-    let signed_by = match (cosign::verify(&reg, r, &digest, keys), &index) {
+    let signed_by = match (cosign::verify(reg, r, &digest, keys), &index) {
         (Ok(k), _) => k,
-        (Err(Error::Untrusted { .. }), Some(idx)) => cosign::verify(&reg, r, idx, keys)?,
+        (Err(Error::Untrusted { .. }), Some(idx)) => cosign::verify(reg, r, idx, keys)?,
         (Err(e), _) => return Err(e),
     };
     info!("{r}: manifest {digest} signed by key {signed_by}");
@@ -88,6 +97,36 @@ pub fn pull(r: &Reference, store: &Store, keys: &[TrustedKey]) -> Result<Pulled,
 }
 
 impl Pulled {
+    /// An image pulled and verified earlier, read back from `store`: the
+    /// manifest by its digest, its config and its layers, each checked
+    /// against its digest again (a missing or damaged blob is an error).
+    pub fn from_store(
+        store: &Store,
+        reference: &Reference,
+        digest: &Digest,
+        signed_by: &str,
+    ) -> Result<Pulled, Error> {
+        let malformed = |what: String| {
+            move |e: serde_json::Error| Error::Malformed {
+                what,
+                message: e.to_string(),
+            }
+        };
+        let manifest: Manifest = serde_json::from_slice(&store.get(digest)?)
+            .map_err(malformed(format!("cached manifest {digest}")))?;
+        let config: ImageConfig = serde_json::from_slice(&store.get(&manifest.config.digest)?)
+            .map_err(malformed(format!("cached config of {reference}")))?;
+        if let Some(l) = manifest.layers.iter().find(|l| !store.has(&l.digest)) {
+            return Err(Error::NotFound(format!("cached layer {}", l.digest)));
+        }
+        Ok(Pulled {
+            reference: reference.pinned(digest),
+            signed_by: signed_by.into(),
+            manifest,
+            config,
+        })
+    }
+
     /// Unpacks the layers, bottom first, into `root` (which should be empty).
     pub fn unpack(&self, store: &Store, root: &Path) -> Result<(), Error> {
         std::fs::create_dir_all(root).map_err(crate::io(format!("creating {}", root.display())))?;

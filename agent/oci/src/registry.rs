@@ -52,9 +52,20 @@ fn call(
 }
 
 impl Registry {
-    /// The registry `reference` names.
+    /// The registry `reference` names: HTTPS, or plain HTTP on loopback.
     pub fn for_reference(r: &Reference) -> Registry {
-        let scheme = if r.is_loopback() { "http" } else { "https" };
+        Registry::with_plain_http(r, false)
+    }
+
+    /// The registry `reference` names, over plain HTTP when it is on
+    /// loopback or `plain_http` says so (a node's policy may name
+    /// registries it reaches without TLS; signatures are checked either way).
+    pub fn with_plain_http(r: &Reference, plain_http: bool) -> Registry {
+        let scheme = if plain_http || r.is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
         Registry {
             base: format!("{scheme}://{}", r.registry),
             agent: ureq::AgentBuilder::new()

@@ -1,0 +1,160 @@
+//! Container output: every line goes to the console (the agent's stdout,
+//! which herd-init forwards) prefixed with `pod/container`, and to a
+//! size-bounded file per container: `<dir>/<pod>/<container>.log`, moved
+//! to `<container>.log.1` when it reaches the bound (one old file kept).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (UTC).
+pub fn timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Seconds since the epoch now.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where a container's log lives.
+pub fn path(dir: &Path, pod: &str, container: &str) -> PathBuf {
+    dir.join(pod).join(format!("{container}.log"))
+}
+
+/// A size-bounded log file.
+pub struct LogFile {
+    path: PathBuf,
+    max: u64,
+    file: Option<File>,
+    len: u64,
+}
+
+impl LogFile {
+    /// Appends to `path` (created with its directory), keeping at most
+    /// about `max` bytes in it and as much again in `path.1`.
+    pub fn open(path: PathBuf, max: u64) -> LogFile {
+        if let Some(d) = path.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok();
+        let len = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        LogFile {
+            path,
+            max,
+            file,
+            len,
+        }
+    }
+
+    /// Writes one line (a newline is added).
+    pub fn line(&mut self, text: &str) {
+        if self.len + text.len() as u64 + 22 > self.max && self.len > 0 {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            let _ = std::fs::rename(&self.path, old);
+            self.file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&self.path)
+                .ok();
+            self.len = 0;
+        }
+        if let Some(f) = &mut self.file {
+            let l = format!("{} {text}\n", timestamp(now()));
+            if f.write_all(l.as_bytes()).is_ok() {
+                self.len += l.len() as u64;
+            }
+        }
+    }
+}
+
+/// Reads `from` until it closes, line by line, into the console (with
+/// `prefix`) and `file`. Long lines are cut at 16 KiB.
+pub fn pump(from: impl Read, prefix: &str, mut file: LogFile) {
+    let mut r = BufReader::new(from.take(u64::MAX));
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut r).take(16 * 1024).read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let text = text.trim_end_matches(['\n', '\r']);
+                println!("{prefix}: {text}");
+                file.line(text);
+            }
+        }
+    }
+}
+
+/// The last `max` bytes of a container's log (the rotated file first).
+pub fn read_tail(dir: &Path, pod: &str, container: &str, max: u64) -> std::io::Result<Vec<u8>> {
+    let cur = path(dir, pod, container);
+    let mut old = cur.clone().into_os_string();
+    old.push(".1");
+    let mut out = std::fs::read(&old).unwrap_or_default();
+    out.extend(std::fs::read(&cur)?);
+    let cut = out.len().saturating_sub(max as usize);
+    Ok(out.split_off(cut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_dates() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(timestamp(1_795_647_599), "2026-11-25T22:59:59Z");
+    }
+
+    #[test]
+    fn files_stay_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let p = path(t.path(), "web", "httpd");
+        let lines: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        pump(
+            lines.as_bytes(),
+            "web/httpd",
+            LogFile::open(p.clone(), 1000),
+        );
+        let cur = std::fs::metadata(&p).unwrap().len();
+        assert!(cur <= 1000, "{cur}");
+        let tail =
+            String::from_utf8(read_tail(t.path(), "web", "httpd", 1 << 20).unwrap()).unwrap();
+        assert!(tail.ends_with(" line 199\n"), "{tail}");
+        assert!(!tail.contains(" line 0\n"), "old lines are dropped");
+        assert!(tail.len() <= 2000);
+    }
+}

@@ -1,0 +1,137 @@
+//! The node's image policy: which keys may sign the images it runs, and
+//! which registries it may reach over plain HTTP.
+//!
+//! Read from policy directories, provisioned first (`/etc/herd/policy`),
+//! then baked into the image (`/usr/lib/herd/policy`); every directory
+//! adds to the policy:
+//!
+//! ```text
+//! keys/*.pub       one trusted key per file: PEM `PUBLIC KEY` (ECDSA P-256
+//!                  or ed25519, as `cosign generate-key-pair` writes) or a
+//!                  herd public key (64 hex digits, `herd key show`)
+//! policy.toml      insecure_registries = ["10.0.2.100"]   (optional)
+//! ```
+//!
+//! A key file that does not parse is reported and skipped: the other keys
+//! keep working, and images signed only by the broken key do not run.
+
+use std::path::{Path, PathBuf};
+
+use herd_oci::cosign::TrustedKey;
+use serde::Deserialize;
+
+/// The policy in force.
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Keys whose signatures are accepted.
+    pub keys: Vec<TrustedKey>,
+    /// Registries (`host` or `host:port`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+}
+
+impl Policy {
+    /// Reads every directory in `dirs` (a missing one adds nothing).
+    /// Returns the policy and one message per file that was skipped.
+    pub fn load(dirs: &[PathBuf]) -> (Policy, Vec<String>) {
+        let mut p = Policy::default();
+        let mut problems = Vec::new();
+        for dir in dirs {
+            p.load_dir(dir, &mut problems);
+        }
+        (p, problems)
+    }
+
+    fn load_dir(&mut self, dir: &Path, problems: &mut Vec<String>) {
+        let keys = dir.join("keys");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&keys) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "pub" || e == "pem"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        for f in files {
+            let what = f.display().to_string();
+            match std::fs::read_to_string(&f) {
+                Ok(text) => match TrustedKey::parse(&text, &what) {
+                    Ok(k) => self.keys.push(k),
+                    Err(e) => problems.push(format!("{what}: key skipped: {e}")),
+                },
+                Err(e) => problems.push(format!("{what}: key skipped: cannot read it: {e}")),
+            }
+        }
+        let toml_path = dir.join("policy.toml");
+        match std::fs::read_to_string(&toml_path) {
+            Ok(text) => match toml::from_str::<PolicyFile>(&text) {
+                Ok(f) => self.insecure_registries.extend(f.insecure_registries),
+                Err(e) => problems.push(format!(
+                    "{}: ignored: {}",
+                    toml_path.display(),
+                    e.to_string().trim()
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("{}: ignored: {e}", toml_path.display())),
+        }
+    }
+
+    /// Whether the registry `host[:port]` may be reached over plain HTTP.
+    pub fn plain_http(&self, registry: &str) -> bool {
+        let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+        self.insecure_registries
+            .iter()
+            .any(|r| r == registry || r == host)
+    }
+
+    /// Whether a key with this id is still trusted.
+    pub fn trusts(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|k| k.id() == key_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_keys_and_registries_from_every_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("etc"), t.path().join("usr"));
+        std::fs::create_dir_all(a.join("keys")).unwrap();
+        std::fs::create_dir_all(b.join("keys")).unwrap();
+        let k = herd_release::SigningKey::generate().unwrap();
+        std::fs::write(a.join("keys/ops.pub"), &k.public().0).unwrap();
+        std::fs::write(b.join("keys/broken.pub"), "not a key").unwrap();
+        std::fs::write(b.join("keys/README"), "ignored").unwrap();
+        std::fs::write(
+            b.join("policy.toml"),
+            "insecure_registries = [\"10.0.2.100\"]\n",
+        )
+        .unwrap();
+        let (p, problems) = Policy::load(&[a, b, t.path().join("missing")]);
+        assert_eq!(p.keys.len(), 1);
+        assert!(p.trusts(&p.keys[0].id()));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("broken.pub"), "{problems:?}");
+        assert!(p.plain_http("10.0.2.100") && p.plain_http("10.0.2.100:80"));
+        assert!(!p.plain_http("ghcr.io"));
+    }
+
+    #[test]
+    fn a_bad_policy_file_is_reported() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("policy.toml"), "insecure = 1\n").unwrap();
+        let (p, problems) = Policy::load(&[t.path().to_path_buf()]);
+        assert!(p.insecure_registries.is_empty());
+        assert!(problems[0].contains("unknown field"), "{problems:?}");
+    }
+}

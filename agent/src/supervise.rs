@@ -1,0 +1,785 @@
+//! One thread per pod runs its life: verify and pull the images, make the
+//! volumes, start the containers (the first creates the pod's network,
+//! IPC and UTS namespaces, the others join them), carry host ports in,
+//! probe liveness, and when any container ends or fails its probe, stop
+//! the others — a pod's containers live and die together — and start the
+//! pod again as its restartPolicy says, after the kubelet's back-off.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::backoff::{Backoff, KUBELET};
+use crate::images::{ImageError, Images, Ready};
+use crate::logs::{self, LogFile};
+use crate::net::{self, NetNs, PortForward};
+use crate::pod::{Pod, Probe, RestartPolicy};
+use crate::policy::Policy;
+use crate::runtime::{self, Runtime};
+use crate::spec::{self, SpecInputs, VolumeSource};
+use crate::status::{ContainerStatus, Phase, PodStatus, Status};
+use crate::volumes::{self, Sources};
+
+/// What every pod worker shares.
+pub struct Env {
+    /// crun.
+    pub runtime: Runtime,
+    /// The image cache.
+    pub images: Images,
+    /// Policy directories, read again before every pod start.
+    pub policy_dirs: Vec<PathBuf>,
+    /// Where secrets, config maps and pod directories are.
+    pub sources: Sources,
+    /// OCI bundles (on a tmpfs: they hold resolved secrets).
+    pub bundles: PathBuf,
+    /// Container logs.
+    pub log_dir: PathBuf,
+    /// Bound of each container log file.
+    pub log_max: u64,
+    /// Status and events.
+    pub status: Status,
+    /// The node address host ports listen on.
+    pub host_ip: std::net::IpAddr,
+    /// Pods between "pulling" and "status knows the digests" (the garbage
+    /// collector waits for zero).
+    pub preparing: AtomicUsize,
+    policy_problems: Mutex<Vec<String>>,
+}
+
+impl Env {
+    /// Everything a worker needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        runtime: Runtime,
+        images: Images,
+        policy_dirs: Vec<PathBuf>,
+        sources: Sources,
+        bundles: PathBuf,
+        log_dir: PathBuf,
+        log_max: u64,
+        status: Status,
+        host_ip: std::net::IpAddr,
+    ) -> Env {
+        Env {
+            runtime,
+            images,
+            policy_dirs,
+            sources,
+            bundles,
+            log_dir,
+            log_max,
+            status,
+            host_ip,
+            preparing: AtomicUsize::new(0),
+            policy_problems: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The policy now; problems are reported once each.
+    pub fn policy(&self) -> Policy {
+        let (p, problems) = Policy::load(&self.policy_dirs);
+        let mut seen = self.policy_problems.lock().expect("lock");
+        for m in problems {
+            if !seen.contains(&m) {
+                self.status.event("", "PolicyProblem", m.clone());
+                seen.push(m);
+            }
+        }
+        p
+    }
+}
+
+/// Messages to a pod worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// Stop the pod for good.
+    Stop,
+    /// Container `idx` of start `gen` ended.
+    Exited {
+        /// start number
+        gen: u64,
+        /// container index
+        idx: usize,
+        /// how
+        status: ExitStatus,
+    },
+    /// Container `idx` of start `gen` failed its liveness probe.
+    Unhealthy {
+        /// start number
+        gen: u64,
+        /// container index
+        idx: usize,
+        /// why
+        reason: String,
+    },
+}
+
+/// A running pod worker.
+pub struct Handle {
+    /// metadata.name.
+    pub name: String,
+    tx: Sender<Msg>,
+    thread: JoinHandle<()>,
+}
+
+impl Handle {
+    /// Asks the pod to stop (containers get SIGTERM, then SIGKILL after
+    /// the grace period).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+
+    /// Waits until the pod has stopped and its volumes are gone.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the worker for `pod` (read from `file`).
+pub fn spawn(env: Arc<Env>, pod: Pod, file: PathBuf) -> Handle {
+    let (tx, rx) = channel();
+    let name = pod.metadata.name.clone();
+    let tx2 = tx.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("pod-{name}"))
+        .spawn(move || {
+            Worker {
+                env,
+                pod,
+                tx: tx2,
+                rx,
+            }
+            .life(file)
+        })
+        .expect("spawning a pod thread");
+    Handle { name, tx, thread }
+}
+
+struct Prepared {
+    images: Vec<Ready>,
+    env: Vec<BTreeMap<String, String>>,
+    volumes: BTreeMap<String, VolumeSource>,
+}
+
+struct Started {
+    gen: u64,
+    ids: Vec<String>,
+    exited: Vec<bool>,
+    forwards: Vec<PortForward>,
+    probes_stop: Arc<AtomicBool>,
+}
+
+struct Worker {
+    env: Arc<Env>,
+    pod: Pod,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+}
+
+/// Why a start failed, and the event reason for it.
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+fn image_failure(container: &str, e: ImageError) -> Failure {
+    let reason = match &e {
+        ImageError::Pull {
+            source:
+                herd_oci::Error::Untrusted { .. }
+                | herd_oci::Error::DigestMismatch { .. }
+                | herd_oci::Error::Layer { .. },
+        }
+        | ImageError::KeyRevoked { .. } => "Untrusted",
+        _ => "PullFailed",
+    };
+    Failure {
+        reason,
+        message: format!("container {container}: {e}; nothing of it runs"),
+    }
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        &self.pod.metadata.name
+    }
+
+    fn set(&self, f: impl FnOnce(&mut PodStatus)) {
+        self.env.status.modify(self.name(), f);
+    }
+
+    fn life(self, file: PathBuf) {
+        let name = self.name().to_string();
+        let containers = self
+            .pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                state: "waiting".into(),
+                ..Default::default()
+            })
+            .collect();
+        self.env.status.update(
+            &name,
+            || PodStatus {
+                name: name.clone(),
+                file: file.display().to_string(),
+                phase: Phase::Pending,
+                restarts: 0,
+                message: None,
+                started_at: None,
+                containers,
+            },
+            |_| {},
+        );
+        let mut backoff = Backoff::with(KUBELET);
+        let mut gen = 0u64;
+        loop {
+            gen += 1;
+            if gen > 1 {
+                self.set(|p| p.restarts += 1);
+            }
+            self.set(|p| {
+                p.phase = Phase::Pending;
+                p.message = None;
+            });
+            let began = Instant::now();
+            let outcome = match self.prepare() {
+                Ok(prep) => match self.start(&prep, gen) {
+                    Ok(started) => self.watch(started),
+                    Err((f, started)) => {
+                        let stop = self.stop_containers(started);
+                        self.env.status.event(&name, f.reason, &f.message);
+                        Outcome::Ended {
+                            failed: true,
+                            message: f.message,
+                            stop,
+                        }
+                    }
+                },
+                Err(f) => {
+                    self.env.status.event(&name, f.reason, &f.message);
+                    Outcome::Ended {
+                        failed: true,
+                        message: f.message,
+                        stop: false,
+                    }
+                }
+            };
+            let (failed, message) = match outcome {
+                Outcome::Stop => break,
+                Outcome::Ended { stop: true, .. } => break,
+                Outcome::Ended {
+                    failed, message, ..
+                } => (failed, message),
+            };
+            let again = match self.pod.spec.restart_policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => failed,
+                RestartPolicy::Never => false,
+            };
+            if !again {
+                let phase = if failed {
+                    Phase::Failed
+                } else {
+                    Phase::Succeeded
+                };
+                self.set(|p| {
+                    p.phase = phase;
+                    p.message = Some(message);
+                });
+                self.env.status.event(
+                    &name,
+                    "Completed",
+                    format!("{phase:?}; restartPolicy does not restart it"),
+                );
+                while !matches!(self.rx.recv(), Ok(Msg::Stop) | Err(_)) {}
+                break;
+            }
+            let delay = backoff.next_delay(began.elapsed());
+            self.set(|p| {
+                p.phase = Phase::BackOff;
+                p.message = Some(format!(
+                    "{message}; starting again in {} s",
+                    delay.as_secs()
+                ));
+            });
+            self.env.status.event(
+                &name,
+                "BackOff",
+                format!("starting again in {} s", delay.as_secs()),
+            );
+            if self.wait_for_stop(delay) {
+                break;
+            }
+        }
+        volumes::teardown(&name, &self.env.sources);
+        self.env.status.event(&name, "Stopped", "pod stopped");
+    }
+
+    /// Sleeps `d` unless asked to stop (true) first.
+    fn wait_for_stop(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
+    }
+
+    fn prepare(&self) -> Result<Prepared, Failure> {
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.env.preparing.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&self.env.preparing);
+        let policy = self.env.policy();
+        let mut images = Vec::new();
+        for (i, c) in self.pod.spec.containers.iter().enumerate() {
+            if let Some(p) = c
+                .ports
+                .iter()
+                .find(|p| p.host_port.is_some() && p.protocol.as_deref() == Some("UDP"))
+            {
+                return Err(Failure {
+                    reason: "Unsupported",
+                    message: format!(
+                        "container {}: hostPort {} is UDP; herd carries only TCP host ports into pods (use hostNetwork for UDP)",
+                        c.name,
+                        p.host_port.unwrap_or_default()
+                    ),
+                });
+            }
+            let ready = self
+                .env
+                .images
+                .get(&c.image, c.image_pull_policy.as_deref(), &policy)
+                .map_err(|e| image_failure(&c.name, e))?;
+            let digest = ready
+                .pulled
+                .reference
+                .digest
+                .as_ref()
+                .map(|d| d.to_string());
+            self.env.status.event(
+                self.name(),
+                if ready.fetched { "Pulled" } else { "Verified" },
+                format!(
+                    "container {}: {} signed by key {}",
+                    c.name, ready.pulled.reference, ready.pulled.signed_by
+                ),
+            );
+            let signer = ready.pulled.signed_by.clone();
+            self.set(|p| {
+                p.containers[i].digest = digest;
+                p.containers[i].signed_by = Some(signer);
+            });
+            images.push(ready);
+        }
+        let mut env = Vec::new();
+        for c in &self.pod.spec.containers {
+            env.push(
+                volumes::env_from(c, &self.env.sources).map_err(|e| Failure {
+                    reason: "ConfigError",
+                    message: e.0,
+                })?,
+            );
+        }
+        let volumes = volumes::prepare(&self.pod, &self.env.sources).map_err(|e| Failure {
+            reason: "ConfigError",
+            message: e.0,
+        })?;
+        Ok(Prepared {
+            images,
+            env,
+            volumes,
+        })
+    }
+
+    /// Starts every container; on failure returns what did start, to be
+    /// stopped.
+    #[allow(clippy::result_large_err)] // built once per pod start
+    fn start(&self, prep: &Prepared, gen: u64) -> Result<Started, (Failure, Started)> {
+        let name = self.name().to_string();
+        let mut started = Started {
+            gen,
+            ids: Vec::new(),
+            exited: Vec::new(),
+            forwards: Vec::new(),
+            probes_stop: Arc::new(AtomicBool::new(false)),
+        };
+        let fail = |message: String| Failure {
+            reason: "StartFailed",
+            message,
+        };
+        let mut first_pid = None;
+        let mut netns: Option<Arc<NetNs>> = None;
+        for (i, c) in self.pod.spec.containers.iter().enumerate() {
+            let id = format!("{name}_{}", c.name);
+            // Leftovers of an agent that died without stopping its pods.
+            self.env.runtime.kill(&id, "KILL");
+            self.env.runtime.delete(&id);
+            let bundle = self.env.bundles.join(&id);
+            let _ = std::fs::remove_dir_all(&bundle);
+            let image_root = &prep.images[i].rootfs;
+            let rootfs = if c.security_context.read_only_root_filesystem == Some(false) {
+                let copy = self
+                    .env
+                    .sources
+                    .pods_state
+                    .join(&name)
+                    .join("rootfs")
+                    .join(&c.name);
+                let _ = std::fs::remove_dir_all(&copy);
+                if let Err(e) = herd_init::tree::copy(image_root, &copy) {
+                    return Err((
+                        fail(format!("container {}: copying its root: {e}", c.name)),
+                        started,
+                    ));
+                }
+                copy
+            } else {
+                image_root.clone()
+            };
+            let inputs = SpecInputs {
+                rootfs,
+                volumes: prep.volumes.clone(),
+                env_from: prep.env[i].clone(),
+                join: first_pid,
+                cgroup: format!("/herd/pods/{name}/{}", c.name),
+            };
+            let spec = spec::runtime_spec(&self.pod, c, &prep.images[i].pulled.config, &inputs);
+            if let Err(e) = spec::write_bundle(&bundle, &spec) {
+                return Err((
+                    fail(format!("container {}: writing its bundle: {e}", c.name)),
+                    started,
+                ));
+            }
+            let pid_file = bundle.join("pid");
+            let (reader, writer) = match std::io::pipe() {
+                Ok(p) => p,
+                Err(e) => return Err((fail(format!("creating a pipe: {e}")), started)),
+            };
+            let mut child = match self.env.runtime.run(&id, &bundle, &pid_file, writer) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Err((
+                        fail(format!(
+                            "cannot run {}: {e}",
+                            self.env.runtime.bin.display()
+                        )),
+                        started,
+                    ))
+                }
+            };
+            let label = format!("{name}/{}", c.name);
+            let log = LogFile::open(
+                logs::path(&self.env.log_dir, &name, &c.name),
+                self.env.log_max,
+            );
+            let l2 = label.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("log-{id}"))
+                .spawn(move || logs::pump(reader, &l2, log));
+            let tx = self.tx.clone();
+            let done = Arc::new(AtomicBool::new(false));
+            let done2 = done.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("wait-{id}"))
+                .spawn(move || {
+                    if let Ok(status) = child.wait() {
+                        done2.store(true, Ordering::SeqCst);
+                        let _ = tx.send(Msg::Exited {
+                            gen,
+                            idx: i,
+                            status,
+                        });
+                    }
+                });
+            started.ids.push(id.clone());
+            started.exited.push(false);
+            // The PID appears once the container exists.
+            let end = Instant::now() + Duration::from_secs(30);
+            let pid = loop {
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                {
+                    break Some(pid);
+                }
+                if done.load(Ordering::SeqCst) || Instant::now() > end {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            let Some(pid) = pid else {
+                return Err((
+                    fail(format!(
+                        "container {}: the runtime did not start it (see its log: herd-agent logs {name} {})",
+                        c.name, c.name
+                    )),
+                    started,
+                ));
+            };
+            self.set(|p| {
+                p.containers[i].pid = Some(pid);
+                p.containers[i].state = "running".into();
+            });
+            if i == 0 {
+                first_pid = Some(pid);
+                if !self.pod.spec.host_network {
+                    netns = NetNs::of_pid(pid).ok().map(Arc::new);
+                }
+            }
+            if let Some(probe) = &c.liveness_probe {
+                self.probe(probe.clone(), &id, &label, netns.clone(), &started, i);
+            }
+        }
+        if let Some(ns) = &netns {
+            for c in &self.pod.spec.containers {
+                for p in &c.ports {
+                    let Some(hp) = p.host_port else { continue };
+                    match PortForward::start(
+                        self.env.host_ip,
+                        hp,
+                        ns.clone(),
+                        p.container_port,
+                        format!("{name}/{}", c.name),
+                    ) {
+                        Ok(f) => started.forwards.push(f),
+                        Err(e) => {
+                            return Err((
+                                fail(format!(
+                                    "container {}: hostPort {hp}: cannot listen on the node: {e}",
+                                    c.name
+                                )),
+                                started,
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        self.set(|p| {
+            p.phase = Phase::Running;
+            p.started_at = Some(logs::now());
+        });
+        self.env.status.event(
+            &name,
+            "Started",
+            format!("{} container(s) running", self.pod.spec.containers.len()),
+        );
+        Ok(started)
+    }
+
+    fn probe(
+        &self,
+        probe: Probe,
+        id: &str,
+        label: &str,
+        ns: Option<Arc<NetNs>>,
+        started: &Started,
+        idx: usize,
+    ) {
+        let stop = started.probes_stop.clone();
+        let tx = self.tx.clone();
+        let gen = started.gen;
+        let runtime = self.env.runtime.clone();
+        let id = id.to_string();
+        let label = label.to_string();
+        let _ = std::thread::Builder::new()
+            .name(format!("probe-{id}"))
+            .spawn(move || {
+                if probe.http_get.is_some() {
+                    if let Some(ns) = &ns {
+                        if let Err(e) = ns.enter() {
+                            println!("{label}: liveness probe cannot enter the pod's network: {e}");
+                            return;
+                        }
+                    }
+                }
+                let sleep = |d: Duration| {
+                    let end = Instant::now() + d;
+                    while Instant::now() < end {
+                        if stop.load(Ordering::SeqCst) {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_millis(100).min(d));
+                    }
+                    !stop.load(Ordering::SeqCst)
+                };
+                if !sleep(Duration::from_secs(probe.initial_delay_seconds)) {
+                    return;
+                }
+                let timeout = Duration::from_secs(probe.timeout_seconds.max(1));
+                let mut failures = 0;
+                loop {
+                    let result: Result<(), String> = if let Some(e) = &probe.exec {
+                        match runtime.exec(&id, &e.command, timeout) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err(format!("{:?} failed", e.command)),
+                            Err(err) => Err(format!("cannot run the probe: {err}")),
+                        }
+                    } else if let Some(h) = &probe.http_get {
+                        let path = h.path.as_deref().unwrap_or("/");
+                        // Already inside the namespace (entered above).
+                        match net::http_get(None, h.port, path, timeout) {
+                            Ok(code) if (200..400).contains(&code) => Ok(()),
+                            Ok(code) => {
+                                Err(format!("GET {path} on port {}: status {code}", h.port))
+                            }
+                            Err(e) => Err(format!("GET {path} on port {}: {e}", h.port)),
+                        }
+                    } else {
+                        return;
+                    };
+                    match result {
+                        Ok(()) => failures = 0,
+                        Err(why) => {
+                            failures += 1;
+                            println!(
+                                "{label}: liveness probe failed ({failures}/{}): {why}",
+                                probe.failure_threshold
+                            );
+                            if failures >= probe.failure_threshold {
+                                let _ = tx.send(Msg::Unhealthy {
+                                    gen,
+                                    idx,
+                                    reason: why,
+                                });
+                                return;
+                            }
+                        }
+                    }
+                    if !sleep(Duration::from_secs(probe.period_seconds.max(1))) {
+                        return;
+                    }
+                }
+            });
+    }
+
+    /// Waits until a container ends, fails its probe, or the pod is
+    /// stopped; then stops the rest.
+    fn watch(&self, mut started: Started) -> Outcome {
+        let name = self.name().to_string();
+        let (failed, message) = loop {
+            match self.rx.recv() {
+                Ok(Msg::Stop) | Err(_) => {
+                    self.set(|p| p.phase = Phase::Terminating);
+                    self.stop_containers(started);
+                    return Outcome::Stop;
+                }
+                Ok(Msg::Exited { gen, idx, status }) if gen == started.gen => {
+                    started.exited[idx] = true;
+                    let c = &self.pod.spec.containers[idx].name;
+                    let how = runtime::describe(&status);
+                    self.set(|p| {
+                        p.containers[idx].state = "exited".into();
+                        p.containers[idx].pid = None;
+                        p.containers[idx].last_exit = Some(how.clone());
+                    });
+                    self.env.status.event(
+                        &name,
+                        "Exited",
+                        format!("container {c} ended with {how}"),
+                    );
+                    break (!status.success(), format!("container {c} ended with {how}"));
+                }
+                Ok(Msg::Unhealthy { gen, idx, reason }) if gen == started.gen => {
+                    let c = &self.pod.spec.containers[idx].name;
+                    self.env.status.event(
+                        &name,
+                        "Unhealthy",
+                        format!("container {c} failed its liveness probe ({reason}); restarting the pod"),
+                    );
+                    break (true, format!("container {c} failed its liveness probe"));
+                }
+                Ok(_) => continue,
+            }
+        };
+        let stop = self.stop_containers(started);
+        Outcome::Ended {
+            failed,
+            message,
+            stop,
+        }
+    }
+
+    /// Stops what is still running of `started`: SIGTERM, then SIGKILL
+    /// after the grace period. Returns whether a Stop came meanwhile.
+    fn stop_containers(&self, mut s: Started) -> bool {
+        s.probes_stop.store(true, Ordering::SeqCst);
+        s.forwards.clear();
+        let grace =
+            Duration::from_secs(self.pod.spec.termination_grace_period_seconds.unwrap_or(30));
+        let mut stop_asked = false;
+        for (id, gone) in s.ids.iter().zip(&s.exited) {
+            if !gone {
+                self.env.runtime.kill(id, "TERM");
+            }
+        }
+        let mut end = Instant::now() + grace;
+        let mut killed = false;
+        while s.exited.iter().any(|e| !e) {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Msg::Stop) => stop_asked = true,
+                Ok(Msg::Exited { gen, idx, status }) if gen == s.gen => {
+                    s.exited[idx] = true;
+                    let how = runtime::describe(&status);
+                    self.set(|p| {
+                        p.containers[idx].state = "exited".into();
+                        p.containers[idx].pid = None;
+                        p.containers[idx].last_exit = Some(how);
+                    });
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) if !killed => {
+                    for (id, gone) in s.ids.iter().zip(&s.exited) {
+                        if !gone {
+                            println!(
+                                "{}: {id} did not stop within {} s; killing it",
+                                self.name(),
+                                grace.as_secs()
+                            );
+                            self.env.runtime.kill(id, "KILL");
+                        }
+                    }
+                    killed = true;
+                    end = Instant::now() + Duration::from_secs(10);
+                }
+                Err(_) => break,
+            }
+        }
+        for id in &s.ids {
+            self.env.runtime.delete(id);
+            let _ = std::fs::remove_dir_all(self.env.bundles.join(id));
+        }
+        stop_asked
+    }
+}
+
+enum Outcome {
+    /// Asked to stop.
+    Stop,
+    /// The pod ended (`stop`: and a Stop came while it was being ended).
+    Ended {
+        failed: bool,
+        message: String,
+        stop: bool,
+    },
+}
