@@ -85,6 +85,17 @@ enum PcrCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check a node's measurement report (herd-agent's GET /v1/measurements)
+    /// against a build: the event log must replay to the reported PCR 11 and
+    /// 15, and those must be the predicted ones for the slot the node booted.
+    /// Exits 1 with the reason when they are not.
+    Verify {
+        /// The report (JSON).
+        #[arg(long)]
+        report: PathBuf,
+        /// Output directory of the build the node should run, or one UKI.
+        path: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -553,6 +564,19 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
+        Command::Pcr(PcrCommand::Verify { report, path }) => (|| {
+            let text = std::fs::read_to_string(&report)
+                .with_context(|| format!("reading {}", report.display()))?;
+            let r: herd_tpm::Report = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a measurement report (GET /v1/measurements)",
+                    report.display()
+                )
+            })?;
+            let found = herd::pcr::verify(&r, &herd::pcr::predict(&path)?)?;
+            println!("{found}");
+            Ok(ExitCode::SUCCESS)
+        })(),
         Command::Pcr(PcrCommand::Predict { path, json }) => {
             herd::pcr::predict(&path).and_then(|p| {
                 if json {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use sha2::Digest;
 
 use crate::boot::Slot;
 use crate::manifest::SlotMeasurements;
@@ -74,4 +75,74 @@ pub fn render(p: &[(String, SlotMeasurements)]) -> String {
         ));
     }
     s
+}
+
+/// Checks a node's measurement report (herd-agent's `GET /v1/measurements`)
+/// against the predictions of a build: the event log replays (from the
+/// stub's PCR 11 and a zero PCR 15) to the reported PCRs, and those are
+/// the predicted ones for the slot the log names. With a quote, the quoted
+/// PCR digest must be the reported PCRs' (the quote's signature is not
+/// checked here). Returns what was found good.
+pub fn verify(
+    report: &herd_tpm::Report,
+    predictions: &[(String, SlotMeasurements)],
+) -> Result<String> {
+    let slot = report
+        .events
+        .iter()
+        .find(|e| e.pcr == herd_init::measure::PCR_USR && e.kind == "slot")
+        .and_then(|e| e.data.strip_prefix("slot="))
+        .context("the event log has no slot measurement: herd-init did not mount /usr (or the log is not herd-init's)")?;
+    let (_, p) = predictions
+        .iter()
+        .find(|(s, _)| s == slot)
+        .with_context(|| {
+            format!("the node booted slot {slot:?}, which this build has no UKI for")
+        })?;
+    let hex32 = |s: &str| -> Result<[u8; 32]> {
+        hex::decode(s)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .with_context(|| format!("{s:?} is not a SHA-256 value"))
+    };
+    let mut start = std::collections::BTreeMap::new();
+    start.insert(herd_init::measure::PCR_UKI, hex32(&p.pcr11_stub)?);
+    let replayed = herd_tpm::replay(&start, &report.events).context("the event log")?;
+    let reported = |i: u32| -> Result<&String> {
+        report
+            .pcrs
+            .get(&i)
+            .with_context(|| format!("the report has no PCR {i}"))
+    };
+    let (r11, r15) = (reported(11)?, reported(15)?);
+    for (i, r, want) in [(11, r11, &p.pcr11), (15, r15, &p.pcr15)] {
+        let rep = hex::encode(replayed.get(&i).copied().unwrap_or([0; 32]));
+        if &rep != r {
+            bail!("PCR {i} is {r} but the event log replays to {rep}: the log does not account for what was measured");
+        }
+        if r != want {
+            bail!(
+                "PCR {i} is {r} but slot {slot} of this build ({}) gives {want}: the node runs something else",
+                p.uki
+            );
+        }
+    }
+    let mut quoted = "";
+    if let Some(q) = &report.quote {
+        let attest = hex::decode(&q.attest).context("quote.attest is not hex")?;
+        let nonce = hex::decode(&q.nonce).context("quote.nonce is not hex")?;
+        let digest = sha2::Sha256::new()
+            .chain_update(hex32(r11)?)
+            .chain_update(hex32(r15)?)
+            .finalize();
+        if !attest.windows(nonce.len()).any(|w| w == nonce) || !attest.ends_with(&digest) {
+            bail!("the quote does not cover the nonce and the reported PCR 11 and 15");
+        }
+        quoted = "; the quote covers the nonce and these PCRs (signature not checked)";
+    }
+    Ok(format!(
+        "good: slot {slot} ({}), PCR 11 {r11} and PCR 15 {r15} as predicted; the event log ({} events) replays to them{quoted}",
+        p.uki,
+        report.events.len()
+    ))
 }

@@ -408,6 +408,20 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         ukis.push(uki);
     }
     let cmdline = measured.slots["a"].cmdline.clone();
+    // The ESP must hold both slots' UKIs (the updater removes the other
+    // slot's old UKI, then writes the new one beside the running one) and
+    // systemd-boot, with room for the FAT.
+    let esp_needed = 2 * ukis[0].len() as u64 + systemd_boot.len() as u64 + 2 * MIB;
+    if esp_needed > cfg.partitions.esp.0 {
+        bail!(
+            "the ESP is too small: partitions.esp is {} but two slots' UKIs ({} each) and systemd-boot \
+             need {}; raise partitions.esp in {}",
+            human_bytes(cfg.partitions.esp.0),
+            human_bytes(ukis[0].len() as u64),
+            human_bytes(esp_needed),
+            opts.image_toml.display()
+        );
+    }
     step.done(&format!(
         "{} each, PCR 11 of slot a {}",
         human_bytes(ukis[0].len() as u64),

@@ -167,3 +167,132 @@ fn pcrs_in_the_guest_equal_the_prediction_and_follow_the_command_line() {
     assert_eq!(seen.sysfs, (pcr11b.to_string(), pcr15.to_string()));
     let _ = fs::remove_dir_all(&image);
 }
+
+/// swtpm on a TCP port of 127.0.0.1, killed on drop.
+struct Swtpm {
+    child: std::process::Child,
+    port: u16,
+    _state: tempfile::TempDir,
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn swtpm() -> Swtpm {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sw = Swtpm {
+        child: Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.path().display()))
+            .args([
+                "--server",
+                &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+            ])
+            .args([
+                "--ctrl",
+                &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start swtpm"),
+        port,
+        _state: dir,
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return sw;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("swtpm did not listen");
+}
+
+/// `herd pcr verify` against a node played on swtpm: systemd-stub's
+/// measurements of slot b's UKI and herd-init's events, extended for real,
+/// reported as herd-agent reports them. The true report is good; a log
+/// missing an event, or a node on slot a's PCRs claiming slot b, is not.
+#[test]
+fn verify_accepts_a_good_report_and_names_what_differs() {
+    let image = default_image();
+    let uki = fs::read(image.join("boot/uki-b.efi")).unwrap();
+    let parts = herd_uki::UkiParts::from_uki(&uki).unwrap();
+    let usrhash = manifest(image)["usr"]["usrhash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sw = swtpm();
+    let conn = std::net::TcpStream::connect(("127.0.0.1", sw.port)).unwrap();
+    let mut tpm = herd_tpm::Tpm::new(conn);
+    for (name, data) in [
+        (".linux", parts.linux),
+        (".osrel", parts.osrel),
+        (".cmdline", parts.cmdline),
+        (".initrd", parts.initrd),
+    ] {
+        let n: [u8; 32] = Sha256::digest(format!("{name}\0").as_bytes()).into();
+        tpm.pcr_extend(11, &n).unwrap();
+        tpm.pcr_extend(11, &Sha256::digest(data).into()).unwrap();
+    }
+    let ev = |pcr, kind: &str, data: &str| herd_tpm::Event::new(pcr, kind, data);
+    let events = [
+        ev(11, "phase", "enter-initrd"),
+        ev(15, "usrhash", &format!("usrhash={usrhash}")),
+        ev(15, "slot", "slot=b"),
+        ev(11, "phase", "leave-initrd"),
+        ev(11, "phase", "sysinit"),
+        ev(11, "phase", "ready"),
+    ];
+    let mut log = String::new();
+    for e in &events {
+        tpm.pcr_extend(e.pcr, &e.digest_bytes().unwrap()).unwrap();
+        log.push_str(&(e.to_line() + "\n"));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let verify = |report: &herd_tpm::Report| {
+        let f = tmp.path().join("report.json");
+        fs::write(&f, serde_json::to_vec(report).unwrap()).unwrap();
+        run(Command::new(herd())
+            .args(["pcr", "verify", "--report"])
+            .arg(&f)
+            .arg(image))
+    };
+    let good = tpm.report(&log, Some(b"fleet nonce")).unwrap();
+    let out = verify(&good);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("good: slot b"), "{text}");
+    assert!(text.contains("the quote covers the nonce"), "{text}");
+
+    let mut short = good.clone();
+    short.events.pop();
+    let out = verify(&short);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("PCR 11") && err.contains("event log replays to"),
+        "{err}"
+    );
+
+    let mut wrong = good.clone();
+    for e in wrong.events.iter_mut().filter(|e| e.kind == "slot") {
+        *e = ev(15, "slot", "slot=a");
+    }
+    let out = verify(&wrong);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PCR 15"));
+    let _ = fs::remove_dir_all(image);
+}

@@ -157,6 +157,7 @@ pub fn install(
                 esp.remove_entry(&e)?;
             }
         }
+        esp.remove_partial(&format!("{}-{slot}", slots.image))?;
     }
     crate::download::write_slot(base, rel, &usr.dev, &verity.dev, state, state_dir, log)?;
     log(&format!(

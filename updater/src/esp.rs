@@ -51,17 +51,29 @@ impl Esp {
         Path::new(MNT).join(rel)
     }
 
-    /// Writes `rel` atomically.
+    /// Writes `rel` atomically. Refuses when the ESP lacks the room (and
+    /// says how much there is); a failed write removes its partial file.
     pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), Error> {
         let dst = self.path(rel);
         let dir = dst.parent().expect("ESP paths have a directory");
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let free = free_bytes(MNT)?;
+        if free < bytes.len() as u64 + (64 << 10) {
+            return Err(Error::Disk(format!(
+                "the ESP has {} KiB free but {rel} needs {} KiB: remove stray files from the ESP \
+                 or give it a bigger partitions.esp",
+                free >> 10,
+                bytes.len() >> 10
+            )));
+        }
         let tmp = dst.with_extension("new");
         let mut f =
             std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
+        if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()) {
+            drop(f);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(format!("writing {}", tmp.display()))(e));
+        }
         std::fs::rename(&tmp, &dst)
             .map_err(io(format!("renaming {} into place", dst.display())))?;
         std::fs::File::open(dir)
@@ -98,6 +110,24 @@ impl Esp {
             .map_err(io("syncing the ESP"))
     }
 
+    /// Removes files a power cut left half-written (`*.new`) whose names
+    /// start with `prefix`, in both entry directories.
+    pub fn remove_partial(&self, prefix: &str) -> Result<(), Error> {
+        for dir in [ENTRIES, UKIS] {
+            let Ok(rd) = std::fs::read_dir(self.path(dir)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(prefix) && name.ends_with(".new") {
+                    std::fs::remove_file(e.path())
+                        .map_err(io(format!("removing the partial file {dir}/{name}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes an entry.
     pub fn remove_entry(&self, e: &Entry) -> Result<(), Error> {
         let dir = self.path(e.dir);
@@ -132,6 +162,20 @@ impl Entry {
             ".conf"
         }
     }
+}
+
+/// Free bytes on the file system at `path` (statvfs).
+fn free_bytes(path: &str) -> Result<u64, Error> {
+    let c = cstr(path);
+    // SAFETY: a zeroed statvfs is a valid out buffer; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers for the duration of the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(io(format!("statvfs {path}"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 impl Drop for Esp {
