@@ -191,12 +191,12 @@ pub fn serve(socket: &Path, status: Status, log_dir: PathBuf) -> std::io::Result
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket cannot be reached.
-    #[error("cannot reach herd-agent at {socket}: {source} (is the agent running? are you root?)")]
+    #[error("cannot reach herd-agent at {socket}: {cause} (is the agent running? are you root?)")]
     Connect {
         /// the socket
         socket: String,
         /// why
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The answer was an error.
     #[error("{0}")]
@@ -208,9 +208,9 @@ pub enum ClientError {
 
 /// GETs `path` from the agent at `socket`: the body of a 200 answer.
 pub fn get(socket: &Path, path: &str) -> Result<Vec<u8>, ClientError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    let mut s = UnixStream::connect(socket).map_err(|cause| ClientError::Connect {
         socket: socket.display().to_string(),
-        source,
+        cause,
     })?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: herd-agent\r\n\r\n")?;

@@ -242,19 +242,22 @@ impl Worker {
         );
         let mut backoff = Backoff::with(KUBELET);
         let mut gen = 0u64;
+        // Successful starts (restarts = starts - 1, as the kubelet counts).
+        let mut starts = 0u32;
         loop {
             gen += 1;
-            if gen > 1 {
-                self.set(|p| p.restarts += 1);
-            }
             self.set(|p| {
                 p.phase = Phase::Pending;
                 p.message = None;
             });
             let began = Instant::now();
             let outcome = match self.prepare() {
-                Ok(prep) => match self.start(&prep, gen) {
-                    Ok(started) => self.watch(started),
+                Ok(prep) => match self.start(&prep, gen, starts + 1) {
+                    Ok(started) => {
+                        starts += 1;
+                        self.set(|p| p.restarts = starts - 1);
+                        self.watch(started)
+                    }
                     Err((f, started)) => {
                         let stop = self.stop_containers(started);
                         self.env.status.event(&name, f.reason, &f.message);
@@ -413,7 +416,7 @@ impl Worker {
     /// Starts every container; on failure returns what did start, to be
     /// stopped.
     #[allow(clippy::result_large_err)] // built once per pod start
-    fn start(&self, prep: &Prepared, gen: u64) -> Result<Started, (Failure, Started)> {
+    fn start(&self, prep: &Prepared, gen: u64, nth: u32) -> Result<Started, (Failure, Started)> {
         let name = self.name().to_string();
         let mut started = Started {
             gen,
@@ -431,8 +434,10 @@ impl Worker {
         for (i, c) in self.pod.spec.containers.iter().enumerate() {
             let id = format!("{name}_{}", c.name);
             // Leftovers of an agent that died without stopping its pods.
-            self.env.runtime.kill(&id, "KILL");
-            self.env.runtime.delete(&id);
+            if self.env.runtime.root.join(&id).exists() {
+                self.env.runtime.kill(&id, "KILL");
+                self.env.runtime.delete(&id);
+            }
             let bundle = self.env.bundles.join(&id);
             let _ = std::fs::remove_dir_all(&bundle);
             let image_root = &prep.images[i].rootfs;
@@ -524,7 +529,7 @@ impl Worker {
                 if done.load(Ordering::SeqCst) || Instant::now() > end {
                     break None;
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_micros(250));
             };
             let Some(pid) = pid else {
                 return Err((
@@ -581,7 +586,10 @@ impl Worker {
         self.env.status.event(
             &name,
             "Started",
-            format!("{} container(s) running", self.pod.spec.containers.len()),
+            format!(
+                "{} container(s) running (start {nth})",
+                self.pod.spec.containers.len()
+            ),
         );
         Ok(started)
     }
