@@ -296,6 +296,7 @@ fn two_builds_are_byte_identical_and_unprivileged() {
     for (from, to) in [
         (herd(), root.join("herd")),
         (bin_dir().join("herd-init"), root.join("bin/herd-init")),
+        (bin_dir().join("herd-agent"), root.join("bin/herd-agent")),
         (
             workspace().join("images/default.toml"),
             root.join("images/default.toml"),

@@ -292,7 +292,12 @@ fn verify_accepts_a_good_report_and_names_what_differs() {
         *e = ev(15, "slot", "slot=a");
     }
     let out = verify(&wrong);
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PCR 15"));
+    // Slot a's stub value does not replay to the reported PCR 11.
+    assert!(
+        err.contains("PCR 11") && err.contains("replays to"),
+        "{err}"
+    );
     let _ = fs::remove_dir_all(image);
 }
