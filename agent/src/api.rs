@@ -9,6 +9,7 @@
 //! | `GET /v1/pods/NAME/logs/CONTAINER` | the container's log (text, last 1 MiB) |
 //! | `GET /v1/events` | recent events, oldest first |
 //! | `GET /v1/health` | `{"ok":true}` |
+//! | `GET /v1/measurements[?nonce=HEX]` | PCRs, herd-init's event log, a TPM quote over the nonce (docs/MEASURED-BOOT.md) |
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -43,6 +44,8 @@ pub enum Route {
     Events,
     /// `/v1/health`
     Health,
+    /// `/v1/measurements`, with the nonce of `?nonce=HEX` if any.
+    Measurements(Result<Option<Vec<u8>>, String>),
     /// Anything else.
     NotFound,
 }
@@ -78,6 +81,9 @@ pub fn parse_request_line(line: &str) -> Result<Route, RequestError> {
         }
         ["v1", "events"] => Route::Events,
         ["v1", "health"] => Route::Health,
+        ["v1", "measurements"] => {
+            Route::Measurements(crate::measured::nonce_of(target).map_err(|e| e.to_string()))
+        }
         _ => Route::NotFound,
     })
 }
@@ -149,6 +155,16 @@ fn serve_one(mut s: UnixStream, status: &Status, log_dir: &Path) {
         },
         Ok(Route::Events) => respond(&mut s, 200, "application/json", &json(&status.events())),
         Ok(Route::Health) => respond(&mut s, 200, "application/json", b"{\"ok\":true}"),
+        Ok(Route::Measurements(nonce)) => {
+            let r = nonce.and_then(|n| {
+                crate::measured::report(herd_tpm::DEVICE, herd_init::measure::LOG, n.as_deref())
+                    .map_err(|e| e.to_string())
+            });
+            match r {
+                Ok(r) => respond(&mut s, 200, "application/json", &json(&r)),
+                Err(e) => not_found(&mut s, &e),
+            }
+        }
         Ok(Route::NotFound) => not_found(&mut s, "no such endpoint (see docs/PODS.md)"),
     }
 }
@@ -247,6 +263,18 @@ mod tests {
             Err(RequestError::Malformed)
         );
         assert_eq!(parse_request_line(""), Err(RequestError::Malformed));
+        assert_eq!(
+            parse_request_line("GET /v1/measurements?nonce=00ff HTTP/1.1"),
+            Ok(Route::Measurements(Ok(Some(vec![0, 255]))))
+        );
+        assert_eq!(
+            parse_request_line("GET /v1/measurements HTTP/1.1"),
+            Ok(Route::Measurements(Ok(None)))
+        );
+        assert!(matches!(
+            parse_request_line("GET /v1/measurements?nonce=zz HTTP/1.1"),
+            Ok(Route::Measurements(Err(_)))
+        ));
     }
 
     #[test]
@@ -260,6 +288,10 @@ mod tests {
             serde_json::from_slice(&get(&sock, "/v1/events").unwrap()).unwrap();
         assert_eq!(ev[0]["reason"], "Started");
         assert_eq!(get(&sock, "/v1/pods").unwrap(), b"[]");
+        if !Path::new(herd_tpm::DEVICE).exists() {
+            let e = get(&sock, "/v1/measurements").unwrap_err();
+            assert!(e.to_string().contains("has no TPM"), "{e}");
+        }
         let e = get(&sock, "/v1/pods/nope").unwrap_err();
         assert_eq!(e.to_string(), "no pod nope");
         assert!(get(&t.path().join("missing.sock"), "/v1/pods")

@@ -5,6 +5,7 @@ pub mod api;
 pub mod backoff;
 pub mod images;
 pub mod logs;
+pub mod measured;
 pub mod net;
 pub mod pod;
 pub mod policy;

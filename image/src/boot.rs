@@ -1,6 +1,7 @@
-//! What goes on the EFI system partition: systemd-boot, its `loader.conf`, and
-//! per slot a kernel, an initramfs and a Boot Loader Specification entry with
-//! systemd-boot's boot counting (`herd-a+3-0.conf`).
+//! What goes on the EFI system partition: systemd-boot, its `loader.conf`,
+//! and per slot one Unified Kernel Image (systemd-stub with the kernel, the
+//! initramfs, the command line and os-release) in `EFI/Linux/`, named with
+//! systemd-boot's boot counting (`herd-a+3-0.efi`).
 
 use herd_fstree::Tree;
 
@@ -18,27 +19,16 @@ impl Slot {
             Slot::B => "b",
         }
     }
+
+    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
 }
 
-/// ESP paths of one slot's boot files (FAT paths, without the leading '/').
-pub struct SlotFiles {
-    pub kernel: String,
-    pub initrd: String,
-}
+/// Where systemd-boot looks for UKIs (Boot Loader Specification type #2).
+pub const UKI_DIR: &str = "EFI/Linux";
 
-impl SlotFiles {
-    pub fn of(image: &str, slot: Slot) -> Self {
-        let s = slot.name();
-        Self {
-            kernel: format!("EFI/{image}/{s}/linux"),
-            initrd: format!("EFI/{image}/{s}/initrd"),
-        }
-    }
-}
-
-/// The entry's file name with a fresh tries counter: `herd-a+3-0.conf`.
-pub fn entry_file_name(image: &str, slot: Slot, tries: u32) -> String {
-    format!("{image}-{}+{tries}-0.conf", slot.name())
+/// A slot's UKI file name with a fresh tries counter: `herd-a+3-0.efi`.
+pub fn uki_file_name(image: &str, slot: Slot, tries: u32) -> String {
+    format!("{image}-{}+{tries}-0.efi", slot.name())
 }
 
 /// `loader/loader.conf`: no menu unless asked, the newest herd entry first.
@@ -46,26 +36,24 @@ pub fn loader_conf(image: &str, timeout: u32) -> String {
     format!("timeout {timeout}\ndefault {image}-*\neditor no\nconsole-mode keep\n")
 }
 
-/// The text of a Boot Loader Specification type #1 entry.
-pub fn entry_conf(image: &str, version: &str, slot: Slot, cmdline: &str) -> String {
-    let files = SlotFiles::of(image, slot);
-    format!(
-        "title {image} {version} (slot {s})\nversion {version}\nsort-key {image}\nlinux /{k}\ninitrd /{i}\noptions {cmdline}\n",
-        s = slot.name(),
-        k = files.kernel,
-        i = files.initrd,
-    )
+/// A slot's kernel command line: herd's words (the verity root hash, the
+/// USR partition, the slot), then the image description's.
+pub fn slot_cmdline(usrhash: &str, usr_uuid: &str, slot: Slot, extra: &[String]) -> String {
+    let mut words = vec![
+        format!("usrhash={usrhash}"),
+        format!("mount.usr=PARTUUID={usr_uuid}"),
+        format!("herd.slot={}", slot.name()),
+    ];
+    words.extend(extra.iter().cloned());
+    words.join(" ")
 }
 
 /// Everything the ESP holds for a fresh disk: systemd-boot as the removable
-/// media boot path, loader.conf, and slot A's files and entry.
+/// media boot path, loader.conf, and slot A's UKI.
 pub struct EspContent<'a> {
     pub image: &'a str,
-    pub version: &'a str,
     pub systemd_boot: &'a [u8],
-    pub kernel: &'a [u8],
-    pub initrd: &'a [u8],
-    pub cmdline: &'a str,
+    pub uki_a: &'a [u8],
     pub tries: u32,
     pub timeout: u32,
 }
@@ -79,19 +67,14 @@ impl EspContent<'_> {
             loader_conf(self.image, self.timeout).into_bytes(),
             0o644,
         )?;
-        let files = SlotFiles::of(self.image, Slot::A);
-        t.insert_file(&files.kernel, self.kernel, 0o644)?;
-        t.insert_file(&files.initrd, self.initrd, 0o644)?;
         t.insert_file(
             &format!(
-                "loader/entries/{}",
-                entry_file_name(self.image, Slot::A, self.tries)
+                "{UKI_DIR}/{}",
+                uki_file_name(self.image, Slot::A, self.tries)
             ),
-            entry_conf(self.image, self.version, Slot::A, self.cmdline).into_bytes(),
+            self.uki_a,
             0o644,
         )?;
-        // Slot B gets its directory now so an update only adds files.
-        t.mkdir_p(&format!("EFI/{}/b", self.image))?;
         Ok(t)
     }
 }
@@ -101,12 +84,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_names_and_text() {
-        assert_eq!(entry_file_name("herd", Slot::A, 3), "herd-a+3-0.conf");
-        let e = entry_conf("herd", "1.2", Slot::B, "usrhash=ab herd.slot=b");
-        assert!(e.contains("linux /EFI/herd/b/linux\n"));
-        assert!(e.contains("initrd /EFI/herd/b/initrd\n"));
-        assert!(e.ends_with("options usrhash=ab herd.slot=b\n"));
+    fn names_and_cmdline() {
+        assert_eq!(uki_file_name("herd", Slot::A, 3), "herd-a+3-0.efi");
+        assert_eq!(
+            slot_cmdline("ab", "u-u", Slot::B, &["console=ttyS0".into()]),
+            "usrhash=ab mount.usr=PARTUUID=u-u herd.slot=b console=ttyS0"
+        );
         assert!(loader_conf("herd", 0).contains("default herd-*\n"));
     }
 }

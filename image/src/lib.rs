@@ -7,6 +7,7 @@ pub mod elf;
 pub mod flash;
 pub mod manifest;
 pub mod output;
+pub mod pcr;
 pub mod pipeline;
 pub mod progress;
 pub mod publish;

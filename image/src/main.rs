@@ -67,6 +67,9 @@ enum Command {
     /// Node configurations (first-boot provisioning, docs/PROVISIONING.md).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Measured boot: predict the TPM PCR values of a node.
+    #[command(subcommand)]
+    Pcr(PcrCommand),
 }
 
 #[derive(Subcommand)]
@@ -77,6 +80,35 @@ enum ConfigCommand {
     Check {
         /// The node configuration (TOML).
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PcrCommand {
+    /// Print the PCR 11 values a UKI produces (after systemd-stub, and after
+    /// each boot phase herd-init measures) and herd-init's PCR 15, SHA-256.
+    ///
+    /// PATH is a `herd build` output directory (both slots' UKIs) or one UKI
+    /// file. The values agree with `systemd-measure calculate` for the
+    /// same sections; a booted node reports the `ready` PCR 11 and the
+    /// PCR 15 (see docs/MEASURED-BOOT.md).
+    Predict {
+        /// Output directory or UKI file.
+        path: PathBuf,
+        /// Print JSON (slot -> predictions) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a node's measurement report (herd-agent's GET /v1/measurements)
+    /// against a build: the event log must replay to the reported PCR 11 and
+    /// 15, and those must be the predicted ones for the slot the node booted.
+    /// Exits 1 with the reason when they are not.
+    Verify {
+        /// The report (JSON).
+        #[arg(long)]
+        report: PathBuf,
+        /// Output directory of the build the node should run, or one UKI.
+        path: PathBuf,
     },
 }
 
@@ -580,6 +612,30 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
+        Command::Pcr(PcrCommand::Verify { report, path }) => (|| {
+            let text = std::fs::read_to_string(&report)
+                .with_context(|| format!("reading {}", report.display()))?;
+            let r: herd_tpm::Report = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a measurement report (GET /v1/measurements)",
+                    report.display()
+                )
+            })?;
+            let found = herd::pcr::verify(&r, &herd::pcr::predict(&path)?)?;
+            println!("{found}");
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Command::Pcr(PcrCommand::Predict { path, json }) => {
+            herd::pcr::predict(&path).and_then(|p| {
+                if json {
+                    let map: std::collections::BTreeMap<_, _> = p.into_iter().collect();
+                    println!("{}", serde_json::to_string_pretty(&map)?);
+                } else {
+                    print!("{}", herd::pcr::render(&p));
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Vm(VmCommand::Run(a)) => run_vm(a),
         Command::Vm(VmCommand::LibvirtXml(a)) => libvirt_xml(a),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),

@@ -19,9 +19,12 @@ use herd_buildroot::{Cache, Fetch, KernelPackage, Lock};
 use herd_fstree::{Meta, Node, Tree};
 use herd_gpt::{attrs, guid_from_name, types, Guid};
 
-use crate::boot::EspContent;
+use crate::boot::{slot_cmdline, EspContent, Slot};
 use crate::config::{human_bytes, ImageConfig};
-use crate::manifest::{KernelInfo, Manifest, OutputInfo, PackageInfo, PartitionInfo, UsrInfo};
+use crate::manifest::{
+    KernelInfo, Manifest, Measured, OutputInfo, PackageInfo, PartitionInfo, SlotMeasurements,
+    UsrInfo,
+};
 use crate::output::Staging;
 use crate::progress::Progress;
 
@@ -48,6 +51,18 @@ pub mod names {
     pub const INITRD: &str = "boot/initrd";
     pub const BOOTLOADER: &str = "boot/BOOTX64.EFI";
     pub const SBOM: &str = crate::sbom::FILE;
+    /// Slot A's and slot B's Unified Kernel Images (the command lines differ
+    /// in `herd.slot=`).
+    pub const UKI_A: &str = "boot/uki-a.efi";
+    pub const UKI_B: &str = "boot/uki-b.efi";
+
+    /// The UKI output of a slot.
+    pub fn uki(slot: crate::boot::Slot) -> &'static str {
+        match slot {
+            crate::boot::Slot::A => UKI_A,
+            crate::boot::Slot::B => UKI_B,
+        }
+    }
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -167,14 +182,17 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
 
     let boot_deb = cache.open_deb(&locked[1], &debs[1])?;
     const SD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
-    let boot_tree = boot_deb.unpack(&|p: &str| p == SD_BOOT)?;
-    let systemd_boot = match boot_tree.get(SD_BOOT) {
-        Some(Node::File { data, .. }) => data.clone(),
-        _ => bail!(
-            "package {} has no {SD_BOOT}: is it the systemd-boot-efi package?",
+    const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    let boot_tree = boot_deb.unpack(&|p: &str| p == SD_BOOT || p == STUB)?;
+    let boot_file = |path: &str| match boot_tree.get(path) {
+        Some(Node::File { data, .. }) => Ok(data.clone()),
+        _ => Err(anyhow::anyhow!(
+            "package {} has no {path}: is it the systemd-boot-efi package?",
             cfg.bootloader.package
-        ),
+        )),
     };
+    let systemd_boot = boot_file(SD_BOOT)?;
+    let stub = boot_file(STUB)?;
 
     // ---- /usr -----------------------------------------------------------
     let step = progress.step("assembling /usr");
@@ -364,15 +382,52 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let disk_guid = guid_from_name(&format!("herd-image:{name}"), &format!("disk:{usrhash}"));
     let table = herd_gpt::Table::layout(disk_guid, disk_bytes, specs)?;
 
-    let cmdline = {
-        let mut words = vec![
-            format!("usrhash={usrhash}"),
-            format!("mount.usr=PARTUUID={usr_a_uuid}"),
-            "herd.slot=a".to_string(),
-        ];
-        words.extend(cfg.kernel.cmdline.iter().cloned());
-        words.join(" ")
-    };
+    // ---- Unified Kernel Images, one per slot, and their PCR values ------
+    let step = progress.step("assembling the Unified Kernel Images (systemd-stub)");
+    let osrel = os_release(name, version);
+    let mut ukis = Vec::new();
+    let mut measured = Measured::default();
+    for slot in Slot::ALL {
+        let cmdline = slot_cmdline(&usrhash, &usr_a_uuid.to_string(), slot, &cfg.kernel.cmdline);
+        let parts = herd_uki::UkiParts {
+            osrel: osrel.as_bytes(),
+            cmdline: cmdline.as_bytes(),
+            linux: &kernel.vmlinuz,
+            initrd: &initrd,
+        };
+        let uki = herd_uki::assemble(&stub, &parts).with_context(|| {
+            format!(
+                "assembling slot {}'s UKI on {STUB} of {}",
+                slot.name(),
+                cfg.bootloader.package
+            )
+        })?;
+        measured.slots.insert(
+            slot.name().to_string(),
+            SlotMeasurements::new(names::uki(slot), &cmdline, &parts, &usrhash, slot.name()),
+        );
+        ukis.push(uki);
+    }
+    let cmdline = measured.slots["a"].cmdline.clone();
+    // The ESP must hold both slots' UKIs (the updater removes the other
+    // slot's old UKI, then writes the new one beside the running one) and
+    // systemd-boot, with room for the FAT.
+    let esp_needed = 2 * ukis[0].len() as u64 + systemd_boot.len() as u64 + 2 * MIB;
+    if esp_needed > cfg.partitions.esp.0 {
+        bail!(
+            "the ESP is too small: partitions.esp is {} but two slots' UKIs ({} each) and systemd-boot \
+             need {}; raise partitions.esp in {}",
+            human_bytes(cfg.partitions.esp.0),
+            human_bytes(ukis[0].len() as u64),
+            human_bytes(esp_needed),
+            opts.image_toml.display()
+        );
+    }
+    step.done(&format!(
+        "{} each, PCR 11 of slot a {}",
+        human_bytes(ukis[0].len() as u64),
+        measured.slots["a"].pcr11
+    ));
 
     // ---- disk.raw -------------------------------------------------------
     let step = progress.step(&format!(
@@ -405,11 +460,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
 
     let esp = EspContent {
         image: name,
-        version,
         systemd_boot: &systemd_boot,
-        kernel: &kernel.vmlinuz,
-        initrd: &initrd,
-        cmdline: &cmdline,
+        uki_a: &ukis[0],
         tries: cfg.bootloader.tries,
         timeout: cfg.bootloader.timeout,
     };
@@ -462,6 +514,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     })
     .context("reading the Cargo.lock herd was built with, for the SBOM")?;
     staging.write(names::SBOM, &sbom)?;
+    staging.write(names::UKI_A, &ukis[0])?;
+    staging.write(names::UKI_B, &ukis[1])?;
     let mut output_names: Vec<String> = [
         names::DISK,
         names::USR,
@@ -470,6 +524,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         names::INITRD,
         names::BOOTLOADER,
         names::SBOM,
+        names::UKI_A,
+        names::UKI_B,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -483,13 +539,15 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     }
 
     let step = progress.step("hashing outputs");
-    let in_memory: [(&str, &[u8]); 6] = [
+    let in_memory: [(&str, &[u8]); 8] = [
         (names::SBOM, &sbom),
         (names::USR, &squashfs),
         (names::USR_VERITY, &verity.hash_area),
         (names::KERNEL, &kernel.vmlinuz),
         (names::INITRD, &initrd),
         (names::BOOTLOADER, &systemd_boot),
+        (names::UKI_A, &ukis[0]),
+        (names::UKI_B, &ukis[1]),
     ];
     let outputs = hash_outputs(&staging, &output_names, &in_memory)?;
     step.done(&format!("{} files", outputs.len()));
@@ -535,6 +593,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
             file_bytes: usr_file_bytes,
         },
         cmdline,
+        measured,
         partitions,
         outputs,
         packages,

@@ -8,10 +8,13 @@ use herd_release::{Release, Repo, Rollout, SigningKey, Wave};
 
 use crate::manifest::Manifest;
 
-/// Payload roles and the build outputs they come from.
-pub const ROLES: [(&str, &str); 4] = [
+/// Payload roles and the build outputs they come from. The node installs
+/// `uki-<slot>`; `linux` and `initrd` are there for tools and recovery.
+pub const ROLES: [(&str, &str); 6] = [
     ("usr.img", crate::pipeline::names::USR),
     ("usr.verity", crate::pipeline::names::USR_VERITY),
+    ("uki-a", crate::pipeline::names::UKI_A),
+    ("uki-b", crate::pipeline::names::UKI_B),
     ("linux", crate::pipeline::names::KERNEL),
     ("initrd", crate::pipeline::names::INITRD),
 ];
@@ -64,11 +67,9 @@ pub fn publish(
         serde_json::from_str(&text).with_context(|| format!("reading {}", mpath.display()))?;
     let mut payloads = std::collections::BTreeMap::new();
     for (role, file) in ROLES {
-        let out = m
-            .outputs
-            .iter()
-            .find(|o| o.path == file)
-            .with_context(|| format!("build.json lists no {file}"))?;
+        let out = m.outputs.iter().find(|o| o.path == file).with_context(|| {
+            format!("build.json lists no {file}: rebuild the image with this herd version")
+        })?;
         let p = repo.add_payload(&image_out.join(file))?;
         if p.sha256 != out.sha256 {
             bail!(
@@ -91,6 +92,18 @@ pub fn publish(
         })
         .map(str::to_string)
         .collect();
+    // The predicted PCR values, recomputed from the UKIs being published
+    // (not taken from build.json, which is not signed).
+    let mut pcrs = std::collections::BTreeMap::new();
+    for (slot, p) in crate::pcr::predict(image_out)? {
+        pcrs.insert(
+            slot,
+            herd_release::SlotPcrs {
+                pcr11: p.pcr11,
+                pcr15: p.pcr15,
+            },
+        );
+    }
     let release = Release {
         image: m.name.clone(),
         version: m.version.clone(),
@@ -98,6 +111,7 @@ pub fn publish(
         cmdline,
         payloads,
         rollout,
+        pcrs,
     };
     Ok(repo.publish(channel, release, keys, now, expires)?)
 }

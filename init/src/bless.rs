@@ -1,10 +1,10 @@
 //! Blessing a good boot: drop the tries counter from the running entry's
-//! file name on the ESP, as systemd-bless-boot does.
+//! (or UKI's) file name on the ESP, as systemd-bless-boot does.
 
 use std::fs;
 
 use herd_gpt::{types, Guid};
-use herd_init::bootcount::{blessed_name, decode_efivar_utf16, LOADER_GUID};
+use herd_init::bootcount::{blessed_name, boot_count_dir, decode_efivar_utf16, LOADER_GUID};
 
 use herd_init::disks;
 
@@ -59,7 +59,7 @@ pub fn bless() -> Result<String, String> {
         "",
     )
     .map_err(|e| format!("cannot mount the ESP {}: {e}", esp.dev))?;
-    let dir = format!("{ESP_MNT}/loader/entries");
+    let dir = format!("{ESP_MNT}/{}", boot_count_dir(&path));
     let result = fs::rename(format!("{dir}/{name}"), format!("{dir}/{blessed}"))
         .and_then(|_| fs::File::open(&dir)?.sync_all())
         .map_err(|e| format!("cannot rename {name} to {blessed} on the ESP: {e}"));

@@ -9,7 +9,7 @@ use herd_init::cmdline::Cmdline;
 
 use herd_init::disks;
 
-use crate::{dm, fatal, grow, info, modules, sys};
+use crate::{dm, fatal, grow, info, modules, sys, tpm};
 
 const MS_RDONLY: libc::c_ulong = libc::MS_RDONLY;
 const PART_WAIT: Duration = Duration::from_secs(15);
@@ -66,6 +66,7 @@ pub fn run() -> ! {
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=0755",
     );
+    tpm::phase("enter-initrd");
     let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let slot = cmdline.slot.clone().unwrap_or_else(|| "a".into());
     info!(
@@ -166,6 +167,18 @@ pub fn run() -> ! {
         }
     }
 
+    // Measure what was mounted: the root hash dm-verity checks /usr against
+    // and the slot of the partition it came from.
+    let mounted_slot = data
+        .entry
+        .name
+        .strip_prefix("usr-")
+        .unwrap_or(&slot)
+        .to_string();
+    for e in herd_init::measure::usr_events(&hex_lower(&root), &mounted_slot) {
+        tpm::extend(&e);
+    }
+
     let disk = data.disk.clone();
     let state = disks::wait_for(
         &|p| p.disk == disk && p.entry.type_guid == types::VAR,
@@ -241,6 +254,7 @@ pub fn run() -> ! {
     ] {
         let _ = std::os::unix::fs::symlink(to, format!("/sysroot/{link}"));
     }
+    tpm::phase("leave-initrd");
     for m in ["/dev", "/proc", "/sys", "/run"] {
         if let Err(e) = sys::mount(m, &format!("/sysroot{m}"), "", libc::MS_MOVE, "") {
             fatal(&format!("cannot move {m} into the new root: {e}"));
@@ -262,4 +276,8 @@ pub fn run() -> ! {
     fatal(&format!(
         "cannot exec /usr/bin/herd-init in the real root: {e}"
     ))
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

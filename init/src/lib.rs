@@ -7,5 +7,6 @@ pub mod bootcount;
 pub mod cmdline;
 pub mod config;
 pub mod disks;
+pub mod measure;
 pub mod os_release;
 pub mod tree;

@@ -15,6 +15,7 @@ mod provision;
 mod root;
 mod supervise;
 mod sys;
+mod tpm;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -7,7 +7,7 @@ use herd_init::cmdline::Cmdline;
 use herd_init::config::{parse_cidr, Config, Local, NetMode, LOCAL};
 
 use crate::supervise::Supervisor;
-use crate::{bless, info, input, modules, provision, sys};
+use crate::{bless, info, input, modules, provision, sys, tpm};
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -162,6 +162,7 @@ pub fn run() -> ! {
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=1777",
     );
+    tpm::phase("sysinit");
     let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let cfg = match fs::read_to_string("/usr/lib/herd/init.toml").map(|t| Config::parse(&t)) {
         Ok(Ok(c)) => c,
@@ -207,6 +208,8 @@ pub fn run() -> ! {
     let version = herd_init::os_release::field("IMAGE_VERSION")
         .or_else(|| herd_init::os_release::field("VERSION_ID"))
         .unwrap_or_default();
+    tpm::phase("ready");
+    tpm::report();
     info!(
         "ready slot={} version={version} usrhash={} in {} ms",
         cmdline.slot.as_deref().unwrap_or("?"),

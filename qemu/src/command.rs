@@ -184,7 +184,11 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
     }
     let mut args: Vec<String> = vec![
         "-machine".into(),
-        "q35".into(),
+        if cfg.secure_boot {
+            "q35,smm=on".into()
+        } else {
+            "q35".into()
+        },
         "-accel".into(),
         match cfg.accel {
             Accel::Tcg => "tcg".into(),
@@ -241,6 +245,13 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
     };
     if let Some(c) = &cfg.config {
         args.extend(["-fw_cfg".into(), fw_cfg_arg(c)?]);
+    }
+    if cfg.secure_boot {
+        // The secboot firmware keeps its variables behind SMM.
+        args.extend([
+            "-global".into(),
+            "driver=cfi.pflash01,property=secure,value=on".into(),
+        ]);
     }
     args.extend(cfg.extra_args.iter().cloned());
     Ok(Prepared {

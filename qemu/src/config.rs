@@ -77,6 +77,9 @@ pub struct VmConfig {
     /// Persistent variables file (created from the template when missing);
     /// `None` = a private copy that goes away with the VM.
     pub vars: Option<PathBuf>,
+    /// Secure Boot firmware: `ovmf_code` is then the secboot build, which
+    /// needs SMM and a secure pflash (see [`crate::secureboot`]).
+    pub secure_boot: bool,
     /// What a guest reboot does.
     pub on_reboot: OnReboot,
     /// Discard disk writes.
@@ -103,6 +106,7 @@ impl VmConfig {
             ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
             ovmf_vars_template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
             vars: None,
+            secure_boot: false,
             on_reboot: OnReboot::Reset,
             snapshot: false,
             config: None,

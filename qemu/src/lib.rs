@@ -11,6 +11,7 @@ mod command;
 mod config;
 pub mod libvirt;
 mod qmp;
+pub mod secureboot;
 mod vm;
 
 pub use config::{Accel, DiskFormat, Forward, GuestForward, OnReboot, VmConfig};
@@ -48,6 +49,9 @@ pub enum Error {
     /// QMP failed.
     #[error("QMP: {0}")]
     Qmp(String),
+    /// A firmware file is not what was expected.
+    #[error("{0}")]
+    Firmware(String),
     /// Process or file I/O.
     #[error("{what}: {source}")]
     Io {

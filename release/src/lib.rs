@@ -16,7 +16,7 @@ mod verify;
 
 pub use envelope::{Envelope, Signature};
 pub use key::{KeyId, PublicKey, SigningKey};
-pub use metadata::{Channel, Payload, Release, Rollout, Root, Wave};
+pub use metadata::{Channel, Payload, Release, Rollout, Root, SlotPcrs, Wave};
 pub use repo::Repo;
 pub use verify::{
     compare_versions, in_wave, verify_channel, verify_root_chain, NodeState, PayloadCheck,

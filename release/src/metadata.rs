@@ -65,11 +65,27 @@ pub struct Release {
     pub usrhash: String,
     /// Kernel command line words herd adds besides usrhash/mount.usr/slot.
     pub cmdline: Vec<String>,
-    /// Payloads by role: `usr.img`, `usr.verity`, `linux`, `initrd`.
+    /// Payloads by role: `usr.img`, `usr.verity`, `uki-a`, `uki-b` (the
+    /// Unified Kernel Image for each slot), and `linux`, `initrd`.
     pub payloads: BTreeMap<String, Payload>,
     /// Phased rollout; absent = everyone at once.
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// What a good node running this release reports from its TPM, by slot
+    /// (`a`, `b`): see docs/MEASURED-BOOT.md.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pcrs: BTreeMap<String, SlotPcrs>,
+}
+
+/// Expected PCR values (SHA-256 bank, hex) of a node that booted a release
+/// from one slot and reached `ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotPcrs {
+    /// PCR 11: the UKI as systemd-stub measured it, then herd-init's boot phases.
+    pub pcr11: String,
+    /// PCR 15: herd-init's measurement of the mounted /usr and the slot.
+    pub pcr15: String,
 }
 
 impl Release {

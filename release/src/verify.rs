@@ -141,7 +141,7 @@ pub fn verify_channel(
         Ordering::Equal => return Ok((c, false)),
         Ordering::Greater => {}
     }
-    for role in ["usr.img", "usr.verity", "linux", "initrd"] {
+    for role in ["usr.img", "usr.verity", "uki-a", "uki-b"] {
         let p = c
             .release
             .payloads

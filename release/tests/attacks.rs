@@ -26,7 +26,7 @@ fn payload(data: &[u8]) -> Payload {
 
 fn channel(version: &str, seq: u64, expires: u64) -> Channel {
     let mut payloads = BTreeMap::new();
-    for role in ["usr.img", "usr.verity", "linux", "initrd"] {
+    for role in ["usr.img", "usr.verity", "uki-a", "uki-b"] {
         payloads.insert(
             role.to_string(),
             payload(format!("{role} of {version}").as_bytes()),
@@ -44,6 +44,7 @@ fn channel(version: &str, seq: u64, expires: u64) -> Channel {
             cmdline: vec!["console=ttyS0".into()],
             payloads,
             rollout: None,
+            pcrs: BTreeMap::new(),
         },
     }
 }

@@ -138,3 +138,37 @@ pub fn partition(manifest: &serde_json::Value, name: &str) -> (u64, u64) {
         .unwrap_or_else(|| panic!("no partition {name} in build.json"));
     (p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap())
 }
+
+/// systemd-stub from the host's systemd-boot-efi package.
+pub const HOST_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// A copy of the UKI at `uki` with its command line edited, assembled by
+/// herd-uki on the host's systemd-stub.
+pub fn uki_with_cmdline(uki: &Path, edit: impl Fn(&str) -> String) -> Vec<u8> {
+    let bytes = std::fs::read(uki).unwrap_or_else(|e| panic!("{}: {e}", uki.display()));
+    let parts = herd_uki::UkiParts::from_uki(&bytes).expect("a UKI");
+    let old = std::str::from_utf8(parts.cmdline).unwrap();
+    let new = edit(old);
+    assert_ne!(new, old, "the edit changed nothing");
+    let stub = std::fs::read(HOST_STUB)
+        .unwrap_or_else(|e| panic!("{HOST_STUB}: {e}: install systemd-boot-efi"));
+    herd_uki::assemble(
+        &stub,
+        &herd_uki::UkiParts {
+            cmdline: new.as_bytes(),
+            ..parts
+        },
+    )
+    .unwrap()
+}
+
+/// Copies `file` over `EFI/Linux/NAME` on the ESP (at 1 MiB) of `disk`.
+pub fn put_uki(disk: &Path, file: &Path, name: &str) {
+    run_ok(
+        Command::new("mcopy")
+            .args(["-o", "-i"])
+            .arg(format!("{}@@1M", disk.display()))
+            .arg(file)
+            .arg(format!("::/EFI/Linux/{name}")),
+    );
+}

@@ -48,17 +48,17 @@ fn disk_copy(image: &Path, dir: &Path) -> PathBuf {
     d
 }
 
-/// Names of the files in the ESP's loader/entries directory.
+/// Names of the UKIs in the ESP's EFI/Linux directory.
 fn entries(disk: &Path) -> Vec<String> {
     let list = run_ok(
         Command::new("mdir")
             .args(["-b", "-i"])
             .arg(format!("{}@@1M", disk.display()))
-            .arg("::/loader/entries"),
+            .arg("::/EFI/Linux"),
     );
     list.lines()
         .filter_map(|l| l.rsplit('/').next())
-        .filter(|n| n.ends_with(".conf"))
+        .filter(|n| n.ends_with(".efi"))
         .map(str::to_string)
         .collect()
 }
@@ -109,7 +109,7 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     let disk = disk_copy(image, tmp.path());
     let m = manifest(image);
     let usrhash = m["usr"]["usrhash"].as_str().unwrap();
-    assert_eq!(entries(&disk), ["herd-a+3-0.conf"]);
+    assert_eq!(entries(&disk), ["herd-a+3-0.efi"]);
     // A bigger disk than the image: STATE must grow to fill it on first boot.
     let grown = fs::metadata(&disk).unwrap().len() + (512 << 20);
     fs::OpenOptions::new()
@@ -158,7 +158,7 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     vm1.wait_for("probe: tpm [tpm0]", BOOT).unwrap();
     vm1.wait_for("probe: httpd on 8080", BOOT).unwrap();
     assert!(http_get(port).contains("herd probe page"));
-    vm1.wait_for("blessed boot entry herd-a+2-1.conf -> herd-a.conf", BOOT)
+    vm1.wait_for("blessed boot entry herd-a+2-1.efi -> herd-a.efi", BOOT)
         .unwrap();
     // ACPI power button -> clean shutdown -> QEMU exits by itself.
     vm1.wait_for("herd-init: watching the power button", BOOT)
@@ -170,7 +170,7 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     assert!(status.success(), "QEMU exit status {status:?}");
 
     // The boot loader counted the try, herd-init blessed it: no counter left.
-    assert_eq!(entries(&disk), ["herd-a.conf"]);
+    assert_eq!(entries(&disk), ["herd-a.efi"]);
     // The grown partition table is valid, backup header at the new end.
     let v = run_ok(Command::new("sgdisk").arg("-v").arg(&disk));
     assert!(v.contains("No problems found"), "{v}");
@@ -223,7 +223,7 @@ fn corrupted_usr_fails_loudly_and_each_try_is_counted() {
         vm.wait_exit(Duration::from_secs(60)).unwrap();
         assert_eq!(
             entries(&disk),
-            [format!("herd-a+{tries_left}-{done}.conf")],
+            [format!("herd-a+{tries_left}-{done}.efi")],
             "systemd-boot counted the failed try"
         );
     }
@@ -234,10 +234,7 @@ fn wrong_root_hash_names_the_missing_partition_and_reboots() {
     let image = probe_image();
     let tmp = tempfile::tempdir().unwrap();
     let disk = disk_copy(image, tmp.path());
-    // Point the boot entry at a root hash no partition belongs to.
-    let esp = format!("{}@@1M", disk.display());
-    let entry =
-        run_ok(Command::new("mtype").args(["-i", &esp, "::/loader/entries/herd-a+3-0.conf"]));
+    // Point the UKI's command line at a root hash no partition belongs to.
     let usrhash = manifest(image)["usr"]["usrhash"]
         .as_str()
         .unwrap()
@@ -252,18 +249,13 @@ fn wrong_root_hash_names_the_missing_partition_and_reboots() {
         &old_uuid[16..20],
         &old_uuid[20..32]
     );
-    let edited = entry
-        .replace(&usrhash, &wrong)
-        .replace(&old_uuid, "01234567-89ab-cdef-0123-456789abcdef");
-    assert_ne!(edited, entry);
-    let local = tmp.path().join("entry.conf");
+    let local = tmp.path().join("uki.efi");
+    let edited = uki_with_cmdline(&image.join("boot/uki-a.efi"), |c| {
+        c.replace(&usrhash, &wrong)
+            .replace(&old_uuid, "01234567-89ab-cdef-0123-456789abcdef")
+    });
     fs::write(&local, edited).unwrap();
-    run_ok(
-        Command::new("mcopy")
-            .args(["-o", "-i", &esp])
-            .arg(&local)
-            .arg("::/loader/entries/herd-a+3-0.conf"),
-    );
+    put_uki(&disk, &local, "herd-a+3-0.efi");
     let vm = vm(&disk, &tmp.path().join("wrong.log"), OnReboot::Exit);
     let line = vm.wait_for("herd-init: FATAL", BOOT).unwrap();
     assert!(
@@ -273,7 +265,7 @@ fn wrong_root_hash_names_the_missing_partition_and_reboots() {
     vm.wait_exit(Duration::from_secs(60)).unwrap();
     assert_eq!(
         entries(&disk),
-        ["herd-a+2-1.conf"],
+        ["herd-a+2-1.efi"],
         "the failed try was counted"
     );
 }

@@ -81,33 +81,56 @@ fn esp_passes_fsck_and_holds_the_boot_files() {
     extract(&out.join("disk.raw"), off, len, &esp);
     let fsck = run_ok(Command::new("fsck.vfat").arg("-n").arg("-v").arg(&esp));
     assert!(fsck.contains("32 bit entries"), "not FAT32: {fsck}");
-    let entries = run_ok(
+    let ukis = run_ok(
         Command::new("mdir")
             .args(["-b", "-i"])
             .arg(&esp)
-            .arg("::/loader/entries"),
+            .arg("::/EFI/Linux"),
     );
-    assert!(entries.contains("herd-a+3-0.conf"), "entries: {entries}");
-    let entry = run_ok(
-        Command::new("mtype")
-            .arg("-i")
-            .arg(&esp)
-            .arg("::/loader/entries/herd-a+3-0.conf"),
-    );
-    assert!(entry.contains(&format!("options {}", m["cmdline"].as_str().unwrap())));
-    // The kernel on the ESP is byte-identical to the payload's.
-    let k = tmp.path().join("linux");
+    assert!(ukis.contains("herd-a+3-0.efi"), "EFI/Linux: {ukis}");
+    // Slot A's UKI on the ESP is byte-identical to the payload's, binutils
+    // reads it as a PE image with the four sections, and its sections are
+    // the kernel, the initramfs and the command line of build.json.
+    let uki = tmp.path().join("uki.efi");
     run_ok(
         Command::new("mcopy")
             .arg("-i")
             .arg(&esp)
-            .arg("::/EFI/herd/a/linux")
-            .arg(&k),
+            .arg("::/EFI/Linux/herd-a+3-0.efi")
+            .arg(&uki),
     );
+    let bytes = fs::read(&uki).unwrap();
+    assert_eq!(bytes, fs::read(out.join("boot/uki-a.efi")).unwrap());
+    let od = run_ok(Command::new("objdump").arg("-h").arg(&uki));
+    for s in [".osrel", ".cmdline", ".linux", ".initrd", ".sdmagic"] {
+        assert!(od.contains(s), "no {s} in\n{od}");
+    }
+    let parts = herd_uki::UkiParts::from_uki(&bytes).unwrap();
+    assert_eq!(parts.linux, fs::read(out.join("boot/linux")).unwrap());
+    assert_eq!(parts.initrd, fs::read(out.join("boot/initrd")).unwrap());
+    assert_eq!(parts.cmdline, m["cmdline"].as_str().unwrap().as_bytes());
+    assert!(String::from_utf8_lossy(parts.osrel).contains("IMAGE_VERSION=0.1.0"));
+    let b = herd_uki::UkiParts::from_uki(&fs::read(out.join("boot/uki-b.efi")).unwrap())
+        .unwrap()
+        .cmdline
+        .to_vec();
     assert_eq!(
-        fs::read(&k).unwrap(),
-        fs::read(out.join("boot/linux")).unwrap()
+        String::from_utf8(b).unwrap(),
+        m["cmdline"]
+            .as_str()
+            .unwrap()
+            .replace("herd.slot=a", "herd.slot=b")
     );
+    // build.json's predictions are `herd pcr predict`'s.
+    let p: serde_json::Value = serde_json::from_str(&run_ok(
+        Command::new(herd())
+            .args(["pcr", "predict", "--json"])
+            .arg(out),
+    ))
+    .unwrap();
+    for slot in ["a", "b"] {
+        assert_eq!(p[slot], m["measured"]["slots"][slot], "slot {slot}");
+    }
     let bl = tmp.path().join("boot.efi");
     run_ok(
         Command::new("mcopy")
@@ -328,6 +351,8 @@ fn two_builds_are_byte_identical_and_unprivileged() {
         "boot/initrd",
         "boot/BOOTX64.EFI",
         "sbom.spdx.json",
+        "boot/uki-a.efi",
+        "boot/uki-b.efi",
     ] {
         assert_eq!(
             sha(first, name),

@@ -34,8 +34,8 @@ fn main() {
     let files = [
         ("usr.img", data.as_slice()),
         ("usr.verity", tree.hash_area.as_slice()),
-        ("linux", b"kernel".as_slice()),
-        ("initrd", b"initrd".as_slice()),
+        ("uki-a", b"uki of slot a".as_slice()),
+        ("uki-b", b"uki of slot b".as_slice()),
     ];
     let key = SigningKey::generate().unwrap();
     let repo = Repo::at(&dir.join("repo"));
@@ -59,6 +59,7 @@ fn main() {
         cmdline: vec![],
         payloads,
         rollout: None,
+        pcrs: BTreeMap::new(),
     };
     repo.publish("stable", rel, &[&key], now, now + 86_400)
         .unwrap();

@@ -10,7 +10,7 @@ use herd_release::{
 };
 
 use crate::config::UpdateConfig;
-use crate::esp::Esp;
+use crate::esp::{Esp, UKIS};
 use crate::slots::Slots;
 use crate::state::{boot_id, Pending, State};
 use crate::{http, io, now, Error};
@@ -153,10 +153,11 @@ pub fn install(
     {
         let esp = Esp::mount(&slots.disk)?;
         for e in esp.entries() {
-            if e.starts_with(&format!("{}-{slot}", slots.image)) {
+            if e.name.starts_with(&format!("{}-{slot}", slots.image)) {
                 esp.remove_entry(&e)?;
             }
         }
+        esp.remove_partial(&format!("{}-{slot}", slots.image))?;
     }
     crate::download::write_slot(base, rel, &usr.dev, &verity.dev, state, state_dir, log)?;
     log(&format!(
@@ -166,8 +167,15 @@ pub fn install(
     let root = rel
         .root_hash()
         .ok_or_else(|| Error::Disk(format!("release {} has a malformed usrhash", rel.version)))?;
-    let kernel = fetch_small_payload(base, rel, "linux")?;
-    let initrd = fetch_small_payload(base, rel, "initrd")?;
+    let role = format!("uki-{slot}");
+    if !rel.payloads.contains_key(&role) {
+        return Err(Error::Disk(format!(
+            "release {} has no {role} payload: publish it with a herd that builds UKIs",
+            rel.version
+        )));
+    }
+    let uki = fetch_small_payload(base, rel, &role)?;
+    check_uki(&uki, rel, slot)?;
 
     // The slot's partitions carry the root hash halves as PARTUUIDs (DPS).
     let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
@@ -195,23 +203,7 @@ pub fn install(
 
     let esp = Esp::mount(&slots.disk)?;
     let (img, v) = (&slots.image, &rel.version);
-    esp.write(&format!("EFI/{img}/{slot}/linux"), &kernel)?;
-    esp.write(&format!("EFI/{img}/{slot}/initrd"), &initrd)?;
-    let uuid = Guid(a);
-    let cmdline = std::iter::once(format!(
-        "usrhash={} mount.usr=PARTUUID={uuid} herd.slot={slot}",
-        rel.usrhash
-    ))
-    .chain(rel.cmdline.iter().cloned())
-    .collect::<Vec<_>>()
-    .join(" ");
-    let entry = format!(
-        "title {img} {v} (slot {slot})\nversion {v}\nsort-key {img}\nlinux /EFI/{img}/{slot}/linux\ninitrd /EFI/{img}/{slot}/initrd\noptions {cmdline}\n"
-    );
-    esp.write(
-        &format!("loader/entries/{img}-{slot}+{}-0.conf", cfg.tries),
-        entry.as_bytes(),
-    )?;
+    esp.write(&format!("{UKIS}/{img}-{slot}+{}-0.efi", cfg.tries), &uki)?;
     drop(esp);
     state.pending = Some(Pending {
         version: rel.version.clone(),
@@ -224,6 +216,28 @@ pub fn install(
         "{} {v} is ready in slot {slot} with {} boot tries",
         img, cfg.tries
     ));
+    Ok(())
+}
+
+/// The UKI must be for this release and this slot: its command line carries
+/// the release's `usrhash=` and `herd.slot=<slot>`.
+fn check_uki(uki: &[u8], rel: &Release, slot: &str) -> Result<(), Error> {
+    let parts = herd_uki::UkiParts::from_uki(uki).map_err(|e| {
+        Error::Disk(format!(
+            "the uki-{slot} payload of {} is not a UKI: {e}",
+            rel.version
+        ))
+    })?;
+    let c = herd_init::cmdline::Cmdline::parse(&String::from_utf8_lossy(parts.cmdline));
+    if c.usrhash.as_deref() != Some(rel.usrhash.as_str()) || c.slot.as_deref() != Some(slot) {
+        return Err(Error::Disk(format!(
+            "the uki-{slot} payload of {} boots usrhash={} slot {} instead of usrhash={} slot {slot}: the release is inconsistent",
+            rel.version,
+            c.usrhash.as_deref().unwrap_or("(none)"),
+            c.slot.as_deref().unwrap_or("(none)"),
+            rel.usrhash
+        )));
+    }
     Ok(())
 }
 

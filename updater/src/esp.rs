@@ -1,5 +1,5 @@
-//! Installing a slot's boot files and entry on the ESP, crash-safely:
-//! every file is written beside its final name, synced, then renamed.
+//! Installing a slot's UKI on the ESP, crash-safely: every file is written
+//! beside its final name, synced, then renamed.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -51,17 +51,29 @@ impl Esp {
         Path::new(MNT).join(rel)
     }
 
-    /// Writes `rel` atomically.
+    /// Writes `rel` atomically. Refuses when the ESP lacks the room (and
+    /// says how much there is); a failed write removes its partial file.
     pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), Error> {
         let dst = self.path(rel);
         let dir = dst.parent().expect("ESP paths have a directory");
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let free = free_bytes(MNT)?;
+        if free < bytes.len() as u64 + (64 << 10) {
+            return Err(Error::Disk(format!(
+                "the ESP has {} KiB free but {rel} needs {} KiB: remove stray files from the ESP \
+                 or give it a bigger partitions.esp",
+                free >> 10,
+                bytes.len() >> 10
+            )));
+        }
         let tmp = dst.with_extension("new");
         let mut f =
             std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
+        if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()) {
+            drop(f);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(format!("writing {}", tmp.display()))(e));
+        }
         std::fs::rename(&tmp, &dst)
             .map_err(io(format!("renaming {} into place", dst.display())))?;
         std::fs::File::open(dir)
@@ -69,37 +81,101 @@ impl Esp {
             .map_err(io("syncing the ESP"))
     }
 
-    /// Entry file names in loader/entries.
-    pub fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.path("loader/entries"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
+    /// Boot entries (`loader/entries/*.conf`) and UKIs (`EFI/Linux/*.efi`),
+    /// sorted by directory and name.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut v = Vec::new();
+        for (dir, ext) in [(ENTRIES, ".conf"), (UKIS, ".efi")] {
+            if let Ok(rd) = std::fs::read_dir(self.path(dir)) {
+                for e in rd.flatten() {
+                    if let Ok(name) = e.file_name().into_string() {
+                        if name.to_ascii_lowercase().ends_with(ext) {
+                            v.push(Entry { dir, name });
+                        }
+                    }
+                }
+            }
+        }
+        v.sort_by(|a, b| (a.dir, &a.name).cmp(&(b.dir, &b.name)));
         v
     }
 
-    /// Renames an entry (e.g. to mark a slot bad or blessed).
-    pub fn rename_entry(&self, from: &str, to: &str) -> Result<(), Error> {
-        let dir = self.path("loader/entries");
-        std::fs::rename(dir.join(from), dir.join(to))
-            .map_err(io(format!("renaming entry {from} to {to}")))?;
+    /// Renames an entry in its directory (e.g. to mark a slot bad or blessed).
+    pub fn rename_entry(&self, e: &Entry, to: &str) -> Result<(), Error> {
+        let dir = self.path(e.dir);
+        std::fs::rename(dir.join(&e.name), dir.join(to))
+            .map_err(io(format!("renaming {}/{} to {to}", e.dir, e.name)))?;
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io("syncing the ESP"))
     }
 
+    /// Removes files a power cut left half-written (`*.new`) whose names
+    /// start with `prefix`, in both entry directories.
+    pub fn remove_partial(&self, prefix: &str) -> Result<(), Error> {
+        for dir in [ENTRIES, UKIS] {
+            let Ok(rd) = std::fs::read_dir(self.path(dir)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(prefix) && name.ends_with(".new") {
+                    std::fs::remove_file(e.path())
+                        .map_err(io(format!("removing the partial file {dir}/{name}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes an entry.
-    pub fn remove_entry(&self, name: &str) -> Result<(), Error> {
-        let dir = self.path("loader/entries");
-        std::fs::remove_file(dir.join(name)).map_err(io(format!("removing entry {name}")))?;
+    pub fn remove_entry(&self, e: &Entry) -> Result<(), Error> {
+        let dir = self.path(e.dir);
+        std::fs::remove_file(dir.join(&e.name))
+            .map_err(io(format!("removing {}/{}", e.dir, e.name)))?;
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io("syncing the ESP"))
     }
+}
+
+/// Boot Loader Specification type #1 entries.
+pub const ENTRIES: &str = "loader/entries";
+/// Unified Kernel Images (type #2 entries).
+pub const UKIS: &str = "EFI/Linux";
+
+/// A boot entry or UKI on the ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// [`ENTRIES`] or [`UKIS`].
+    pub dir: &'static str,
+    /// The file name, with its tries counter if any.
+    pub name: String,
+}
+
+impl Entry {
+    /// `.conf` or `.efi`.
+    pub fn ext(&self) -> &'static str {
+        if self.dir == UKIS {
+            ".efi"
+        } else {
+            ".conf"
+        }
+    }
+}
+
+/// Free bytes on the file system at `path` (statvfs).
+fn free_bytes(path: &str) -> Result<u64, Error> {
+    let c = cstr(path);
+    // SAFETY: a zeroed statvfs is a valid out buffer; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers for the duration of the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(io(format!("statvfs {path}"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 impl Drop for Esp {

@@ -228,15 +228,15 @@ fn rollback(slots: &Slots) -> Result<()> {
     let prefix = format!("{}-{}", slots.image, slots.running);
     let other = format!("{}-{}", slots.image, slots.other);
     let entries = esp.entries();
-    if !entries.iter().any(|e| e.starts_with(&other)) {
+    if !entries.iter().any(|e| e.name.starts_with(&other)) {
         bail!(
             "slot {} has no boot entry to roll back to (it was never installed, or its install did not finish)",
             slots.other
         );
     }
-    for e in entries.iter().filter(|e| e.starts_with(&prefix)) {
+    for e in entries.iter().filter(|e| e.name.starts_with(&prefix)) {
         // Zero tries left: the boot loader skips it and boots the other slot.
-        esp.rename_entry(e, &format!("{prefix}+0-1.conf"))?;
+        esp.rename_entry(e, &format!("{prefix}+0-1{}", e.ext()))?;
     }
     drop(esp);
     log(&format!("slot {} will boot next", slots.other));
