@@ -75,10 +75,18 @@ fn pulls_only_signed_untampered_images() {
         std::fs::read_to_string(root.join("etc/marker")).unwrap(),
         "web"
     );
-    let st = Command::new(root.join("bin/busybox"))
-        .arg("true")
-        .status()
-        .unwrap();
+    // Another test thread forking at the moment the file was written may
+    // still hold its descriptor until it execs: retry "text file busy".
+    let mut tries = 0;
+    let st = loop {
+        match Command::new(root.join("bin/busybox")).arg("true").status() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     assert!(st.success());
     // By digest works too.
     let pinned = Reference::parse(&format!("{host}/herd/web@{web}")).unwrap();
