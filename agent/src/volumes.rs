@@ -128,6 +128,25 @@ fn mount_tmpfs(dir: &Path, bytes: u64) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// A fresh copy of the keys of secret or config map `name` (a directory
+/// of `dir`) at `to`, each file with `mode`.
+fn keys_volume(
+    dir: &Path,
+    kind: &str,
+    name: &str,
+    to: &Path,
+    mode: u32,
+    volume: &str,
+) -> Result<PathBuf, VolumeError> {
+    let from = key_file(dir, kind, name, "x")?
+        .parent()
+        .expect("has parent")
+        .to_path_buf();
+    let _ = std::fs::remove_dir_all(to);
+    copy_keys(&from, to, mode, &format!("volume {volume} ({kind} {name})"))?;
+    Ok(to.to_path_buf())
+}
+
 /// Makes every volume of `pod`; returns volume name → host path.
 pub fn prepare(pod: &Pod, src: &Sources) -> Result<BTreeMap<String, VolumeSource>, VolumeError> {
     let name = &pod.metadata.name;
@@ -166,33 +185,23 @@ pub fn prepare(pod: &Pod, src: &Sources) -> Result<BTreeMap<String, VolumeSource
             }
             p
         } else if let Some(s) = &v.secret {
-            let p = mem.join(&v.name);
-            let from = key_file(&src.secrets, "secret", &s.secret_name, "x")?
-                .parent()
-                .expect("has parent")
-                .to_path_buf();
-            let _ = std::fs::remove_dir_all(&p);
-            copy_keys(
-                &from,
-                &p,
+            keys_volume(
+                &src.secrets,
+                "secret",
+                &s.secret_name,
+                &mem.join(&v.name),
                 0o400,
-                &format!("volume {} (secret {})", v.name, s.secret_name),
-            )?;
-            p
+                &v.name,
+            )?
         } else if let Some(c) = &v.config_map {
-            let p = mem.join(&v.name);
-            let from = key_file(&src.configmaps, "configMap", &c.name, "x")?
-                .parent()
-                .expect("has parent")
-                .to_path_buf();
-            let _ = std::fs::remove_dir_all(&p);
-            copy_keys(
-                &from,
-                &p,
+            keys_volume(
+                &src.configmaps,
+                "configMap",
+                &c.name,
+                &mem.join(&v.name),
                 0o444,
-                &format!("volume {} (configMap {})", v.name, c.name),
-            )?;
-            p
+                &v.name,
+            )?
         } else {
             continue;
         };

@@ -172,3 +172,29 @@ pub fn put_uki(disk: &Path, file: &Path, name: &str) {
             .arg(format!("::/EFI/Linux/{name}")),
     );
 }
+
+/// A TCP port on 127.0.0.1 that is free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding 127.0.0.1:0")
+        .local_addr()
+        .expect("a bound address")
+        .port()
+}
+
+/// One `GET /` from 127.0.0.1:`port`: the whole answer, or None when
+/// nothing answers (connect within 2 s, read within `timeout`).
+pub fn http_get(port: u16, timeout: std::time::Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::time::Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}

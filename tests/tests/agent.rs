@@ -8,8 +8,6 @@
 //! kubelet's back-off; a removed manifest stops its pod and its image is
 //! collected; SIGTERM stops the agent and its pods.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,20 +17,7 @@ use herd_oci::layout::Layout;
 use herd_oci::registry::Registry;
 use herd_oci::Reference;
 use herd_tests::registry::{make_image, need, registry, skopeo_push};
-use herd_tests::{bin_dir, run};
-
-fn http_get(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
+use herd_tests::{bin_dir, free_port, http_get, run};
 
 fn wait_for<T>(what: &str, secs: u64, log: &Path, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -89,14 +74,6 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -215,7 +192,7 @@ spec:
 
     // The signed pod serves through its host port.
     let page = wait_for("the web pod to answer on its host port", 90, &log, || {
-        http_get(port).filter(|p| p.contains("hello from a signed pod"))
+        http_get(port, Duration::from_secs(5)).filter(|p| p.contains("hello from a signed pod"))
     });
     assert!(
         page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
@@ -280,7 +257,7 @@ spec:
             .filter(|p| p["restarts"] == 1 && p["phase"] == "Running")
     });
     wait_for("the restarted pod to answer", 30, &log, || {
-        http_get(port).filter(|p| p.contains("hello from a signed pod"))
+        http_get(port, Duration::from_secs(5)).filter(|p| p.contains("hello from a signed pod"))
     });
     let (_, events) = agent.cli(&["events"]);
     assert!(
@@ -295,7 +272,10 @@ spec:
     wait_for("the removed pods to go", 30, &log, || {
         (agent.pod("web").is_none() && agent.pod("local").is_none()).then_some(())
     });
-    assert!(http_get(port).is_none(), "the host port is closed");
+    assert!(
+        http_get(port, Duration::from_secs(5)).is_none(),
+        "the host port is closed"
+    );
     wait_for("the unused image to be collected", 60, &log, || {
         let roots = std::fs::read_dir(d.join("state/images/rootfs")).ok()?;
         (roots.count() == 0).then_some(())

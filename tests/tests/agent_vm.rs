@@ -7,8 +7,6 @@
 //! - refuses the unsigned pod beside it, saying why;
 //! - restarts the signed pod after the chaos service kills its process.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,7 +16,7 @@ use herd_oci::registry::Registry;
 use herd_oci::Reference;
 use herd_qemu::{Forward, GuestForward, Vm, VmConfig};
 use herd_tests::registry::{make_image, registry, skopeo_push};
-use herd_tests::{herd_build, run_ok, workspace};
+use herd_tests::{free_port, herd_build, http_get, run_ok, workspace};
 
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -97,27 +95,6 @@ restart = "never"
     p
 }
 
-fn http_get(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: node\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn node_runs_a_signed_pod_refuses_an_unsigned_one_and_restarts_a_killed_one() {
     let t = tempfile::tempdir().unwrap();
@@ -163,7 +140,9 @@ fn node_runs_a_signed_pod_refuses_an_unsigned_one_and_restarts_a_killed_one() {
         .unwrap();
     let end = Instant::now() + Duration::from_secs(60);
     let page = loop {
-        if let Some(p) = http_get(http).filter(|p| p.contains("hello from a signed pod on herd")) {
+        if let Some(p) = http_get(http, Duration::from_secs(10))
+            .filter(|p| p.contains("hello from a signed pod on herd"))
+        {
             break p;
         }
         assert!(
@@ -195,7 +174,9 @@ fn node_runs_a_signed_pod_refuses_an_unsigned_one_and_restarts_a_killed_one() {
     vm.wait_for("pod web: Started: 1 container(s) running (start 2)", BOOT)
         .unwrap();
     let end = Instant::now() + Duration::from_secs(60);
-    while http_get(http).is_none_or(|p| !p.contains("hello from a signed pod on herd")) {
+    while http_get(http, Duration::from_secs(10))
+        .is_none_or(|p| !p.contains("hello from a signed pod on herd"))
+    {
         assert!(Instant::now() < end, "the restarted pod does not answer");
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -75,15 +75,6 @@ fn vm_with(disk: &Path, log: &Path, on_reboot: OnReboot, tweak: impl FnOnce(&mut
     Vm::start(&cfg, log).expect("start QEMU")
 }
 
-/// A TCP port on 127.0.0.1 that is free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET / from 127.0.0.1:port, retrying while the forward comes up.
 fn http_get(port: u16) -> String {
     use std::io::{Read, Write};

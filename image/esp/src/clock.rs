@@ -2,19 +2,9 @@
 
 use fatfs::{Date, DateTime, Time};
 
-/// Civil (proleptic Gregorian, UTC) date of a day count since 1970-01-01,
-/// after Howard Hinnant's `civil_from_days`.
 fn civil(days: i64) -> (i64, u16, u16) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u16;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let (y, m, d) = herd_clock::civil_from_days(days);
+    (y, m as u16, d as u16)
 }
 
 /// FAT date and time of `unix` seconds, clamped to 1980-01-01..2107-12-31.
