@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod disk;
 pub mod images;
 pub mod logs;
 pub mod measured;

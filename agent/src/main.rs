@@ -258,7 +258,7 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
     let status = Status::default();
     let images = Images::open(&a.state.join("images"), a.layouts.clone())
         .context("opening the image store")?;
-    let env = Arc::new(Env::new(
+    let mut env = Env::new(
         Runtime {
             bin: a.runtime.clone(),
             root: a.run.join("crun"),
@@ -277,7 +277,9 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
         a.log_max,
         status.clone(),
         a.host_ip,
-    ));
+    );
+    env.io_device = herd_agent::disk::whole_disk_of(&a.state);
+    let env = Arc::new(env);
     api::serve(socket, status.clone(), a.logs.clone())
         .with_context(|| format!("serving the API on {}", socket.display()))?;
     let notify = Notify::new(&a.pods).with_context(|| format!("watching {}", a.pods.display()))?;

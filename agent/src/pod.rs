@@ -200,7 +200,8 @@ pub struct Resources {
     pub requests: Limits,
 }
 
-/// cpu and memory.
+/// cpu, memory and (herd's extended resources, limits only) I/O rates on
+/// the disk that holds the node's state.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -210,6 +211,43 @@ pub struct Limits {
     /// Memory, e.g. `64Mi`.
     #[serde(default)]
     pub memory: Option<String>,
+    /// Bytes read per second, e.g. `20Mi` (cgroup v2 io.max rbps).
+    #[serde(default, rename = "herd.dev/io-read-bps")]
+    pub io_read_bps: Option<String>,
+    /// Bytes written per second (io.max wbps).
+    #[serde(default, rename = "herd.dev/io-write-bps")]
+    pub io_write_bps: Option<String>,
+    /// Read operations per second (io.max riops).
+    #[serde(default, rename = "herd.dev/io-read-iops")]
+    pub io_read_iops: Option<String>,
+    /// Write operations per second (io.max wiops).
+    #[serde(default, rename = "herd.dev/io-write-iops")]
+    pub io_write_iops: Option<String>,
+}
+
+/// The I/O limits' names (as written in a manifest) and values.
+pub const IO_LIMITS: [&str; 4] = [
+    "herd.dev/io-read-bps",
+    "herd.dev/io-write-bps",
+    "herd.dev/io-read-iops",
+    "herd.dev/io-write-iops",
+];
+
+impl Limits {
+    /// The I/O limits that are set, in [`IO_LIMITS`] order.
+    pub fn io(&self) -> [(&'static str, Option<&str>); 4] {
+        [
+            (IO_LIMITS[0], self.io_read_bps.as_deref()),
+            (IO_LIMITS[1], self.io_write_bps.as_deref()),
+            (IO_LIMITS[2], self.io_read_iops.as_deref()),
+            (IO_LIMITS[3], self.io_write_iops.as_deref()),
+        ]
+    }
+
+    /// Whether any I/O limit is set.
+    pub fn has_io(&self) -> bool {
+        self.io().iter().any(|(_, v)| v.is_some())
+    }
 }
 
 /// Security settings.
@@ -584,6 +622,18 @@ impl Pod {
                         return fail(format!("{f}.resources.{which}.memory"), e.to_string());
                     }
                 }
+                for (key, value) in l.io() {
+                    let Some(value) = value else { continue };
+                    if which == "requests" {
+                        return fail(
+                            format!("{f}.resources.requests.{key}"),
+                            "I/O rates are limits: put them under resources.limits".into(),
+                        );
+                    }
+                    if let Err(e) = quantity::io_rate(value) {
+                        return fail(format!("{f}.resources.limits.{key}"), e.to_string());
+                    }
+                }
             }
             let sc = &c.security_context;
             if sc.privileged == Some(true) {
@@ -664,7 +714,7 @@ spec:
     - {name: creds, mountPath: /run/creds, readOnly: true}
     - {name: conf, mountPath: /etc/web}
     resources:
-      limits: {cpu: 500m, memory: 64Mi}
+      limits: {cpu: 500m, memory: 64Mi, herd.dev/io-write-bps: 20Mi, herd.dev/io-read-iops: 2k}
       requests: {cpu: "0.1", memory: 16Mi}
     securityContext:
       runAsUser: 1000
@@ -752,6 +802,24 @@ spec:
             ("memory: 64Mi", "memory: 64Mb"),
             "resources.limits.memory",
             "not a valid memory",
+        );
+        refused(
+            ("io-read-iops: 2k", "io-read-iops: many"),
+            "resources.limits.herd.dev/io-read-iops",
+            "not a valid io",
+        );
+        refused(
+            (
+                "requests: {cpu: \"0.1\"",
+                "requests: {herd.dev/io-read-bps: 1Mi, cpu: \"0.1\"",
+            ),
+            "resources.requests.herd.dev/io-read-bps",
+            "under resources.limits",
+        );
+        refused(
+            ("io-read-iops: 2k", "io-reads: 2k"),
+            "resources.limits",
+            "unknown field `herd.dev/io-reads`",
         );
         refused(
             ("{name: conf, mountPath", "{name: nope, mountPath"),

@@ -1,5 +1,5 @@
-//! Kubernetes resource quantities: CPU (`500m`, `1.5`, `2`) and memory
-//! (`64Mi`, `1G`, `1048576`).
+//! Kubernetes resource quantities: CPU (`500m`, `1.5`, `2`), memory
+//! (`64Mi`, `1G`, `1048576`) and herd's I/O rates (`10Mi`, `2k`).
 
 /// A quantity that does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,10 +49,20 @@ pub fn cpu_millis(s: &str) -> Result<u64, BadQuantity> {
 
 /// Memory in bytes.
 pub fn memory_bytes(s: &str) -> Result<u64, BadQuantity> {
+    scaled(s, "memory", "e.g. 64Mi, 1Gi, 500M or a number of bytes")
+}
+
+/// An I/O rate: bytes or operations per second (`10Mi`, `500`, `2k`).
+pub fn io_rate(s: &str) -> Result<u64, BadQuantity> {
+    scaled(s, "io", "e.g. 10Mi (per second), 2k or 500")
+}
+
+/// A positive whole number with an optional binary or decimal suffix.
+fn scaled(s: &str, kind: &'static str, hint: &'static str) -> Result<u64, BadQuantity> {
     let bad = || BadQuantity {
         value: s.into(),
-        kind: "memory",
-        hint: "e.g. 64Mi, 1Gi, 500M or a number of bytes",
+        kind,
+        hint,
     };
     const UNITS: [(&str, u64); 10] = [
         ("Ki", 1 << 10),
@@ -100,5 +110,19 @@ mod tests {
         for bad in ["", "0", "Mi", "1.5Gi", "-1", "10Xi"] {
             assert!(memory_bytes(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn io() {
+        assert_eq!(io_rate("10Mi"), Ok(10 << 20));
+        assert_eq!(io_rate("2k"), Ok(2000));
+        assert_eq!(io_rate("500"), Ok(500));
+        let e = io_rate("fast").unwrap_err();
+        assert_eq!(e.kind, "io");
+        assert!(
+            e.to_string()
+                .contains("\"fast\" is not a valid io quantity"),
+            "{e}"
+        );
     }
 }

@@ -89,6 +89,9 @@ pub struct SpecInputs {
     pub join: Option<u32>,
     /// cgroup path for this container (e.g. `herd/pods/web/httpd`).
     pub cgroup: String,
+    /// The disk (major, minor) I/O limits apply to: the one holding the
+    /// node's state.
+    pub io_device: Option<(u64, u64)>,
 }
 
 /// argv as Kubernetes defines it: `command` replaces the entrypoint and
@@ -239,6 +242,19 @@ pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &Spec
     {
         resources["cpu"] = json!({"quota": cpu * 100, "period": 100_000});
     }
+    if let Some((major, minor)) = inputs.io_device {
+        let keys = [
+            "throttleReadBpsDevice",
+            "throttleWriteBpsDevice",
+            "throttleReadIOPSDevice",
+            "throttleWriteIOPSDevice",
+        ];
+        for (key, (_, value)) in keys.iter().zip(c.resources.limits.io()) {
+            if let Some(rate) = value.and_then(|v| quantity::io_rate(v).ok()) {
+                resources["blockIO"][key] = json!([{"major": major, "minor": minor, "rate": rate}]);
+            }
+        }
+    }
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -331,7 +347,7 @@ mod tests {
 
     #[test]
     fn spec_carries_the_manifest() {
-        let p = pod("    env: [{name: A, value: pod}, {name: S, valueFrom: {secretKeyRef: {name: s, key: k}}}]\n    resources: {limits: {cpu: 250m, memory: 32Mi}}\n    securityContext: {runAsUser: 7, capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}\n");
+        let p = pod("    env: [{name: A, value: pod}, {name: S, valueFrom: {secretKeyRef: {name: s, key: k}}}]\n    resources: {limits: {cpu: 250m, memory: 32Mi, herd.dev/io-write-bps: 4Mi, herd.dev/io-read-iops: 100}}\n    securityContext: {runAsUser: 7, capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}\n");
         let mut inputs = SpecInputs {
             rootfs: "/r".into(),
             cgroup: "herd/web/c".into(),
@@ -358,7 +374,24 @@ mod tests {
         assert_eq!(s["root"]["readonly"], true);
         assert_eq!(s["linux"]["resources"]["memory"]["limit"], 32 << 20);
         assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 25_000);
+        assert!(s["linux"]["resources"].get("blockIO").is_none());
         assert_eq!(s["hostname"], "web");
+        let io = runtime_spec(
+            &p,
+            &p.spec.containers[0],
+            &image(),
+            &SpecInputs {
+                io_device: Some((254, 0)),
+                ..inputs.clone()
+            },
+        );
+        assert_eq!(
+            io["linux"]["resources"]["blockIO"],
+            json!({
+                "throttleWriteBpsDevice": [{"major": 254, "minor": 0, "rate": 4 << 20}],
+                "throttleReadIOPSDevice": [{"major": 254, "minor": 0, "rate": 100}],
+            })
+        );
         let joined = runtime_spec(
             &p,
             &p.spec.containers[0],

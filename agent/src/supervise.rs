@@ -48,6 +48,9 @@ pub struct Env {
     /// Pods between "pulling" and "status knows the digests" (the garbage
     /// collector waits for zero).
     pub preparing: AtomicUsize,
+    /// The disk I/O limits apply to (the one holding the agent's state);
+    /// None when that is not a block device.
+    pub io_device: Option<(u64, u64)>,
     policy_problems: Mutex<Vec<String>>,
 }
 
@@ -76,6 +79,7 @@ impl Env {
             status,
             host_ip,
             preparing: AtomicUsize::new(0),
+            io_device: None,
             policy_problems: Mutex::new(Vec::new()),
         }
     }
@@ -465,12 +469,23 @@ impl Worker {
             } else {
                 image_root.clone()
             };
+            if c.resources.limits.has_io() && self.env.io_device.is_none() {
+                return Err((
+                    fail(format!(
+                        "container {}: its I/O limits need the node's state on a block device, and {} is not on one",
+                        c.name,
+                        self.env.sources.pods_state.display()
+                    )),
+                    started,
+                ));
+            }
             let inputs = SpecInputs {
                 rootfs,
                 volumes: prep.volumes.clone(),
                 env_from: prep.env[i].clone(),
                 join: first_pid,
                 cgroup: format!("/herd/pods/{name}/{}", c.name),
+                io_device: self.env.io_device,
             };
             let spec = spec::runtime_spec(&self.pod, c, &prep.images[i].pulled.config, &inputs);
             if let Err(e) = spec::write_bundle(&bundle, &spec) {

@@ -3,7 +3,7 @@
 //! busybox "chaos" service. The node pulls from a real registry on the
 //! host's loopback (reached only through a QEMU guestfwd) and:
 //! - runs the signed pod, reachable from the host through a forward to its
-//!   hostPort, with its cgroup v2 limits applied;
+//!   hostPort, with its cgroup v2 limits (cpu, memory, io) applied;
 //! - refuses the unsigned pod beside it, saying why;
 //! - restarts the signed pod after the chaos service kills its process.
 
@@ -30,6 +30,8 @@ while [ $i -lt 600 ]; do
 done
 echo "memory.max $($bb cat /sys/fs/cgroup/herd/pods/web/httpd/memory.max 2>&1)"
 echo "cpu.max $($bb cat /sys/fs/cgroup/herd/pods/web/httpd/cpu.max 2>&1)"
+echo "vda $($bb cat /sys/block/vda/dev)"
+echo "io.max $($bb cat /sys/fs/cgroup/herd/pods/web/httpd/io.max 2>&1)"
 $bb sleep 20
 echo "killing httpd pid $pid"
 $bb kill -9 "$pid"
@@ -54,7 +56,7 @@ spec:
     image: 10.0.2.100/herd/web:1
     command: [/bin/busybox, sh, -c, "mkdir -p /tmp/www && echo hello from a signed pod on herd > /tmp/www/index.html && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"]
     ports: [{containerPort: 8080, hostPort: 8080}]
-    resources: {limits: {memory: 64Mi, cpu: 500m}}
+    resources: {limits: {memory: 64Mi, cpu: 500m, herd.dev/io-write-bps: 4Mi, herd.dev/io-read-iops: 500}}
 "#;
     let unsigned = "apiVersion: v1\nkind: Pod\nmetadata: {name: unsigned}\nspec:\n  containers:\n  - name: c\n    image: 10.0.2.100/herd/unsigned:1\n";
     let extra = format!(
@@ -164,6 +166,17 @@ fn node_runs_a_signed_pod_refuses_an_unsigned_one_and_restarts_a_killed_one() {
     // Its limits are the node's cgroup v2 settings.
     vm.wait_for("chaos: memory.max 67108864", BOOT).unwrap();
     vm.wait_for("chaos: cpu.max 50000 100000", BOOT).unwrap();
+    // I/O limits go to the disk holding /var (vda), not to its partition.
+    let io = vm.wait_for("chaos: io.max ", BOOT).unwrap();
+    let vda = vm
+        .lines()
+        .iter()
+        .find_map(|l| l.split("chaos: vda ").nth(1).map(|s| s.trim().to_string()))
+        .expect("the chaos service printed vda's device number");
+    assert!(
+        io.contains(&format!("{vda} rbps=max wbps=4194304 riops=500 wiops=max")),
+        "{io} (vda is {vda})"
+    );
 
     // Killed, the container comes back after the back-off.
     vm.wait_for("chaos: killing httpd pid", BOOT).unwrap();
