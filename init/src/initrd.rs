@@ -23,22 +23,68 @@ fn mount_or_die(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, dat
 
 /// Reads the whole verity device once so a mismatch shows up here, as one
 /// clear line, instead of as random I/O errors later.
-fn check_usr(dev: &str, slot: &str) {
-    let mut f = match File::open(dev) {
-        Ok(f) => f,
-        Err(e) => fatal(&format!("cannot open the verity device {dev}: {e}")),
-    };
+/// Reads all of /usr through dm-verity, so a corrupted partition fails this
+/// boot now (one clear line, a counted try) rather than when some file is
+/// first read. Runs on its own thread while STATE is mounted; the message
+/// names the slot and where the read failed.
+fn check_usr(dev: &str, slot: &str) -> Result<u64, String> {
+    let mut f = File::open(dev).map_err(|e| format!("cannot open the verity device {dev}: {e}"))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     loop {
         match f.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => return Ok(off),
             Ok(n) => off += n as u64,
-            Err(e) => fatal(&format!(
+            Err(e) => {
+                return Err(format!(
                 "dm-verity rejected /usr of slot {slot} near byte {off} ({e}): the USR partition does not match usrhash \
                  (corrupted data or a wrong root hash); refusing to boot it"
-            )),
+            ))
+            }
         }
+    }
+}
+
+/// The whole-/usr check running beside the rest of the initramfs stage.
+struct UsrCheck(Option<std::thread::JoinHandle<Result<u64, String>>>);
+
+impl UsrCheck {
+    fn start(dev: &str, slot: &str) -> UsrCheck {
+        let (dev, slot) = (dev.to_string(), slot.to_string());
+        let started = std::time::Instant::now();
+        let h = std::thread::Builder::new()
+            .name("usr-check".into())
+            .spawn(move || {
+                let r = check_usr(&dev, &slot);
+                if let Ok(bytes) = r {
+                    info!(
+                        "dm-verity device {dev} read in full: {} MiB verified in {} ms",
+                        bytes >> 20,
+                        started.elapsed().as_millis()
+                    );
+                }
+                r
+            })
+            .unwrap_or_else(|e| fatal(&format!("cannot start the /usr check: {e}")));
+        UsrCheck(Some(h))
+    }
+
+    /// Waits for the check; a failure ends the boot.
+    fn finish(&mut self) {
+        if let Some(h) = self.0.take() {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(m)) => fatal(&m),
+                Err(_) => fatal("the /usr check panicked"),
+            }
+        }
+    }
+
+    /// Ends the boot with `msg`, or with the check's own failure when /usr
+    /// turned out corrupted (the likelier cause of anything failing on it).
+    fn fatal(&mut self, msg: &str) -> ! {
+        self.finish();
+        fatal(msg)
     }
 }
 
@@ -139,9 +185,9 @@ pub fn run() -> ! {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    check_usr(&usr_dev, &slot);
+    let mut usr_check = UsrCheck::start(&usr_dev, &slot);
     info!(
-        "dm-verity device {usr_dev} verified ({} blocks)",
+        "dm-verity device {usr_dev} set up ({} blocks); reading it in full while STATE is mounted",
         sb.data_blocks
     );
 
@@ -161,7 +207,7 @@ pub fn run() -> ! {
             MS_RDONLY | libc::MS_NODEV,
             "",
         ) {
-            fatal(&format!(
+            usr_check.fatal(&format!(
                 "cannot mount /usr (squashfs on {usr_dev}): {e2} (first try: {e})"
             ));
         }
@@ -232,7 +278,7 @@ pub fn run() -> ! {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 info!("first boot: no /usr/share/factory/etc")
             }
-            Err(e) => fatal(&format!("cannot seed /etc on STATE: {e}")),
+            Err(e) => usr_check.fatal(&format!("cannot seed /etc on STATE: {e}")),
         }
     }
     for (from, to) in [
@@ -254,6 +300,7 @@ pub fn run() -> ! {
     ] {
         let _ = std::os::unix::fs::symlink(to, format!("/sysroot/{link}"));
     }
+    usr_check.finish();
     tpm::phase("leave-initrd");
     for m in ["/dev", "/proc", "/sys", "/run"] {
         if let Err(e) = sys::mount(m, &format!("/sysroot{m}"), "", libc::MS_MOVE, "") {

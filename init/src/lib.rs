@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod bootcount;
 pub mod cmdline;
 pub mod config;
+pub mod config_source;
 pub mod disks;
 pub mod measure;
 pub mod os_release;

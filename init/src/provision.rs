@@ -1,6 +1,8 @@
 //! First-boot provisioning, in the real root before any service starts:
-//! load the drivers the configuration sources need (QEMU fw_cfg, FAT,
-//! ISO 9660) and run `/usr/bin/herd-provision node`, which finds, checks and
+//! load QEMU's fw_cfg driver and look for a configuration source (fw_cfg
+//! `opt/herd/config`, or a file system labelled CONFIG, found from the
+//! devices' first bytes); only when there is one, load the file system
+//! drivers and run `/usr/bin/herd-provision node`, which reads, checks and
 //! applies the node configuration to STATE once. Its console lines go
 //! straight to the console. Whatever it says, the boot goes on: a refused
 //! configuration leaves the node unprovisioned (see docs/PROVISIONING.md).
@@ -10,21 +12,33 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use herd_init::config_source;
+
 use crate::{info, modules, sys};
 
 const BIN: &str = "/usr/bin/herd-provision";
 const MARKER: &str = "/var/lib/herd/provisioned";
 const LIMIT: Duration = Duration::from_secs(60);
-/// Modules (file stems) the sources need, when the image ships them.
-const MODULES: [&str; 7] = [
-    "qemu_fw_cfg",
-    "fat",
-    "vfat",
-    "nls_cp437",
-    "nls_ascii",
-    "cdrom",
-    "isofs",
-];
+/// The module that shows fw_cfg items in sysfs, when the image ships it.
+const FW_CFG_MODULE: [&str; 1] = ["qemu_fw_cfg"];
+/// Modules (file stems) the file system sources need, when the image ships them.
+const FS_MODULES: [&str; 6] = ["fat", "vfat", "nls_cp437", "nls_ascii", "cdrom", "isofs"];
+
+/// Where a configuration is, if anywhere (fw_cfg needs its module loaded).
+fn source_present() -> Option<String> {
+    if Path::new(config_source::FW_CFG_PATH).exists() {
+        return Some(format!("fw_cfg {}", config_source::FW_CFG_NAME));
+    }
+    let devices = config_source::block_devices(Path::new("/sys/class/block"));
+    config_source::find_labelled(&devices).map(|(dev, fs)| {
+        format!(
+            "{} ({} labelled {})",
+            dev.display(),
+            fs.mount_name(),
+            config_source::LABEL
+        )
+    })
+}
 
 /// Runs provisioning unless the image has none or it was done already.
 pub fn run() {
@@ -39,8 +53,17 @@ pub fn run() {
         info!("provisioning: done on an earlier boot (configuration sha256 {sha}); not read again");
         return;
     }
-    let n = modules::load_named(&MODULES);
-    info!("provisioning: {n} modules loaded for the configuration sources; running {BIN}");
+    modules::load_named(&FW_CFG_MODULE);
+    let Some(found) = source_present() else {
+        info!(
+            "provisioning: no configuration (no fw_cfg {}, no file system labelled {}); the node keeps the image's settings",
+            config_source::FW_CFG_NAME,
+            config_source::LABEL
+        );
+        return;
+    };
+    let n = modules::load_named(&FS_MODULES);
+    info!("provisioning: configuration found on {found}; {n} file system modules loaded; running {BIN}");
     let mut cmd = Command::new(BIN);
     cmd.arg("node")
         .env_clear()
