@@ -46,6 +46,12 @@ pub fn need(tool: &str) {
 
 /// Starts a registry storing under `dir`.
 pub fn registry(dir: &Path) -> Reg {
+    registry_with(dir, "")
+}
+
+/// Starts a registry storing under `dir`, with `extra` appended to its
+/// configuration (YAML, e.g. an `auth:` section).
+pub fn registry_with(dir: &Path, extra: &str) -> Reg {
     need("docker-registry");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -57,7 +63,7 @@ pub fn registry(dir: &Path) -> Reg {
     std::fs::write(
         &cfg,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
             storage.display()
         ),
     )

@@ -232,3 +232,228 @@ fn herd_sign_image_signs_registry_images_and_layouts() {
     );
     fails(&["Not A Reference", "--key", key_s], "image reference");
 }
+
+/// A token server for docker-registry's `auth: token` mode, on 127.0.0.1:
+/// hands out ES256 JWTs (its certificate in the `x5c` header, the same
+/// certificate in the registry's root bundle) granting what was asked, and
+/// counts the requests. `refuse` makes it answer 403 instead.
+struct TokenServer {
+    port: u16,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const SERVICE: &str = "herd-test-registry";
+const ISSUER: &str = "herd-test-issuer";
+
+fn b64url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn jwt(key: &p256::ecdsa::SigningKey, cert_der: &[u8], scope: &str) -> String {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // scope: repository:NAME:ACTION[,ACTION]
+    let mut parts = scope.splitn(3, ':');
+    let (kind, name, actions) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let header = serde_json::json!({
+        "typ": "JWT", "alg": "ES256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(cert_der)],
+    });
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": "", "aud": SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{scope}"),
+        "access": [{"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}],
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let sig: p256::ecdsa::Signature = key.sign(signing_input.as_bytes());
+    format!("{signing_input}.{}", b64url(&sig.to_bytes()))
+}
+
+fn token_server(dir: &std::path::Path) -> (TokenServer, std::path::PathBuf) {
+    use p256::pkcs8::DecodePrivateKey;
+    use std::io::{BufRead, BufReader, Write};
+    let key_pem = dir.join("token.key");
+    let cert_pem = dir.join("token.crt");
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&key_pem),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-new",
+                "-subj",
+                "/CN=herd test token issuer",
+                "-days",
+                "2",
+                "-key",
+            ])
+            .arg(&key_pem)
+            .arg("-out")
+            .arg(&cert_pem),
+    );
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert_pem)
+        .output()
+        .unwrap()
+        .stdout;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&key_pem).unwrap())
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (a, r) = (asked.clone(), refuse.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let scope = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("scope="))
+                .map(|s| {
+                    s.replace("%3A", ":")
+                        .replace("%2F", "/")
+                        .replace("%2C", ",")
+                })
+                .unwrap_or_default();
+            a.lock().unwrap().push(target.clone());
+            let (status, body) = if r.load(std::sync::atomic::Ordering::SeqCst) {
+                (
+                    "403 Forbidden",
+                    "{\"errors\":[{\"code\":\"DENIED\"}]}".to_string(),
+                )
+            } else {
+                (
+                    "200 OK",
+                    serde_json::json!({"token": jwt(&key, &der, &scope)}).to_string(),
+                )
+            };
+            let mut w = conn;
+            let _ = write!(
+                w,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (
+        TokenServer {
+            port,
+            asked,
+            refuse,
+        },
+        cert_pem,
+    )
+}
+
+#[test]
+fn pulls_and_signs_through_a_registry_that_wants_bearer_tokens() {
+    let t = tempfile::tempdir().unwrap();
+    let (tokens, cert) = token_server(t.path());
+    let reg = herd_tests::registry::registry_with(
+        t.path(),
+        &format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            tokens.port,
+            cert.display()
+        ),
+    );
+    let host = format!("127.0.0.1:{}", reg.port);
+    // Without a token the registry refuses, as Docker Hub or GHCR do.
+    let answer = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", reg.port)).unwrap();
+        s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(
+        answer.starts_with("HTTP/1.0 401") && answer.contains("Bearer realm="),
+        "the registry does not ask for a token: {answer}"
+    );
+
+    let layout = Layout::create(&t.path().join("layout")).unwrap();
+    let web = make_image(&layout, "web", "web");
+    skopeo_push(
+        &t.path().join("layout"),
+        "web",
+        &format!("{host}/herd/web:1"),
+    );
+    let web_ref = Reference::parse(&format!("{host}/herd/web:1")).unwrap();
+    let signer = herd_release::SigningKey::generate().unwrap();
+    cosign::sign(&Registry::for_reference(&web_ref), &web_ref, &web, &signer).unwrap();
+    assert!(
+        tokens
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|q| q.contains("push")),
+        "signing fetched no push token: {:?}",
+        tokens.asked.lock().unwrap()
+    );
+
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let before = tokens.asked.lock().unwrap().len();
+    let p = pull(&web_ref, &store, &[key_of(&signer)]).unwrap();
+    assert_eq!(p.reference.digest.as_ref(), Some(&web));
+    let asked = tokens.asked.lock().unwrap()[before..].to_vec();
+    assert!(
+        asked
+            .iter()
+            .any(|q| q.contains(&format!("service={SERVICE}"))
+                && q.contains("scope=repository%3Aherd%2Fweb%3Apull")),
+        "the pull fetched no pull token: {asked:?}"
+    );
+
+    // A token server that says no: a clear error, nothing stored.
+    tokens
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let store2 = Store::open(&t.path().join("store2")).unwrap();
+    let e = pull(&web_ref, &store2, &[key_of(&signer)]).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("127.0.0.1:{}/token", tokens.port)) && msg.contains("403"),
+        "{msg}"
+    );
+}

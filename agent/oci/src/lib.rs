@@ -1,9 +1,10 @@
 //! OCI images for herd: image references, the distribution-spec registry
-//! client (plain HTTP), a content-addressed blob store, layer unpacking with
+//! client (HTTPS or loopback HTTP, anonymous Bearer tokens), a content-addressed blob store, layer unpacking with
 //! whiteouts, and image signatures in cosign's format (a simple-signing
 //! payload naming the manifest digest, stored in the registry under the tag
 //! `sha256-<hex>.sig`), signed with ed25519 or ECDSA P-256 keys.
 
+pub mod auth;
 pub mod cosign;
 pub mod digest;
 pub mod layout;
