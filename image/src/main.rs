@@ -102,11 +102,21 @@ enum PcrCommand {
     /// Check a node's measurement report (herd-agent's GET /v1/measurements)
     /// against a build: the event log must replay to the reported PCR 11 and
     /// 15, and those must be the predicted ones for the slot the node booted.
-    /// Exits 1 with the reason when they are not.
+    /// A quote in the report (asked for with ?nonce=) must be a TPM quote of
+    /// PCR 11 and 15 over that nonce, signed by the key it names; --ak pins
+    /// that key. Exits 1 with the reason when anything differs.
     Verify {
         /// The report (JSON).
         #[arg(long)]
         report: PathBuf,
+        /// The nonce the verifier sent (hex): the quote must carry it.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// The node's attestation key, as `herd pcr verify` printed it on
+        /// first contact (sha256:<hex> of its TPMT_PUBLIC): the quote must be
+        /// signed by it.
+        #[arg(long)]
+        ak: Option<String>,
         /// Output directory of the build the node should run, or one UKI.
         path: PathBuf,
     },
@@ -612,7 +622,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Build(a) => run_build(a).map(|()| ExitCode::SUCCESS),
-        Command::Pcr(PcrCommand::Verify { report, path }) => (|| {
+        Command::Pcr(PcrCommand::Verify {
+            report,
+            path,
+            nonce,
+            ak,
+        }) => (|| {
             let text = std::fs::read_to_string(&report)
                 .with_context(|| format!("reading {}", report.display()))?;
             let r: herd_tpm::Report = serde_json::from_str(&text).with_context(|| {
@@ -621,7 +636,15 @@ fn main() -> ExitCode {
                     report.display()
                 )
             })?;
-            let found = herd::pcr::verify(&r, &herd::pcr::predict(&path)?)?;
+            let expect = herd::pcr::QuoteExpectation {
+                nonce: nonce
+                    .as_deref()
+                    .map(hex::decode)
+                    .transpose()
+                    .context("--nonce is not hex")?,
+                ak: ak.clone(),
+            };
+            let found = herd::pcr::verify(&r, &herd::pcr::predict(&path)?, &expect)?;
             println!("{found}");
             Ok(ExitCode::SUCCESS)
         })(),

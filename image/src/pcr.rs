@@ -80,12 +80,12 @@ pub fn render(p: &[(String, SlotMeasurements)]) -> String {
 /// Checks a node's measurement report (herd-agent's `GET /v1/measurements`)
 /// against the predictions of a build: the event log replays (from the
 /// stub's PCR 11 and a zero PCR 15) to the reported PCRs, and those are
-/// the predicted ones for the slot the log names. With a quote, the quoted
-/// PCR digest must be the reported PCRs' (the quote's signature is not
-/// checked here). Returns what was found good.
+/// the predicted ones for the slot the log names. With a quote, see
+/// [`check_quote`]. Returns what was found good.
 pub fn verify(
     report: &herd_tpm::Report,
     predictions: &[(String, SlotMeasurements)],
+    expect: &QuoteExpectation,
 ) -> Result<String> {
     let slot = report
         .events
@@ -127,22 +127,126 @@ pub fn verify(
             );
         }
     }
-    let mut quoted = "";
-    if let Some(q) = &report.quote {
-        let attest = hex::decode(&q.attest).context("quote.attest is not hex")?;
-        let nonce = hex::decode(&q.nonce).context("quote.nonce is not hex")?;
-        let digest = sha2::Sha256::new()
-            .chain_update(hex32(r11)?)
-            .chain_update(hex32(r15)?)
-            .finalize();
-        if !attest.windows(nonce.len()).any(|w| w == nonce) || !attest.ends_with(&digest) {
-            bail!("the quote does not cover the nonce and the reported PCR 11 and 15");
+    let quoted = match &report.quote {
+        Some(q) => check_quote(q, &hex32(r11)?, &hex32(r15)?, expect)?,
+        None if expect.nonce.is_some() || expect.ak.is_some() => {
+            bail!("the report has no quote, but --nonce or --ak asks for one: fetch it with GET /v1/measurements?nonce=HEX")
         }
-        quoted = "; the quote covers the nonce and these PCRs (signature not checked)";
-    }
+        None => String::new(),
+    };
     Ok(format!(
         "good: slot {slot} ({}), PCR 11 {r11} and PCR 15 {r15} as predicted; the event log ({} events) replays to them{quoted}",
         p.uki,
         report.events.len()
+    ))
+}
+
+/// What the verifier knows beyond the report.
+#[derive(Debug, Default, Clone)]
+pub struct QuoteExpectation {
+    /// The nonce it sent.
+    pub nonce: Option<Vec<u8>>,
+    /// The attestation key it trusts (`sha256:<hex>` of its TPMT_PUBLIC).
+    pub ak: Option<String>,
+}
+
+/// The fingerprint `herd pcr verify` prints and `--ak` takes.
+pub fn ak_fingerprint(public: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(public)))
+}
+
+/// Checks a quote: a TPM-made TPMS_ATTEST (TPM_GENERATED_VALUE, type quote)
+/// of SHA-256 PCRs 11 and 15 whose digest is the reported values', over the
+/// report's nonce (and the verifier's, if given); signed (ECDSA P-256,
+/// SHA-256) by the key in the report, a restricted fixedTPM signing key
+/// (which signs only what the TPM itself made), pinned by `--ak` if given.
+/// Returns the sentence for the verdict.
+pub fn check_quote(
+    q: &herd_tpm::QuoteJson,
+    pcr11: &[u8; 32],
+    pcr15: &[u8; 32],
+    expect: &QuoteExpectation,
+) -> Result<String> {
+    use herd_tpm::attest::{EccPublic, EcdsaSignature, QuoteAttest, AK_ATTRIBUTES};
+    use p256::ecdsa::signature::Verifier;
+    let bytes =
+        |what: &str, h: &str| hex::decode(h).with_context(|| format!("quote.{what} is not hex"));
+    let (attest_b, sig_b, public_b) = (
+        bytes("attest", &q.attest)?,
+        bytes("signature", &q.signature)?,
+        bytes("public", &q.public)?,
+    );
+    let nonce = bytes("nonce", &q.nonce)?;
+    let attest = QuoteAttest::parse(&attest_b).context("quote.attest")?;
+    if attest.extra_data != nonce {
+        bail!(
+            "the quote is over nonce {}, not the report's {}",
+            hex::encode(&attest.extra_data),
+            q.nonce
+        );
+    }
+    if let Some(n) = &expect.nonce {
+        if &attest.extra_data != n {
+            bail!(
+                "the quote is over nonce {}, not the one sent ({}): a replayed or foreign report",
+                hex::encode(&attest.extra_data),
+                hex::encode(n)
+            );
+        }
+    }
+    if attest.pcrs != [11, 15] {
+        bail!("the quote covers PCRs {:?}, not 11 and 15", attest.pcrs);
+    }
+    let digest = sha2::Sha256::new()
+        .chain_update(pcr11)
+        .chain_update(pcr15)
+        .finalize();
+    if attest.pcr_digest != digest.as_slice() {
+        bail!("the quote's PCR digest is not that of the reported PCR 11 and 15: the report's PCRs are not what the TPM quoted");
+    }
+    let key = EccPublic::parse(&public_b).context("quote.public")?;
+    if key.curve != 3 || key.attributes & AK_ATTRIBUTES != AK_ATTRIBUTES {
+        bail!(
+            "the quote's key (curve {:#x}, attributes {:#010x}) is not a fixedTPM restricted P-256 signing key",
+            key.curve,
+            key.attributes
+        );
+    }
+    let fingerprint = ak_fingerprint(&public_b);
+    if let Some(pin) = &expect.ak {
+        if pin != &fingerprint {
+            bail!("the quote is signed by the TPM key {fingerprint}, not the pinned {pin}: another TPM (or a forged key)");
+        }
+    }
+    let pad = |v: &[u8]| -> Result<[u8; 32]> {
+        if v.len() > 32 {
+            bail!("an ECDSA P-256 value longer than 32 bytes");
+        }
+        let mut out = [0u8; 32];
+        out[32 - v.len()..].copy_from_slice(v);
+        Ok(out)
+    };
+    let point = p256::EncodedPoint::from_affine_coordinates(
+        &pad(&key.x)?.into(),
+        &pad(&key.y)?.into(),
+        false,
+    );
+    let vk = p256::ecdsa::VerifyingKey::from_encoded_point(&point)
+        .map_err(|e| anyhow::anyhow!("quote.public is not a P-256 point: {e}"))?;
+    let sig = EcdsaSignature::parse(&sig_b).context("quote.signature")?;
+    if sig.hash != 0x000b {
+        bail!(
+            "the quote is signed over hash algorithm {:#06x}, not SHA-256",
+            sig.hash
+        );
+    }
+    let sig = p256::ecdsa::Signature::from_scalars(pad(&sig.r)?, pad(&sig.s)?)
+        .map_err(|e| anyhow::anyhow!("quote.signature: {e}"))?;
+    vk.verify(&attest_b, &sig)
+        .map_err(|_| anyhow::anyhow!("the quote's signature does not verify against its key {fingerprint}: the quote was altered"))?;
+    Ok(format!(
+        "; the quote (TPM reset count {}) covers the nonce and these PCRs and is signed by TPM key {fingerprint}{}",
+        attest.reset_count,
+        if expect.ak.is_some() { " (pinned)" } else { " (pin it with --ak)" }
     ))
 }

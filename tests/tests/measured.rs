@@ -258,16 +258,29 @@ fn verify_accepts_a_good_report_and_names_what_differs() {
         log.push_str(&(e.to_line() + "\n"));
     }
     let tmp = tempfile::tempdir().unwrap();
-    let verify = |report: &herd_tpm::Report| {
+    let verify_with = |report: &herd_tpm::Report, extra: &[&str]| {
         let f = tmp.path().join("report.json");
         fs::write(&f, serde_json::to_vec(report).unwrap()).unwrap();
         run(Command::new(herd())
             .args(["pcr", "verify", "--report"])
             .arg(&f)
+            .args(extra)
             .arg(image))
     };
+    let verify = |report: &herd_tpm::Report| verify_with(report, &[]);
+    let refused = |report: &herd_tpm::Report, extra: &[&str], why: &str| {
+        let out = verify_with(report, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "accepted: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.contains(why), "{why:?} in {err}");
+    };
+    let nonce_hex = hex::encode(b"fleet nonce");
     let good = tpm.report(&log, Some(b"fleet nonce")).unwrap();
-    let out = verify(&good);
+    let out = verify_with(&good, &["--nonce", &nonce_hex]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -275,7 +288,56 @@ fn verify_accepts_a_good_report_and_names_what_differs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.starts_with("good: slot b"), "{text}");
-    assert!(text.contains("the quote covers the nonce"), "{text}");
+    assert!(
+        text.contains("the quote (TPM reset count")
+            && text.contains("covers the nonce and these PCRs and is signed by TPM key sha256:"),
+        "{text}"
+    );
+    // The key is the same on every quote of this TPM: a verifier pins it.
+    let q = good.quote.as_ref().unwrap();
+    let ak = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(hex::decode(&q.public).unwrap()))
+    );
+    assert!(text.contains(&ak), "{text}");
+    let again = tpm.report(&log, Some(b"second nonce")).unwrap();
+    assert_eq!(again.quote.as_ref().unwrap().public, q.public);
+    let out = verify_with(&again, &["--ak", &ak]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("(pinned)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the quote check refuses, each with its reason.
+    refused(
+        &good,
+        &["--nonce", &hex::encode(b"other nonce")],
+        "not the one sent",
+    );
+    refused(
+        &good,
+        &["--ak", &format!("sha256:{}", "0".repeat(64))],
+        "not the pinned",
+    );
+    refused(
+        &tpm.report(&log, None).unwrap(),
+        &["--nonce", &nonce_hex],
+        "has no quote",
+    );
+    let mut forged = good.clone();
+    {
+        // One bit of the attested data changed (its extraData's last byte).
+        let q = forged.quote.as_mut().unwrap();
+        let mut a = hex::decode(&q.attest).unwrap();
+        let at = a.windows(11).position(|w| w == b"fleet nonce").unwrap() + 10;
+        a[at] ^= 1;
+        q.attest = hex::encode(&a);
+        q.nonce = hex::encode(&a[at - 10..=at]);
+    }
+    refused(&forged, &[], "signature does not verify");
+    let mut lying = good.clone();
+    lying.pcrs.insert(15, "00".repeat(32));
+    refused(&lying, &[], "PCR 15");
 
     let mut short = good.clone();
     short.events.pop();

@@ -6,6 +6,7 @@
 //!
 //! Only the SHA-256 bank is used.
 
+pub mod attest;
 pub mod eventlog;
 mod wire;
 
