@@ -21,8 +21,6 @@ fn mount_or_die(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, dat
     }
 }
 
-/// Reads the whole verity device once so a mismatch shows up here, as one
-/// clear line, instead of as random I/O errors later.
 /// Reads all of /usr through dm-verity, so a corrupted partition fails this
 /// boot now (one clear line, a counted try) rather than when some file is
 /// first read. Runs on its own thread while STATE is mounted; the message

@@ -234,24 +234,14 @@ impl Registry {
     pub fn push_blob(&self, repo: &str, bytes: &[u8]) -> Result<Digest, Error> {
         let digest = Digest::of(bytes);
         let head = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        let held = self
-            .tokens
-            .lock()
-            .expect("lock")
-            .get(&push_scope(repo))
-            .cloned();
-        let probe = match held {
-            Some(t) => self
-                .agent
-                .head(&head)
-                .set("Authorization", &format!("Bearer {t}")),
-            None => self.agent.head(&head),
-        };
-        if probe.call().is_ok() {
+        let scope = push_scope(repo);
+        if self
+            .call(&|| self.agent.head(&head), &head, "blob", None, &scope)
+            .is_ok()
+        {
             return Ok(digest);
         }
         let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
-        let scope = push_scope(repo);
         let resp = self.call(&|| self.agent.post(&url), &url, "upload", Some(&[]), &scope)?;
         let loc = resp
             .header("Location")
