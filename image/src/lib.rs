@@ -1,6 +1,7 @@
 //! The herd build-host command as a library: image description, build
 //! pipeline and the pieces it writes. `src/main.rs` is the CLI.
 
+pub mod block_cache;
 pub mod boot;
 pub mod config;
 pub mod elf;

@@ -355,12 +355,19 @@ struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// Package cache. Default: $HERD_CACHE, else $XDG_CACHE_HOME/herd/debs,
-    /// else ~/.cache/herd/debs.
+    /// else ~/.cache/herd/debs. It also keeps unpacked package archives and
+    /// the compressed /usr blocks of recent builds (squashfs-blocks/, at most
+    /// 256 MiB, least recently used dropped first).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// Never run apt-get: fail if a locked package is not in the cache.
     #[arg(long)]
     offline: bool,
+    /// Compress every /usr block again, neither reading nor filling the
+    /// compressed-block cache. The image is the same bytes either way: a
+    /// cached block is decompressed and compared before it is used.
+    #[arg(long)]
+    recompress: bool,
     /// Also write DIR/disk.qcow2.
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
@@ -527,6 +534,7 @@ fn run_build(args: BuildArgs) -> Result<()> {
         },
         cache_dir: args.cache.unwrap_or_else(default_cache_dir),
         fetch: !args.offline,
+        block_cache: !args.recompress,
         qcow2: args.format == Format::Qcow2,
         source_date_epoch: source_date_epoch()?,
         quiet: args.quiet,

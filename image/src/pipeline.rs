@@ -36,6 +36,8 @@ pub struct BuildOptions {
     pub bin_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub fetch: bool,
+    /// Reuse and fill the compressed-block cache in the package cache.
+    pub block_cache: bool,
     pub qcow2: bool,
     pub source_date_epoch: u64,
     pub quiet: bool,
@@ -287,7 +289,10 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         rayon::current_num_threads()
     ));
     let mut squashfs = Vec::with_capacity(usr_file_bytes as usize / 2);
-    herd_squashfs::write(
+    let block_cache = opts
+        .block_cache
+        .then(|| crate::block_cache::in_package_cache(&opts.cache_dir));
+    let summary = herd_squashfs::write_cached(
         &usr,
         &herd_squashfs::Options {
             compression: herd_squashfs::Compression::Zstd {
@@ -296,9 +301,26 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
             block_size: 128 * 1024,
             mkfs_time: mtime,
         },
+        block_cache
+            .as_ref()
+            .map(|c| c as &dyn herd_squashfs::BlockCache),
         &mut squashfs,
     )?;
-    step.done(&human_bytes(squashfs.len() as u64));
+    if summary.cache_rejected > 0 {
+        progress.info(&format!(
+            "{} cached blocks did not match their content and were compressed again",
+            summary.cache_rejected
+        ));
+    }
+    step.done(&match &block_cache {
+        Some(_) => format!(
+            "{}; {} blocks compressed, {} from the block cache",
+            human_bytes(squashfs.len() as u64),
+            summary.cache_misses,
+            summary.cache_hits
+        ),
+        None => human_bytes(squashfs.len() as u64),
+    });
     let slot_size = cfg.partitions.usr.0;
     if squashfs.len() as u64 > slot_size {
         bail!(
@@ -469,21 +491,17 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     esp_tree.set_mtime_all(mtime);
     let (esp_off, esp_len) = part(0);
     let esp_id = u32::from_le_bytes(named_guid(name, "esp-volume-id").0[..4].try_into()?);
-    {
-        let mut window = herd_esp::Window::new(&disk, esp_off, esp_len);
-        herd_esp::write_fat32(
-            &esp_tree,
-            &herd_esp::EspOptions {
-                size_bytes: esp_len,
-                volume_id: esp_id,
-                label: *b"ESP        ",
-                mtime,
-            },
-            &mut window,
-        )?;
-    }
-    disk.sync_all().context("flushing the disk image")?;
-    drop(disk);
+    let esp_bytes = herd_esp::fat32_image(
+        &esp_tree,
+        &herd_esp::EspOptions {
+            size_bytes: esp_len,
+            volume_id: esp_id,
+            label: *b"ESP        ",
+            mtime,
+        },
+    )?;
+    write_nonzero_at(&disk, &esp_bytes, esp_off).context("writing the ESP into the disk image")?;
+    drop(esp_bytes);
     let (state_off, state_len) = part(5);
     crate::state::make_ext4(
         &disk_path,
@@ -493,6 +511,16 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         epoch,
     )?;
     step.done(&format!("{} partitions", table.partitions.len()));
+
+    // disk.raw is complete: hash it (the longest hash, mostly zeros) and
+    // flush it on a thread of its own while the payload files are written.
+    let disk_hash = std::thread::spawn(move || -> Result<(String, u64)> {
+        let sum = crate::sparse::sha256_file(&disk_path)
+            .with_context(|| format!("hashing {}", disk_path.display()))?;
+        disk.sync_all()
+            .with_context(|| format!("flushing {}", disk_path.display()))?;
+        Ok(sum)
+    });
 
     // ---- payload files ---------------------------------------------------
     staging.write(names::USR, &squashfs)?;
@@ -533,7 +561,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     if opts.qcow2 {
         let step = progress.step("converting to qcow2");
         let q = staging.path(names::QCOW2)?;
-        crate::qcow2::convert(&disk_path, &q)?;
+        crate::qcow2::convert(&staging.path(names::DISK)?, &q)?;
         output_names.push(names::QCOW2.to_string());
         step.done(names::QCOW2);
     }
@@ -549,7 +577,19 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         (names::UKI_A, &ukis[0]),
         (names::UKI_B, &ukis[1]),
     ];
-    let outputs = hash_outputs(&staging, &output_names, &in_memory)?;
+    debug_assert_eq!(output_names[0], names::DISK);
+    let mut outputs = hash_outputs(&staging, &output_names[1..], &in_memory)?;
+    let (sha256, size) = disk_hash
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread hashing {} panicked", names::DISK))??;
+    outputs.insert(
+        0,
+        OutputInfo {
+            path: names::DISK.to_string(),
+            sha256,
+            size,
+        },
+    );
     step.done(&format!("{} files", outputs.len()));
 
     let partitions = table
@@ -600,6 +640,12 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     };
     let json = serde_json::to_vec_pretty(&manifest)?;
     staging.commit(&output_names, &json)?;
+    if let Some(c) = &block_cache {
+        // Best effort: a store that cannot shrink only takes disk space.
+        if let Err(e) = c.prune(crate::block_cache::DEFAULT_LIMIT) {
+            tracing::warn!("cannot prune the compressed-block cache: {e}");
+        }
+    }
     progress.info(&format!(
         "built {name} {version} into {} in {:.2} s: /usr payload {} (squashfs {} + verity {})",
         opts.out.display(),
@@ -718,6 +764,33 @@ fn initramfs(
     Ok(out)
 }
 
+/// Writes `bytes` at `offset` of `file`, skipping the 64 KiB chunks that
+/// are all zeros: the file reads as zeros there already (a fresh, sized
+/// disk image), and holes cost neither page cache nor hashing reads.
+fn write_nonzero_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + CHUNK).min(bytes.len());
+        if bytes[at..end].iter().any(|&b| b != 0) {
+            // Coalesce a run of non-zero chunks into one write.
+            let mut run_end = end;
+            while run_end < bytes.len() {
+                let next = (run_end + CHUNK).min(bytes.len());
+                if bytes[run_end..next].iter().all(|&b| b == 0) {
+                    break;
+                }
+                run_end = next;
+            }
+            file.write_all_at(&bytes[at..run_end], offset + at as u64)?;
+            at = run_end;
+        } else {
+            at = end;
+        }
+    }
+    Ok(())
+}
+
 /// sha256 and size of every output: payload files from the bytes still in
 /// memory, disk images from their files (holes fed from a zero buffer).
 fn hash_outputs(
@@ -744,4 +817,32 @@ fn hash_outputs(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonzero_writes_give_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk");
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[5] = 1;
+        bytes[200_000..300_000].fill(7);
+        bytes[(1 << 20) - 1] = 9;
+        let f = File::create(&p).unwrap();
+        f.set_len(3 << 20).unwrap();
+        write_nonzero_at(&f, &bytes, 1 << 20).unwrap();
+        drop(f);
+        let all = std::fs::read(&p).unwrap();
+        assert_eq!(&all[1 << 20..2 << 20], &bytes[..]);
+        assert!(all[..1 << 20]
+            .iter()
+            .chain(&all[2 << 20..])
+            .all(|&b| b == 0));
+        // The zero chunks stayed holes: less than the whole MiB was written.
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&p).unwrap());
+        assert!(blocks * 512 < 1 << 20, "{blocks} blocks allocated");
+    }
 }

@@ -66,6 +66,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// A FAT32 file system holding `tree`, as the partition's bytes
+/// (`opts.size_bytes` of them; the free clusters are zeros).
+pub fn fat32_image(tree: &Tree, opts: &EspOptions) -> Result<Vec<u8>, Error> {
+    fat32::image(tree, opts)
+}
+
 /// Formats a FAT32 file system holding `tree` and writes it to `dev`
 /// (positioned over exactly the partition, e.g. a [`Window`]).
 pub fn write_fat32<F: Read + Write + Seek>(

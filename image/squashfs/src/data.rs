@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+use crate::cache::{self, BlockCache, Counters};
 use crate::Error;
 
 /// Bit set in a block size entry when the block is stored uncompressed.
@@ -39,23 +40,15 @@ enum Piece {
     Job(usize),
 }
 
-fn compress(block: &[u8], level: i32) -> Result<(Vec<u8>, u32), Error> {
-    let c = zstd::bulk::compress(block, level).map_err(Error::Compress)?;
-    if c.len() < block.len() {
-        let n = c.len() as u32;
-        Ok((c, n))
-    } else {
-        Ok((block.to_vec(), block.len() as u32 | UNCOMPRESSED))
-    }
-}
-
 /// Lays out `contents` (in order; repeats are stored once) starting at
-/// absolute offset `base`.
+/// absolute offset `base`, taking compressed blocks from `cache` when it
+/// holds them.
 pub fn layout<'a>(
     contents: &[&'a [u8]],
     base: u64,
     bs: usize,
     level: i32,
+    cache: Option<(&dyn BlockCache, &Counters)>,
 ) -> Result<Data<'a>, Error> {
     let mut index: HashMap<&'a [u8], usize> = HashMap::new();
     let mut uniques: Vec<&'a [u8]> = Vec::new();
@@ -105,11 +98,11 @@ pub fn layout<'a>(
 
     let done_blocks: Vec<(Vec<u8>, u32)> = blocks
         .par_iter()
-        .map(|b| compress(b, level))
+        .map(|b| cache::compress(b, level, cache))
         .collect::<Result<_, _>>()?;
     let done_frags: Vec<(Vec<u8>, u32)> = frags
         .par_iter()
-        .map(|f| compress(f, level))
+        .map(|f| cache::compress(f, level, cache))
         .collect::<Result<_, _>>()?;
 
     let mut bytes = Vec::with_capacity(

@@ -10,13 +10,18 @@
 //! inode table, directory table, fragment table, id table. Files with the
 //! same content are stored once; all-zero blocks are stored sparse; file
 //! tails are packed into shared fragment blocks. No xattrs, no export table.
+//!
+//! [`write_cached`] takes compressed blocks from a [`BlockCache`] (checked
+//! by decompressing before use), so a rebuild compresses only what changed.
 
+mod cache;
 mod data;
 mod metadata;
 mod superblock;
 mod write;
 
-pub use write::write;
+pub use cache::BlockCache;
+pub use write::{write, write_cached};
 
 /// Compression of data and metadata blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +67,13 @@ pub struct Summary {
     pub fragments: u32,
     /// Regular files whose content duplicated an earlier file's.
     pub duplicates: u32,
+    /// Data and fragment blocks taken from the block cache.
+    pub cache_hits: u32,
+    /// Blocks compressed because the cache did not hold them (0 without a cache).
+    pub cache_misses: u32,
+    /// Cache entries that did not hold the block they were stored under
+    /// (compressed again and overwritten); counted among the misses.
+    pub cache_rejected: u32,
 }
 
 /// What can go wrong.

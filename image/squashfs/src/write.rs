@@ -5,6 +5,7 @@ use std::io::Write;
 
 use herd_fstree::{Dir, Meta, Node, Tree};
 
+use crate::cache::{BlockCache, Counters};
 use crate::data::{self, Data};
 use crate::metadata::{MetaRef, MetaWriter};
 use crate::superblock::{self, Superblock};
@@ -236,7 +237,19 @@ fn table(img: &mut Vec<u8>, entries: &[u8], level: i32) -> Result<u64, Error> {
 }
 
 /// Writes `tree` as a squashfs image to `out`, padded to 4096 bytes.
-pub fn write<W: Write>(tree: &Tree, opts: &Options, mut out: W) -> Result<Summary, Error> {
+pub fn write<W: Write>(tree: &Tree, opts: &Options, out: W) -> Result<Summary, Error> {
+    write_cached(tree, opts, None, out)
+}
+
+/// [`write`], taking compressed data blocks from `cache` when it holds them
+/// (each checked before use) and storing the ones it compresses there. The
+/// output is the same bytes as without a cache.
+pub fn write_cached<W: Write>(
+    tree: &Tree,
+    opts: &Options,
+    cache: Option<&dyn BlockCache>,
+    mut out: W,
+) -> Result<Summary, Error> {
     let bs = opts.block_size;
     if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
         return Err(Error::BlockSize(bs));
@@ -265,7 +278,14 @@ pub fn write<W: Write>(tree: &Tree, opts: &Options, mut out: W) -> Result<Summar
         return Err(Error::TooMany("distinct uids and gids"));
     }
 
-    let data = data::layout(&contents, superblock::SIZE as u64, bs as usize, level)?;
+    let counters = Counters::default();
+    let data = data::layout(
+        &contents,
+        superblock::SIZE as u64,
+        bs as usize,
+        level,
+        cache.map(|c| (c, &counters)),
+    )?;
     let mut sizes = HashMap::new();
     subtree_sizes(&tree.root, &mut sizes);
     let mut w = Writer {
@@ -335,5 +355,8 @@ pub fn write<W: Write>(tree: &Tree, opts: &Options, mut out: W) -> Result<Summar
         inodes,
         fragments: data.fragments.len() as u32,
         duplicates: data.duplicates,
+        cache_hits: counters.hits.into_inner(),
+        cache_misses: counters.misses.into_inner(),
+        cache_rejected: counters.rejected.into_inner(),
     })
 }
