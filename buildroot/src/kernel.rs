@@ -19,6 +19,9 @@ pub struct ModuleFile {
     pub path: String,
     /// The module.
     pub data: Arc<[u8]>,
+    /// Canonical names of the modules it needs loaded first (built-in ones
+    /// left out).
+    pub deps: Vec<String>,
 }
 
 /// Modules in load order (dependencies first).
@@ -191,8 +194,12 @@ impl KernelPackage {
         };
         path.push(name.to_string());
         let data = &self.tar[range.clone()];
+        let mut deps = Vec::new();
         for d in self.depends(mpath, data)? {
             self.visit(&d, done, path, set)?;
+            if self.modules.contains_key(&d) {
+                deps.push(d);
+            }
         }
         path.pop();
         done.insert(name.to_string());
@@ -200,6 +207,7 @@ impl KernelPackage {
             name: name.to_string(),
             path: mpath.clone(),
             data: Arc::from(data),
+            deps,
         });
         Ok(())
     }
@@ -220,13 +228,59 @@ impl ModuleSet {
         Ok(())
     }
 
-    /// One module path per line, in load order, each prefixed by `prefix`
-    /// (e.g. `/lib/modules/<kver>/`).
-    pub fn load_list(&self, prefix: &str) -> String {
-        self.load_order
+    /// The modules in independent groups: no module of a group needs one
+    /// of another group, so groups may load side by side. Each group keeps
+    /// the load order (dependencies first); groups come in the order of
+    /// their first module.
+    pub fn groups(&self) -> Vec<Vec<&ModuleFile>> {
+        // Union-find over positions in the load order.
+        let n = self.load_order.len();
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn find(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        let at: BTreeMap<&str, usize> = self
+            .load_order
             .iter()
-            .map(|m| format!("{prefix}{}\n", m.path))
-            .collect()
+            .enumerate()
+            .map(|(i, m)| (m.name.as_str(), i))
+            .collect();
+        for (i, m) in self.load_order.iter().enumerate() {
+            for d in &m.deps {
+                if let Some(&j) = at.get(d.as_str()) {
+                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                    parent[a.max(b)] = a.min(b);
+                }
+            }
+        }
+        let mut groups: Vec<(usize, Vec<&ModuleFile>)> = Vec::new();
+        for (i, m) in self.load_order.iter().enumerate() {
+            let root = find(&mut parent, i);
+            match groups.iter_mut().find(|(r, _)| *r == root) {
+                Some((_, g)) => g.push(m),
+                None => groups.push((root, vec![m])),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
+    /// One module path per line, in load order, each prefixed by `prefix`
+    /// (e.g. `/lib/modules/<kver>/`); an empty line separates independent
+    /// groups ([`ModuleSet::groups`]), which herd-init loads side by side.
+    pub fn load_list(&self, prefix: &str) -> String {
+        self.groups()
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|m| format!("{prefix}{}\n", m.path))
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -149,6 +149,45 @@ fn kernel_modules_resolve_with_dependencies() {
     assert!(set
         .load_list("/lib/modules/x/")
         .contains("/lib/modules/x/kernel/drivers/md/dm-verity.ko\n"));
+    // Independent groups: the device-mapper chain, the virtio chain and the
+    // FAT chain share no module, and each keeps its dependencies first.
+    let groups: Vec<Vec<&str>> = set
+        .groups()
+        .iter()
+        .map(|g| g.iter().map(|m| m.name.as_str()).collect())
+        .collect();
+    let group_of = |n: &str| groups.iter().position(|g| g.contains(&n)).unwrap();
+    assert_eq!(group_of("dm_mod"), group_of("dm_verity"), "{groups:?}");
+    assert_eq!(
+        group_of("virtio_ring"),
+        group_of("virtio_pci"),
+        "{groups:?}"
+    );
+    assert_ne!(group_of("dm_verity"), group_of("virtio_pci"), "{groups:?}");
+    assert_ne!(group_of("vfat"), group_of("virtio_pci"), "{groups:?}");
+    assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), order.len());
+    for g in &groups {
+        let mut seen = Vec::new();
+        for m in set
+            .load_order
+            .iter()
+            .filter(|m| g.contains(&m.name.as_str()))
+        {
+            for d in &m.deps {
+                assert!(
+                    seen.contains(&d.as_str()),
+                    "{} before its dependency {d}",
+                    m.name
+                );
+            }
+            seen.push(m.name.as_str());
+        }
+        for w in g.windows(2) {
+            assert!(pos(w[0]) < pos(w[1]), "group {g:?} keeps the load order");
+        }
+    }
+    let list = set.load_list("/");
+    assert_eq!(list.split("\n\n").count(), groups.len(), "{list}");
     let e = k.resolve(&names(&["dm-verty"])).unwrap_err();
     assert!(e.to_string().contains("did you mean \"dm_verity\""), "{e}");
     // The second open comes from the unpacked cache and gives the same bytes.

@@ -211,6 +211,31 @@ pub fn run() -> ! {
         }
     }
 
+    // While STATE is mounted: decompress the real root's herd-init into the
+    // page cache (read on demand at exec, it would cost ~0.1 s of dm-verity
+    // and zstd work on the boot's critical path), and load the fw_cfg
+    // driver provisioning looks for first. A read error is the /usr
+    // check's to report.
+    let warm = std::thread::spawn(|| {
+        if let Ok(mut f) = File::open("/sysroot/usr/bin/herd-init") {
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        }
+        modules::load_named("/sysroot", &crate::provision::FW_CFG_MODULE);
+        // The head of each service's program, which exec reads.
+        let services = fs::read_to_string("/sysroot/usr/lib/herd/init.toml")
+            .ok()
+            .and_then(|t| herd_init::config::Config::parse(&t).ok())
+            .map(|c| c.services)
+            .unwrap_or_default();
+        for s in services {
+            if let Some(prog) = s.exec.first().filter(|p| p.starts_with("/usr/")) {
+                if let Ok(f) = File::open(format!("/sysroot{prog}")) {
+                    let _ = std::io::copy(&mut f.take(256 * 1024), &mut std::io::sink());
+                }
+            }
+        }
+    });
+
     // Measure what was mounted: the root hash dm-verity checks /usr against
     // and the slot of the partition it came from.
     let mounted_slot = data
@@ -299,6 +324,7 @@ pub fn run() -> ! {
         let _ = std::os::unix::fs::symlink(to, format!("/sysroot/{link}"));
     }
     usr_check.finish();
+    let _ = warm.join();
     tpm::phase("leave-initrd");
     for m in ["/dev", "/proc", "/sys", "/run"] {
         if let Err(e) = sys::mount(m, &format!("/sysroot{m}"), "", libc::MS_MOVE, "") {

@@ -5,7 +5,11 @@ use std::fs::File;
 use crate::{info, sys};
 
 /// Loads every module listed in `list`; returns how many were loaded.
-/// Modules already present are fine; other failures are logged.
+/// The list holds one path per line, dependencies first; empty lines
+/// separate groups that share no module, and each group after the first is
+/// loaded on a thread of its own (module loading is mostly signature checks
+/// and device probes, which then overlap). Modules already present are
+/// fine; other failures are logged.
 pub fn load_list(list: &str) -> usize {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
@@ -14,45 +18,103 @@ pub fn load_list(list: &str) -> usize {
             return 0;
         }
     };
-    let mut n = 0;
-    for path in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        match File::open(path).and_then(|f| sys::finit_module(&f)) {
-            Ok(()) => n += 1,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => info!("cannot load module {path}: {e}"),
+    let groups = groups(&text);
+    std::thread::scope(|s| {
+        let others: Vec<_> = groups
+            .iter()
+            .skip(1)
+            .map(|g| s.spawn(move || load_group(g)))
+            .collect();
+        let first = groups.first().map_or(0, |g| load_group(g));
+        first
+            + others
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .sum::<usize>()
+    })
+}
+
+/// The groups of a module list: runs of non-empty lines.
+fn groups(text: &str) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in text.lines().map(str::trim) {
+        match (line.is_empty(), out.last_mut()) {
+            (true, Some(last)) if !last.is_empty() => out.push(Vec::new()),
+            (false, Some(last)) => last.push(line),
+            _ => {}
         }
     }
-    n
+    out.retain(|g| !g.is_empty());
+    out
+}
+
+fn load_group(paths: &[&str]) -> usize {
+    paths.iter().filter(|p| load(p)).count()
 }
 
 /// Loads the modules named `names` (file stems, e.g. `qemu_fw_cfg`) from
-/// the real root's `/usr/lib/modules/*/herd-modules` lists, in list order
+/// the `herd-modules` lists in `root`/usr/lib/modules/*/, in list order
 /// (dependencies first); returns how many were loaded. Names the image does
-/// not ship are skipped.
-pub fn load_named(names: &[&str]) -> usize {
+/// not ship are skipped. `root` is `/` in the real root, `/sysroot` from
+/// the initramfs.
+pub fn load_named(root: &str, names: &[&str]) -> usize {
+    let root = root.trim_end_matches('/');
     let mut n = 0;
-    let Ok(rd) = std::fs::read_dir("/usr/lib/modules") else {
+    let Ok(rd) = std::fs::read_dir(format!("{root}/usr/lib/modules")) else {
         return 0;
     };
     for e in rd.flatten() {
         let Ok(text) = std::fs::read_to_string(e.path().join("herd-modules")) else {
             continue;
         };
-        for path in text.lines().map(str::trim) {
-            let stem = path
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .trim_end_matches(".ko");
-            if !names.contains(&stem) {
+        for path in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !names.contains(&stem(path)) {
                 continue;
             }
-            match File::open(path).and_then(|f| sys::finit_module(&f)) {
-                Ok(()) => n += 1,
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => info!("cannot load module {path}: {e}"),
-            }
+            n += usize::from(load(&format!("{root}{path}")));
         }
     }
     n
+}
+
+/// The module name of a path: its file stem.
+fn stem(path: &str) -> &str {
+    path.rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(".ko")
+}
+
+/// Loads one module unless the kernel has it already (checked first: the
+/// kernel would verify the module's signature before saying so). True when
+/// it was loaded now.
+fn load(path: &str) -> bool {
+    let name = stem(path).replace('-', "_");
+    if std::path::Path::new(&format!("/sys/module/{name}/initstate")).exists() {
+        return false;
+    }
+    match File::open(path).and_then(|f| sys::finit_module(&f)) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) => {
+            info!("cannot load module {path}: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::groups;
+
+    #[test]
+    fn lists_split_into_groups_at_empty_lines() {
+        assert_eq!(groups(""), Vec::<Vec<&str>>::new());
+        assert_eq!(groups("a\nb\n"), vec![vec!["a", "b"]]);
+        assert_eq!(
+            groups("a\nb\n\nc\n\n\n d \ne\n\n"),
+            vec![vec!["a", "b"], vec!["c"], vec!["d", "e"]]
+        );
+        assert_eq!(groups("\n\na\n"), vec![vec!["a"]]);
+    }
 }

@@ -19,8 +19,9 @@ use crate::{info, modules, sys};
 const BIN: &str = "/usr/bin/herd-provision";
 const MARKER: &str = "/var/lib/herd/provisioned";
 const LIMIT: Duration = Duration::from_secs(60);
-/// The module that shows fw_cfg items in sysfs, when the image ships it.
-const FW_CFG_MODULE: [&str; 1] = ["qemu_fw_cfg"];
+/// The module that shows fw_cfg items in sysfs, when the image ships it
+/// (the initramfs stage loads it from /sysroot ahead of time).
+pub const FW_CFG_MODULE: [&str; 1] = ["qemu_fw_cfg"];
 /// Modules (file stems) the file system sources need, when the image ships them.
 const FS_MODULES: [&str; 6] = ["fat", "vfat", "nls_cp437", "nls_ascii", "cdrom", "isofs"];
 
@@ -53,7 +54,7 @@ pub fn run() {
         info!("provisioning: done on an earlier boot (configuration sha256 {sha}); not read again");
         return;
     }
-    modules::load_named(&FW_CFG_MODULE);
+    modules::load_named("/", &FW_CFG_MODULE);
     let Some(found) = source_present() else {
         info!(
             "provisioning: no configuration (no fw_cfg {}, no file system labelled {}); the node keeps the image's settings",
@@ -62,7 +63,7 @@ pub fn run() {
         );
         return;
     };
-    let n = modules::load_named(&FS_MODULES);
+    let n = modules::load_named("/", &FS_MODULES);
     info!("provisioning: configuration found on {found}; {n} file system modules loaded; running {BIN}");
     let mut cmd = Command::new(BIN);
     cmd.arg("node")

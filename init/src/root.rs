@@ -187,8 +187,14 @@ pub fn run() -> ! {
     if let Err(e) = sys::sethostname(&hostname) {
         info!("cannot set hostname {hostname}: {e}");
     }
+    let version = herd_init::os_release::field("IMAGE_VERSION")
+        .or_else(|| herd_init::os_release::field("VERSION_ID"))
+        .unwrap_or_default();
+    let mut sup = Supervisor::new(&cfg.services);
+    sup.start_due();
     // Late modules (network, ESP, EFI variables, power button) and the
-    // network come up in the background: services do not wait for them.
+    // network come up in the background, after the services started:
+    // services do not wait for them.
     let late_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (cfg, hostname, done) = (cfg.clone(), hostname.clone(), late_done.clone());
@@ -203,11 +209,6 @@ pub fn run() -> ! {
             });
     }
     input::watch_power_button();
-    let mut sup = Supervisor::new(&cfg.services);
-    sup.start_due();
-    let version = herd_init::os_release::field("IMAGE_VERSION")
-        .or_else(|| herd_init::os_release::field("VERSION_ID"))
-        .unwrap_or_default();
     tpm::phase("ready");
     tpm::report();
     info!(
