@@ -6,11 +6,13 @@ use crate::{info, sys};
 
 /// Loads every module listed in `list`; returns how many were loaded.
 /// The list holds one path per line, dependencies first; empty lines
-/// separate groups that share no module, and each group after the first is
-/// loaded on a thread of its own (module loading is mostly signature checks
-/// and device probes, which then overlap). Modules already present are
-/// fine; other failures are logged.
-pub fn load_list(list: &str) -> usize {
+/// separate groups that share no module. With `side_by_side`, each group
+/// after the first is loaded on a thread of its own (module loading is
+/// mostly signature checks and device probes, which then overlap); that is
+/// for the boot's critical path, since every thread leaves heap arenas
+/// behind in a long-lived process. Modules already present are fine; other
+/// failures are logged.
+pub fn load_list(list: &str, side_by_side: bool) -> usize {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
         Err(e) => {
@@ -19,6 +21,9 @@ pub fn load_list(list: &str) -> usize {
         }
     };
     let groups = groups(&text);
+    if !side_by_side {
+        return groups.iter().map(|g| load_group(g)).sum();
+    }
     std::thread::scope(|s| {
         let others: Vec<_> = groups
             .iter()

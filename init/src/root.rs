@@ -17,7 +17,9 @@ fn late_modules() -> usize {
         for e in rd.flatten() {
             let list = e.path().join("herd-modules");
             if list.exists() {
-                n += modules::load_list(list.to_str().unwrap_or_default());
+                // In the background, one at a time: PID 1 lives on, and
+                // threads would leave heap arenas behind in its memory.
+                n += modules::load_list(list.to_str().unwrap_or_default(), false);
             }
         }
     }
@@ -92,12 +94,15 @@ fn local_settings() -> Local {
     }
 }
 
-/// herd-init's own resident memory, from /proc/self/status.
+/// herd-init's own resident memory, from /proc/self/status: peak and
+/// current, and the current split into private (anonymous) pages and pages
+/// of the binary shared with the page cache.
 fn own_memory() -> String {
+    const FIELDS: [&str; 4] = ["VmHWM:", "VmRSS:", "RssAnon:", "RssFile:"];
     fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.starts_with("VmRSS:") || l.starts_with("VmHWM:"))
+        .filter(|l| FIELDS.iter().any(|f| l.starts_with(f)))
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
         .join(", ")
