@@ -365,3 +365,65 @@ fn two_builds_are_byte_identical_and_unprivileged() {
         fs::read(out.join("build.json")).unwrap()
     );
 }
+
+#[test]
+fn a_damaged_block_cache_is_caught_and_never_changes_the_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    for e in fs::read_dir(cache_dir()).unwrap() {
+        let e = e.unwrap();
+        if e.path().extension().is_some_and(|x| x == "deb") {
+            fs::copy(e.path(), cache.join(e.file_name())).unwrap();
+        }
+    }
+    let image = workspace().join("images/default.toml");
+    let build = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let o = run(herd_build(&image, &out, 1_700_000_000)
+            .arg("--cache")
+            .arg(&cache)
+            .arg("--offline")
+            .args(extra));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "build failed: {err}");
+        (out, err)
+    };
+    let (first, err) = build("first", &[]);
+    assert!(err.contains(" 0 from the block cache"), "{err}");
+    let blocks = cache.join("squashfs-blocks");
+    let entries: Vec<_> = fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(entries.len() > 10, "{} cached blocks", entries.len());
+
+    let (warm, err) = build("warm", &[]);
+    assert!(err.contains(" 0 blocks compressed"), "{err}");
+    assert_eq!(sha(&warm, "usr.img"), sha(&first, "usr.img"));
+
+    // Damage every compressed entry: one flipped byte at its end.
+    let mut damaged = 0;
+    for p in &entries {
+        let mut b = fs::read(p).unwrap();
+        if b.len() > 1 {
+            *b.last_mut().unwrap() ^= 0x20;
+            fs::write(p, b).unwrap();
+            damaged += 1;
+        }
+    }
+    let (after, err) = build("after", &[]);
+    assert!(
+        err.contains(&format!(
+            "{damaged} cached blocks did not match their content and were compressed again"
+        )),
+        "{err}"
+    );
+    for name in ["usr.img", "disk.raw"] {
+        assert_eq!(sha(&after, name), sha(&first, name), "{name}");
+    }
+    // --recompress neither reads nor fills the cache, and gives the same bytes.
+    let (fresh, err) = build("fresh", &["--recompress"]);
+    assert!(!err.contains("block cache"), "{err}");
+    assert_eq!(sha(&fresh, "disk.raw"), sha(&first, "disk.raw"));
+}
