@@ -20,6 +20,20 @@ fn sha(out: &Path, name: &str) -> String {
         .to_string()
 }
 
+/// A package cache in `dir`/cache holding only the test cache's .debs
+/// (no unpacked archives, no compressed blocks).
+fn fresh_cache(dir: &Path) -> std::path::PathBuf {
+    let cache = dir.join("cache");
+    fs::create_dir(&cache).unwrap();
+    for e in fs::read_dir(cache_dir()).unwrap() {
+        let e = e.unwrap();
+        if e.path().extension().is_some_and(|x| x == "deb") {
+            fs::copy(e.path(), cache.join(e.file_name())).unwrap();
+        }
+    }
+    cache
+}
+
 #[test]
 fn disk_passes_gpt_referees() {
     let out = default_image();
@@ -281,14 +295,7 @@ fn two_builds_are_byte_identical_and_unprivileged() {
     // directory that user can use, with the same SOURCE_DATE_EPOCH.
     let tmp = tempfile::tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let cache = tmp.path().join("cache");
-    fs::create_dir(&cache).unwrap();
-    for e in fs::read_dir(cache_dir()).unwrap() {
-        let e = e.unwrap();
-        if e.path().extension().is_some_and(|x| x == "deb") {
-            fs::copy(e.path(), cache.join(e.file_name())).unwrap();
-        }
-    }
+    let cache = fresh_cache(tmp.path());
     fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
     // Everything the build reads is copied somewhere `nobody` can read it:
     // the checkout itself may sit in a private directory.
@@ -369,14 +376,7 @@ fn two_builds_are_byte_identical_and_unprivileged() {
 #[test]
 fn a_damaged_block_cache_is_caught_and_never_changes_the_image() {
     let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("cache");
-    fs::create_dir(&cache).unwrap();
-    for e in fs::read_dir(cache_dir()).unwrap() {
-        let e = e.unwrap();
-        if e.path().extension().is_some_and(|x| x == "deb") {
-            fs::copy(e.path(), cache.join(e.file_name())).unwrap();
-        }
-    }
+    let cache = fresh_cache(tmp.path());
     let image = workspace().join("images/default.toml");
     let build = |out: &str, extra: &[&str]| {
         let out = tmp.path().join(out);
