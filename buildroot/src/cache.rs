@@ -7,6 +7,9 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use rayon::prelude::*;
+
+use crate::deb::Archive;
 use crate::{io, Deb, Error, LockedPackage};
 
 /// Whether missing packages may be fetched.
@@ -136,18 +139,25 @@ impl Cache {
     }
 
     /// Opens a verified .deb, reusing its decompressed data archive from
-    /// `unpacked/<sha256>.tar` in the cache (made on first use; checked by
-    /// size and a sha256 sidecar each time).
+    /// `unpacked/<sha256>.tar` in the cache (made on first use). The archive
+    /// is mapped, not read, and checked each time against the sha256 of
+    /// every 8 MiB of it, recorded beside it when it was made; the chunks
+    /// are hashed on all cores. A damaged archive is made again from the
+    /// .deb. (The record guards against damage, not against someone who can
+    /// write the cache: only the .deb is checked against the lock.)
     pub fn open_deb(&self, pkg: &LockedPackage, deb: &Path) -> Result<Deb, Error> {
         let dir = self.dir.join("unpacked");
         let tar = dir.join(format!("{}.tar", pkg.sha256));
-        let sum = dir.join(format!("{}.tar.sha256", pkg.sha256));
-        if let (Ok(bytes), Ok(want)) = (std::fs::read(&tar), std::fs::read_to_string(&sum)) {
-            if hex::encode(Sha256::digest(&bytes)) == want.trim() {
-                return Ok(Deb::from_tar(deb.to_path_buf(), bytes));
+        let sums = dir.join(format!("{}.tar.sums", pkg.sha256));
+        if let (Ok(mapped), Ok(want)) = (map(&tar), std::fs::read_to_string(&sums)) {
+            if want == chunk_sums(&mapped) {
+                return Ok(Deb::from_archive(
+                    deb.to_path_buf(),
+                    Archive::Mapped(mapped),
+                ));
             }
             tracing::warn!(
-                "{} does not match its checksum; unpacking again",
+                "{} does not match its checksums; unpacking again",
                 tar.display()
             );
         }
@@ -158,11 +168,42 @@ impl Cache {
             let t = tempfile::NamedTempFile::new_in(&dir)?;
             std::fs::write(t.path(), d.tar())?;
             t.persist(&tar).map_err(|e| e.error)?;
-            std::fs::write(&sum, hex::encode(Sha256::digest(d.tar())))
+            let s = tempfile::NamedTempFile::new_in(&dir)?;
+            std::fs::write(s.path(), chunk_sums(d.tar()))?;
+            s.persist(&sums).map_err(|e| e.error)?;
+            // The whole-file checksum of earlier herd versions.
+            let _ = std::fs::remove_file(dir.join(format!("{}.tar.sha256", pkg.sha256)));
+            Ok(())
         };
         if let Err(e) = write() {
             tracing::debug!("not caching the unpacked {}: {e}", pkg.name);
         }
         Ok(d)
     }
+}
+
+/// The bytes of each checksum in the record beside an unpacked archive.
+const SUM_CHUNK: usize = 8 << 20;
+
+/// The record: a header naming the format and length, then the sha256 of
+/// each [`SUM_CHUNK`] bytes, one per line.
+fn chunk_sums(bytes: &[u8]) -> String {
+    let sums: Vec<String> = bytes
+        .par_chunks(SUM_CHUNK)
+        .map(|c| hex::encode(Sha256::digest(c)))
+        .collect();
+    let mut out = format!("herd unpacked archive v1 {SUM_CHUNK} {}\n", bytes.len());
+    for s in sums {
+        out.push_str(&s);
+        out.push('\n');
+    }
+    out
+}
+
+fn map(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: the cache only ever replaces an archive by renaming a new file
+    // over it, never by writing into it, so the mapped pages stay this
+    // inode's; and every byte is checked against the record before use.
+    unsafe { memmap2::Mmap::map(&f) }
 }

@@ -12,7 +12,24 @@ use crate::Error;
 /// A package with its decompressed data archive in memory.
 pub struct Deb {
     path: PathBuf,
-    tar: Arc<Vec<u8>>,
+    tar: Arc<Archive>,
+}
+
+/// A decompressed data archive: decompressed in memory, or mapped from the
+/// package cache (no copy of the kernel's ~100 MiB on a warm build).
+pub(crate) enum Archive {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Archive {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Archive::Owned(v) => v,
+            Archive::Mapped(m) => m,
+        }
+    }
 }
 
 /// One entry of the data archive.
@@ -75,7 +92,7 @@ impl Deb {
                 r.map_err(|e| bad(format!("decompressing {name}: {e}")))?;
                 return Ok(Deb {
                     path: path.to_path_buf(),
-                    tar: Arc::new(tar),
+                    tar: Arc::new(Archive::Owned(tar)),
                 });
             }
             pos = end + (end % 2);
@@ -84,7 +101,7 @@ impl Deb {
     }
 
     /// A package whose data archive was decompressed before.
-    pub fn from_tar(path: PathBuf, tar: Vec<u8>) -> Deb {
+    pub(crate) fn from_archive(path: PathBuf, tar: Archive) -> Deb {
         Deb {
             path,
             tar: Arc::new(tar),
@@ -97,7 +114,7 @@ impl Deb {
     }
 
     /// The decompressed data archive, shared (no copy).
-    pub(crate) fn shared_tar(&self) -> Arc<Vec<u8>> {
+    pub(crate) fn shared_tar(&self) -> Arc<Archive> {
         self.tar.clone()
     }
 
@@ -112,7 +129,7 @@ impl Deb {
             file: self.path.clone(),
             message: m,
         };
-        let mut a = tar::Archive::new(self.tar.as_slice());
+        let mut a = tar::Archive::new(&self.tar[..]);
         let mut out = Vec::new();
         for e in a
             .entries()

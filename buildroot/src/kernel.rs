@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use herd_fstree::{Node, Tree};
 
-use crate::deb::Entry;
+use crate::deb::{Archive, Entry};
 use crate::{elf, Deb, Error};
 
 /// One module file.
@@ -43,7 +43,7 @@ pub struct KernelPackage {
     pub config: String,
     /// Module name → (path below the modules directory, bytes in `tar`).
     modules: BTreeMap<String, (String, std::ops::Range<usize>)>,
-    tar: Arc<Vec<u8>>,
+    tar: Arc<Archive>,
     builtin: BTreeSet<String>,
 }
 

@@ -196,3 +196,27 @@ fn kernel_modules_resolve_with_dependencies() {
         .unwrap();
     assert_eq!(KernelPackage::from_deb(&again).unwrap().vmlinuz, k.vmlinuz);
 }
+
+#[test]
+fn a_damaged_unpacked_archive_is_made_again_from_the_deb() {
+    let real = deb("systemd-boot-efi");
+    let pkg = lock().get("systemd-boot-efi").unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cached = dir.path().join(pkg.file_name());
+    std::fs::copy(&real, &cached).unwrap();
+    let cache = Cache::new(dir.path().to_path_buf());
+    let fresh = Deb::open(&cached).unwrap().tar().to_vec();
+    // First open: decompressed from the .deb and stored with its checksums.
+    assert_eq!(cache.open_deb(&pkg, &cached).unwrap().tar(), &fresh[..]);
+    let tar = dir.path().join(format!("unpacked/{}.tar", pkg.sha256));
+    assert_eq!(std::fs::read(&tar).unwrap(), fresh);
+    // One flipped byte, then a truncation: each is caught, the archive is
+    // made again, and the bytes handed out are the .deb's own.
+    let mut bad = fresh.clone();
+    bad[fresh.len() / 2] ^= 1;
+    for damaged in [bad, fresh[..fresh.len() - 512].to_vec()] {
+        std::fs::write(&tar, &damaged).unwrap();
+        assert_eq!(cache.open_deb(&pkg, &cached).unwrap().tar(), &fresh[..]);
+        assert_eq!(std::fs::read(&tar).unwrap(), fresh, "repaired in the cache");
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use herd_buildroot::{Cache, Fetch, KernelPackage, Lock};
+use herd_buildroot::{Cache, Deb, Fetch, KernelPackage, Lock};
 use herd_fstree::{Meta, Node, Tree};
 use herd_gpt::{attrs, guid_from_name, types, Guid};
 
@@ -136,9 +136,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         wanted.len(),
         lock_path.display()
     ));
-    let mut debs = Vec::new();
     let mut locked = Vec::new();
-    let mut packages = Vec::new();
     for pkg_name in &wanted {
         let pkg = lock.get(pkg_name).with_context(|| {
             format!(
@@ -146,18 +144,35 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
                 lock_path.display()
             )
         })?;
-        let path = cache
-            .ensure(pkg, fetch, &|msg: &str| progress.info(msg))
-            .with_context(|| format!("getting package {pkg_name}"))?;
-        packages.push(PackageInfo {
+        locked.push(pkg.clone());
+    }
+    let packages: Vec<PackageInfo> = locked
+        .iter()
+        .map(|pkg| PackageInfo {
             name: pkg.name.clone(),
             version: pkg.version.clone(),
             arch: pkg.arch.clone(),
             sha256: pkg.sha256.clone(),
-        });
-        debs.push(path);
-        locked.push(pkg.clone());
-    }
+        })
+        .collect();
+    // Each .deb is checked against the lock and its data archive opened
+    // (from the cache's unpacked copy when it has one), all side by side.
+    let opened: Vec<(PathBuf, Deb)> = {
+        use rayon::prelude::*;
+        locked
+            .par_iter()
+            .map(|pkg| -> Result<(PathBuf, Deb)> {
+                let path = cache
+                    .ensure(pkg, fetch, &|msg: &str| progress.info(msg))
+                    .with_context(|| format!("getting package {}", pkg.name))?;
+                let deb = cache
+                    .open_deb(pkg, &path)
+                    .with_context(|| format!("opening package {}", pkg.name))?;
+                Ok((path, deb))
+            })
+            .collect::<Result<_>>()?
+    };
+    let (debs, opened): (Vec<PathBuf>, Vec<Deb>) = opened.into_iter().unzip();
     step.done(&format!(
         "{} packages verified in {}",
         debs.len(),
@@ -165,9 +180,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     ));
 
     // ---- kernel and boot loader ----------------------------------------
-    let step = progress.step(&format!("unpacking kernel {}", cfg.kernel.package));
-    let kernel_deb = cache.open_deb(&locked[0], &debs[0])?;
-    let kernel = KernelPackage::from_deb(&kernel_deb)
+    let step = progress.step(&format!("reading kernel {}", cfg.kernel.package));
+    let kernel = KernelPackage::from_deb(&opened[0])
         .with_context(|| format!("reading kernel package {}", cfg.kernel.package))?;
     let initrd_mods = kernel
         .resolve(&cfg.kernel.initrd_modules)
@@ -182,7 +196,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         usr_mods.load_order.len()
     ));
 
-    let boot_deb = cache.open_deb(&locked[1], &debs[1])?;
+    let boot_deb = &opened[1];
     const SD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
     const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
     let boot_tree = boot_deb.unpack(&|p: &str| p == SD_BOOT || p == STUB)?;
@@ -229,7 +243,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     )?;
     usr.insert_symlink("share/factory/etc/os-release", "../usr/lib/os-release")?;
     for (i, pkg) in cfg.usr.package.iter().enumerate() {
-        let deb = cache.open_deb(&locked[2 + i], &debs[2 + i])?;
+        let deb = &opened[2 + i];
         let files = &pkg.files;
         let tree = deb.unpack(&|p: &str| files.contains_key(p))?;
         for (from, to) in files {
