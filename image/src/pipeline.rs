@@ -421,27 +421,42 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     // ---- Unified Kernel Images, one per slot, and their PCR values ------
     let step = progress.step("assembling the Unified Kernel Images (systemd-stub)");
     let osrel = os_release(name, version);
+    // The two slots' UKIs differ only in their command line: made side by side.
+    let built: Vec<(Vec<u8>, SlotMeasurements)> = {
+        use rayon::prelude::*;
+        Slot::ALL
+            .par_iter()
+            .map(|&slot| -> Result<_> {
+                let cmdline =
+                    slot_cmdline(&usrhash, &usr_a_uuid.to_string(), slot, &cfg.kernel.cmdline);
+                let parts = herd_uki::UkiParts {
+                    osrel: osrel.as_bytes(),
+                    cmdline: cmdline.as_bytes(),
+                    linux: &kernel.vmlinuz,
+                    initrd: &initrd,
+                };
+                let uki = herd_uki::assemble(&stub, &parts).with_context(|| {
+                    format!(
+                        "assembling slot {}'s UKI on {STUB} of {}",
+                        slot.name(),
+                        cfg.bootloader.package
+                    )
+                })?;
+                let m = SlotMeasurements::new(
+                    names::uki(slot),
+                    &cmdline,
+                    &parts,
+                    &usrhash,
+                    slot.name(),
+                );
+                Ok((uki, m))
+            })
+            .collect::<Result<_>>()?
+    };
     let mut ukis = Vec::new();
     let mut measured = Measured::default();
-    for slot in Slot::ALL {
-        let cmdline = slot_cmdline(&usrhash, &usr_a_uuid.to_string(), slot, &cfg.kernel.cmdline);
-        let parts = herd_uki::UkiParts {
-            osrel: osrel.as_bytes(),
-            cmdline: cmdline.as_bytes(),
-            linux: &kernel.vmlinuz,
-            initrd: &initrd,
-        };
-        let uki = herd_uki::assemble(&stub, &parts).with_context(|| {
-            format!(
-                "assembling slot {}'s UKI on {STUB} of {}",
-                slot.name(),
-                cfg.bootloader.package
-            )
-        })?;
-        measured.slots.insert(
-            slot.name().to_string(),
-            SlotMeasurements::new(names::uki(slot), &cmdline, &parts, &usrhash, slot.name()),
-        );
+    for (slot, (uki, m)) in Slot::ALL.iter().zip(built) {
+        measured.slots.insert(slot.name().to_string(), m);
         ukis.push(uki);
     }
     let cmdline = measured.slots["a"].cmdline.clone();

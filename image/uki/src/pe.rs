@@ -137,21 +137,28 @@ pub fn sections(b: &[u8]) -> Result<Vec<Section<'_>>, Error> {
 /// one's-complement-style sum of the file with the CheckSum field taken as
 /// zero, plus the file length.
 fn pe_checksum(b: &[u8], field: usize) -> u32 {
-    let mut sum: u64 = 0;
-    for (i, c) in b.chunks(2).enumerate() {
-        let o = i * 2;
-        if o == field || o == field + 2 {
-            continue;
-        }
-        let w = if c.len() == 2 {
-            u16::from_le_bytes([c[0], c[1]])
-        } else {
-            c[0] as u16
-        };
-        sum += w as u64;
+    let word = |o: usize| match b.get(o..o + 2) {
+        Some(w) => u16::from_le_bytes([w[0], w[1]]) as u64,
+        None => b.get(o).copied().unwrap_or(0) as u64,
+    };
+    // Summed wide and folded once at the end: folding after every word (as
+    // the reference does) keeps the same value modulo 0xffff, and both
+    // results lie in 1..=0xffff unless every word is zero. A u64 holds the
+    // sum of 2^48 words, far beyond any PE file.
+    let words = b.chunks_exact(2);
+    let odd = words.remainder().first().copied().unwrap_or(0) as u64;
+    let mut sum: u64 = words
+        .map(|w| u16::from_le_bytes([w[0], w[1]]) as u64)
+        .sum::<u64>()
+        + odd;
+    // The CheckSum field's two words count as zero (it is word-aligned in
+    // any real header; an odd offset matches no word, as in the reference).
+    if field.is_multiple_of(2) {
+        sum -= word(field) + word(field + 2);
+    }
+    while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    sum = (sum & 0xffff) + (sum >> 16);
     (sum as u32).wrapping_add(b.len() as u32)
 }
 
@@ -236,6 +243,50 @@ pub fn assemble(stub: &[u8], parts: &UkiParts<'_>) -> Result<Vec<u8>, Error> {
 
 #[cfg(test)]
 mod tests {
+    /// Windows' algorithm word by word, folding after each one.
+    fn reference_checksum(b: &[u8], field: usize) -> u32 {
+        let mut sum: u64 = 0;
+        for (i, c) in b.chunks(2).enumerate() {
+            let o = i * 2;
+            if o == field || o == field + 2 {
+                continue;
+            }
+            let w = if c.len() == 2 {
+                u16::from_le_bytes([c[0], c[1]])
+            } else {
+                c[0] as u16
+            };
+            sum += w as u64;
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        (sum as u32).wrapping_add(b.len() as u32)
+    }
+
+    #[test]
+    fn checksum_matches_the_word_by_word_algorithm() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in [0usize, 1, 2, 3, 64, 65, 4097, 1 << 20] {
+            for fill in [None, Some(0u8), Some(0xff)] {
+                let b: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        fill.unwrap_or(x as u8)
+                    })
+                    .collect();
+                for field in [0, 2, 7, len.saturating_sub(3), len + 10] {
+                    assert_eq!(
+                        super::pe_checksum(&b, field),
+                        reference_checksum(&b, field),
+                        "len {len} fill {fill:?} field {field}"
+                    );
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
