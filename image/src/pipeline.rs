@@ -296,6 +296,31 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let initrd = initramfs(&init_bin, &initrd_mods, &kernel.version, mtime)?;
     step.done(&human_bytes(initrd.len() as u64));
 
+    // ---- disk.raw, early ------------------------------------------------
+    // The layout depends only on the configured sizes (the root hash only
+    // names USR-A's partitions), so disk.raw is made now and STATE's ext4
+    // is made in it by mke2fs while /usr is compressed.
+    let early = disk_table(&cfg, (Guid([0; 16]), Guid([0; 16])), "")?;
+    let disk_bytes = early.disk_bytes();
+    let (state_off, state_len) = early.partition_offset(STATE_INDEX);
+    let disk_path = staging.path(names::DISK)?;
+    let disk = File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .with_context(|| format!("creating {}", disk_path.display()))?;
+    disk.set_len(disk_bytes)
+        .with_context(|| format!("sizing {} to {disk_bytes} bytes", disk_path.display()))?;
+    let state_fs = crate::state::start_ext4(
+        &disk_path,
+        state_off,
+        state_len,
+        &named_guid(name, "state-fs").to_string(),
+        epoch,
+    )?;
+
     // ---- squashfs + verity ----------------------------------------------
     let step = progress.step(&format!(
         "compressing /usr into squashfs (zstd level {}, {} threads)",
@@ -364,59 +389,23 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let params = herd_verity::Params {
         salt,
         uuid: vuuid,
-        data_block_size: 4096,
-        hash_block_size: 4096,
+        data_block_size: VERITY_BLOCK,
+        hash_block_size: VERITY_BLOCK,
     };
     let verity = herd_verity::build(&squashfs, &params)?;
+    let squashfs = Arc::new(squashfs);
+    let hash_area = Arc::new(verity.hash_area);
     let usrhash = hex::encode(verity.root_hash);
     step.done(&format!("root hash {usrhash}"));
 
     // ---- disk layout ----------------------------------------------------
-    let verity_size = round_up(herd_verity::hash_area_size(slot_size, &params), MIB);
     let (usr_a_uuid, usr_a_verity_uuid) = usr_partition_uuids(&verity.root_hash);
-    let esp_size = cfg.partitions.esp.0;
-    let state_size = round_up(cfg.partitions.state.0, MIB);
-    let ro = attrs::READ_ONLY;
-    let specs = vec![
-        spec(types::ESP, named_guid(name, "esp"), "esp", esp_size, 0),
-        spec(types::USR_X86_64, usr_a_uuid, "usr-a", slot_size, ro),
-        spec(
-            types::USR_VERITY_X86_64,
-            usr_a_verity_uuid,
-            "usr-a-verity",
-            verity_size,
-            ro,
-        ),
-        spec(
-            types::USR_X86_64,
-            named_guid(name, "usr-b"),
-            "usr-b",
-            slot_size,
-            ro,
-        ),
-        spec(
-            types::USR_VERITY_X86_64,
-            named_guid(name, "usr-b-verity"),
-            "usr-b-verity",
-            verity_size,
-            ro,
-        ),
-        spec(
-            types::VAR,
-            named_guid(name, "state"),
-            "state",
-            state_size,
-            attrs::GROWFS,
-        ),
-    ];
-    let disk_bytes = MIB
-        + specs
-            .iter()
-            .map(|s| round_up(s.size_bytes, MIB))
-            .sum::<u64>()
-        + MIB;
-    let disk_guid = guid_from_name(&format!("herd-image:{name}"), &format!("disk:{usrhash}"));
-    let table = herd_gpt::Table::layout(disk_guid, disk_bytes, specs)?;
+    let table = disk_table(&cfg, (usr_a_uuid, usr_a_verity_uuid), &usrhash)?;
+    if table.partition_offset(STATE_INDEX) != (state_off, state_len)
+        || table.disk_bytes() != disk_bytes
+    {
+        bail!("internal: the disk layout changed once USR-A's partition UUIDs were known");
+    }
 
     // ---- Unified Kernel Images, one per slot, and their PCR values ------
     let step = progress.step("assembling the Unified Kernel Images (systemd-stub)");
@@ -486,29 +475,15 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         names::DISK,
         human_bytes(disk_bytes)
     ));
-    let disk_path = staging.path(names::DISK)?;
-    let disk =
-        File::create(&disk_path).with_context(|| format!("creating {}", disk_path.display()))?;
-    disk.set_len(disk_bytes)
-        .with_context(|| format!("sizing {} to {disk_bytes} bytes", disk_path.display()))?;
-    {
-        let mut d = &disk;
-        table.write_to(&mut d)?;
-    }
     let part = |i: usize| table.partition_offset(i);
-    let (usr_off, _) = part(1);
-    disk.write_all_at(&squashfs, usr_off)
-        .context("writing USR-A into the disk image")?;
-    let (vy_off, vy_len) = part(2);
-    if verity.hash_area.len() as u64 > vy_len {
+    let (usr_off, _) = part(USR_A_INDEX);
+    let (vy_off, vy_len) = part(USR_A_INDEX + 1);
+    if hash_area.len() as u64 > vy_len {
         bail!(
             "internal: verity data ({} bytes) larger than its partition ({vy_len})",
-            verity.hash_area.len()
+            hash_area.len()
         );
     }
-    disk.write_all_at(&verity.hash_area, vy_off)
-        .context("writing USR-A-verity into the disk image")?;
-
     let esp = EspContent {
         image: name,
         systemd_boot: &systemd_boot,
@@ -518,9 +493,9 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     };
     let mut esp_tree = esp.tree()?;
     esp_tree.set_mtime_all(mtime);
-    let (esp_off, esp_len) = part(0);
+    let (esp_off, esp_len) = part(ESP_INDEX);
     let esp_id = u32::from_le_bytes(named_guid(name, "esp-volume-id").0[..4].try_into()?);
-    let esp_bytes = herd_esp::fat32_image(
+    let esp_bytes = Arc::new(herd_esp::fat32_image(
         &esp_tree,
         &herd_esp::EspOptions {
             size_bytes: esp_len,
@@ -528,32 +503,47 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
             label: *b"ESP        ",
             mtime,
         },
-    )?;
+    )?);
+    state_fs.wait()?;
+    let gpt = table.pieces()?;
+
+    // disk.raw's sha256 (the longest hash: 390 MiB, mostly zeros) is taken
+    // from the pieces in memory on a thread of its own, while the same
+    // pieces are written into the file and the payload files after them.
+    let disk_hash = {
+        let (file, gpt, esp_bytes, squashfs, hash_area) = (
+            disk.try_clone().context("reopening disk.raw for hashing")?,
+            gpt.clone(),
+            esp_bytes.clone(),
+            squashfs.clone(),
+            hash_area.clone(),
+        );
+        std::thread::spawn(move || -> std::io::Result<String> {
+            use crate::sparse::Region;
+            let mut regions: Vec<Region> = gpt.iter().map(|(o, b)| Region::Bytes(*o, b)).collect();
+            regions.push(Region::Bytes(esp_off, &esp_bytes));
+            regions.push(Region::Bytes(usr_off, &squashfs));
+            regions.push(Region::Bytes(vy_off, &hash_area));
+            regions.push(Region::File(state_off, state_len));
+            crate::sparse::sha256_regions(&file, disk_bytes, &mut regions)
+        })
+    };
+    for (offset, bytes) in &gpt {
+        disk.write_all_at(bytes, *offset)
+            .context("writing the partition table into the disk image")?;
+    }
+    disk.write_all_at(&squashfs, usr_off)
+        .context("writing USR-A into the disk image")?;
+    disk.write_all_at(&hash_area, vy_off)
+        .context("writing USR-A-verity into the disk image")?;
     write_nonzero_at(&disk, &esp_bytes, esp_off).context("writing the ESP into the disk image")?;
     drop(esp_bytes);
-    let (state_off, state_len) = part(5);
-    crate::state::make_ext4(
-        &disk_path,
-        state_off,
-        state_len,
-        &named_guid(name, "state-fs").to_string(),
-        epoch,
-    )?;
+    let disk_flush = std::thread::spawn(move || disk.sync_all());
     step.done(&format!("{} partitions", table.partitions.len()));
-
-    // disk.raw is complete: hash it (the longest hash, mostly zeros) and
-    // flush it on a thread of its own while the payload files are written.
-    let disk_hash = std::thread::spawn(move || -> Result<(String, u64)> {
-        let sum = crate::sparse::sha256_file(&disk_path)
-            .with_context(|| format!("hashing {}", disk_path.display()))?;
-        disk.sync_all()
-            .with_context(|| format!("flushing {}", disk_path.display()))?;
-        Ok(sum)
-    });
 
     // ---- payload files ---------------------------------------------------
     staging.write(names::USR, &squashfs)?;
-    staging.write(names::USR_VERITY, &verity.hash_area)?;
+    staging.write(names::USR_VERITY, &hash_area)?;
     staging.write(names::KERNEL, &kernel.vmlinuz)?;
     staging.write(names::INITRD, &initrd)?;
     staging.write(names::BOOTLOADER, &systemd_boot)?;
@@ -599,7 +589,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let in_memory: [(&str, &[u8]); 8] = [
         (names::SBOM, &sbom),
         (names::USR, &squashfs),
-        (names::USR_VERITY, &verity.hash_area),
+        (names::USR_VERITY, &hash_area),
         (names::KERNEL, &kernel.vmlinuz),
         (names::INITRD, &initrd),
         (names::BOOTLOADER, &systemd_boot),
@@ -608,9 +598,15 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     ];
     debug_assert_eq!(output_names[0], names::DISK);
     let mut outputs = hash_outputs(&staging, &output_names[1..], &in_memory)?;
-    let (sha256, size) = disk_hash
+    let sha256 = disk_hash
         .join()
-        .map_err(|_| anyhow::anyhow!("the thread hashing {} panicked", names::DISK))??;
+        .map_err(|_| anyhow::anyhow!("the thread hashing {} panicked", names::DISK))?
+        .with_context(|| format!("hashing {}", names::DISK))?;
+    let size = disk_bytes;
+    disk_flush
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread flushing {} panicked", names::DISK))?
+        .with_context(|| format!("flushing {}", names::DISK))?;
     outputs.insert(
         0,
         OutputInfo {
@@ -657,7 +653,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
             verity_salt: hex::encode(salt),
             verity_data_blocks: verity.data_blocks,
             squashfs_bytes: squashfs.len() as u64,
-            verity_bytes: verity.hash_area.len() as u64,
+            verity_bytes: hash_area.len() as u64,
             files: usr_files,
             file_bytes: usr_file_bytes,
         },
@@ -709,6 +705,76 @@ fn update_files(table: &toml::Table, image_toml: &Path) -> Result<(String, Vec<u
     herd_update::apply::check_root_bytes(&bytes)
         .with_context(|| format!("[update] root {}", root.display()))?;
     Ok((text, bytes))
+}
+
+/// Where the block size of dm-verity's data and hash blocks is used.
+const VERITY_BLOCK: u32 = 4096;
+/// Partition indexes in the table [`disk_table`] makes.
+const ESP_INDEX: usize = 0;
+const USR_A_INDEX: usize = 1;
+const STATE_INDEX: usize = 5;
+
+/// The partition table: ESP, USR-A and its verity partition (their UUIDs
+/// from the root hash, `usrhash` also naming the disk), USR-B and its
+/// verity partition, STATE. The offsets depend only on the configured sizes.
+fn disk_table(cfg: &ImageConfig, usr_a: (Guid, Guid), usrhash: &str) -> Result<herd_gpt::Table> {
+    let name = cfg.image.name.as_str();
+    let slot_size = cfg.partitions.usr.0;
+    let sizes = herd_verity::Params {
+        salt: [0; 32],
+        uuid: [0; 16],
+        data_block_size: VERITY_BLOCK,
+        hash_block_size: VERITY_BLOCK,
+    };
+    let verity_size = round_up(herd_verity::hash_area_size(slot_size, &sizes), MIB);
+    let state_size = round_up(cfg.partitions.state.0, MIB);
+    let ro = attrs::READ_ONLY;
+    let specs = vec![
+        spec(
+            types::ESP,
+            named_guid(name, "esp"),
+            "esp",
+            cfg.partitions.esp.0,
+            0,
+        ),
+        spec(types::USR_X86_64, usr_a.0, "usr-a", slot_size, ro),
+        spec(
+            types::USR_VERITY_X86_64,
+            usr_a.1,
+            "usr-a-verity",
+            verity_size,
+            ro,
+        ),
+        spec(
+            types::USR_X86_64,
+            named_guid(name, "usr-b"),
+            "usr-b",
+            slot_size,
+            ro,
+        ),
+        spec(
+            types::USR_VERITY_X86_64,
+            named_guid(name, "usr-b-verity"),
+            "usr-b-verity",
+            verity_size,
+            ro,
+        ),
+        spec(
+            types::VAR,
+            named_guid(name, "state"),
+            "state",
+            state_size,
+            attrs::GROWFS,
+        ),
+    ];
+    let disk_bytes = MIB
+        + specs
+            .iter()
+            .map(|s| round_up(s.size_bytes, MIB))
+            .sum::<u64>()
+        + MIB;
+    let disk_guid = guid_from_name(&format!("herd-image:{name}"), &format!("disk:{usrhash}"));
+    Ok(herd_gpt::Table::layout(disk_guid, disk_bytes, specs)?)
 }
 
 fn spec(

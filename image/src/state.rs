@@ -5,7 +5,7 @@
 //! the partition and the filesystem to fill the disk it finds itself on.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// The filesystem label herd-init looks for.
 pub const LABEL: &str = "herd-state";
@@ -18,16 +18,34 @@ pub enum StateError {
     Failed { disk: String, stderr: String },
 }
 
-/// Make an ext4 filesystem of `len` bytes at byte `offset` of `disk`.
-pub fn make_ext4(
+/// `mke2fs` making STATE in the background (it needs nothing the rest of
+/// the build makes, so it runs while /usr is compressed).
+pub struct MakeExt4 {
+    /// Taken by `wait`; a build that fails before then stops mke2fs.
+    child: Option<std::process::Child>,
+    disk: String,
+}
+
+impl Drop for MakeExt4 {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts making an ext4 filesystem of `len` bytes at byte `offset` of
+/// `disk`; [`MakeExt4::wait`] for it before reading that range.
+pub fn start_ext4(
     disk: &Path,
     offset: u64,
     len: u64,
     uuid: &str,
     epoch: u64,
-) -> Result<(), StateError> {
+) -> Result<MakeExt4, StateError> {
     let blocks = len / 4096;
-    let out = Command::new("mke2fs")
+    let child = Command::new("mke2fs")
         .env("E2FSPROGS_FAKE_TIME", epoch.max(1).to_string())
         .env("MKE2FS_CONFIG", "/dev/null")
         .args(["-t", "ext4", "-F", "-q", "-b", "4096", "-L", LABEL, "-U", uuid])
@@ -39,13 +57,32 @@ pub fn make_ext4(
         ])
         .arg(disk)
         .arg(blocks.to_string())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|source| StateError::Spawn { source })?;
-    if !out.status.success() {
-        return Err(StateError::Failed {
-            disk: disk.display().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+    Ok(MakeExt4 {
+        child: Some(child),
+        disk: disk.display().to_string(),
+    })
+}
+
+impl MakeExt4 {
+    /// Waits for `mke2fs` to finish, with its error if it failed.
+    pub fn wait(mut self) -> Result<(), StateError> {
+        let Some(child) = self.child.take() else {
+            return Ok(());
+        };
+        let out = child
+            .wait_with_output()
+            .map_err(|source| StateError::Spawn { source })?;
+        if !out.status.success() {
+            return Err(StateError::Failed {
+                disk: std::mem::take(&mut self.disk),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -265,10 +265,21 @@ fn state_is_a_clean_ext4() {
 fn build_json_describes_outputs_and_packages() {
     let out = default_image();
     let m = manifest(out);
+    // Every size and sha256 as the files have them, by sha256sum (disk.raw's
+    // is taken from its pieces in memory while it is written).
     for o in m["outputs"].as_array().unwrap() {
         let path = out.join(o["path"].as_str().unwrap());
-        let data = fs::read(&path).unwrap();
-        assert_eq!(o["size"].as_u64().unwrap(), data.len() as u64, "{path:?}");
+        assert_eq!(
+            o["size"].as_u64().unwrap(),
+            fs::metadata(&path).unwrap().len(),
+            "{path:?}"
+        );
+        let sum = run_ok(Command::new("sha256sum").arg(&path));
+        assert_eq!(
+            Some(o["sha256"].as_str().unwrap()),
+            sum.split_whitespace().next(),
+            "{path:?}"
+        );
     }
     let pkgs: Vec<&str> = m["packages"]
         .as_array()

@@ -73,6 +73,11 @@ fn entries_sectors(ss: u64) -> u64 {
 }
 
 impl Table {
+    /// The size of the disk in bytes.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_sectors * self.sector_size
+    }
+
     /// First sector partitions may use.
     pub fn first_usable(&self) -> u64 {
         2 + entries_sectors(self.sector_size)
@@ -239,23 +244,30 @@ impl Table {
     /// Writes the protective MBR, both headers and both entry arrays. Only
     /// the table regions are touched.
     pub fn write_to<W: Write + Seek>(&self, w: &mut W) -> Result<(), Error> {
+        for (offset, bytes) in self.pieces()? {
+            w.seek(SeekFrom::Start(offset))?;
+            w.write_all(&bytes)?;
+        }
+        w.flush()?;
+        Ok(())
+    }
+
+    /// What [`Table::write_to`] writes, as (byte offset, bytes) in offset
+    /// order: the protective MBR, the primary header and entries, the
+    /// backup entries and the backup header.
+    pub fn pieces(&self) -> Result<Vec<(u64, Vec<u8>)>, Error> {
         let ss = self.sector_size;
         let entries = self.entries_bytes()?;
         let crc = crc32fast::hash(&entries);
         let last = self.disk_sectors - 1;
         let backup_entries = last - entries_sectors(ss);
-        let mut put = |lba: u64, bytes: &[u8]| -> Result<(), Error> {
-            w.seek(SeekFrom::Start(lba * ss))?;
-            w.write_all(bytes)?;
-            Ok(())
-        };
-        put(0, &self.protective_mbr())?;
-        put(1, &self.header(1, last, 2, crc))?;
-        put(2, &entries)?;
-        put(backup_entries, &entries)?;
-        put(last, &self.header(last, 1, backup_entries, crc))?;
-        w.flush()?;
-        Ok(())
+        Ok(vec![
+            (0, self.protective_mbr()),
+            (ss, self.header(1, last, 2, crc)),
+            (2 * ss, entries.clone()),
+            (backup_entries * ss, entries),
+            (last * ss, self.header(last, 1, backup_entries, crc)),
+        ])
     }
 
     /// Reads and checks a table; see [`Table::read_detailed`].

@@ -25,13 +25,33 @@ pub struct Fragment {
     pub size: u32,
 }
 
+/// File content as a map key: hashed by its length and a sample of its
+/// bytes (hashing every byte of every file twice cost more than the rest
+/// of the layout), compared in full, so equal keys are equal contents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Content<'a>(pub &'a [u8]);
+
+impl std::hash::Hash for Content<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        const SAMPLE: usize = 256;
+        let b = self.0;
+        state.write_usize(b.len());
+        state.write(&b[..b.len().min(SAMPLE)]);
+        state.write(&b[b.len().saturating_sub(SAMPLE)..]);
+        if b.len() > 4 * SAMPLE {
+            let mid = b.len() / 2;
+            state.write(&b[mid - SAMPLE / 2..mid + SAMPLE / 2]);
+        }
+    }
+}
+
 /// The data region and where everything is in it.
 pub struct Data<'a> {
     pub bytes: Vec<u8>,
     pub layouts: Vec<FileLayout>,
     pub fragments: Vec<Fragment>,
     /// Content → index into `layouts`.
-    pub index: HashMap<&'a [u8], usize>,
+    pub index: HashMap<Content<'a>, usize>,
     pub duplicates: u32,
 }
 
@@ -50,15 +70,15 @@ pub fn layout<'a>(
     level: i32,
     cache: Option<(&dyn BlockCache, &Counters)>,
 ) -> Result<Data<'a>, Error> {
-    let mut index: HashMap<&'a [u8], usize> = HashMap::new();
+    let mut index: HashMap<Content<'a>, usize> = HashMap::new();
     let mut uniques: Vec<&'a [u8]> = Vec::new();
     let mut duplicates = 0;
-    for c in contents {
-        if index.contains_key(c) {
+    for &c in contents {
+        if index.contains_key(&Content(c)) {
             duplicates += 1;
             continue;
         }
-        index.insert(c, uniques.len());
+        index.insert(Content(c), uniques.len());
         uniques.push(c);
     }
 
@@ -96,14 +116,15 @@ pub fn layout<'a>(
         frags.push(current);
     }
 
-    let done_blocks: Vec<(Vec<u8>, u32)> = blocks
+    // Blocks and fragments in one parallel pass: no core waits at a barrier
+    // between them.
+    let mut done_blocks: Vec<(Vec<u8>, u32)> = blocks
         .par_iter()
+        .copied()
+        .chain(frags.par_iter().map(|f| f.as_slice()))
         .map(|b| cache::compress(b, level, cache))
         .collect::<Result<_, _>>()?;
-    let done_frags: Vec<(Vec<u8>, u32)> = frags
-        .par_iter()
-        .map(|f| cache::compress(f, level, cache))
-        .collect::<Result<_, _>>()?;
+    let done_frags = done_blocks.split_off(blocks.len());
 
     let mut bytes = Vec::with_capacity(
         done_blocks.iter().map(|b| b.0.len()).sum::<usize>()

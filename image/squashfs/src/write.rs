@@ -76,7 +76,8 @@ impl<'a> Writer<'a> {
         let mut body = Vec::new();
         let (at, listed_kind) = match node {
             Node::File { meta, data } => {
-                let l = self.data.layouts[self.data.index[&data[..]]].clone();
+                let l =
+                    self.data.layouts[self.data.index[&crate::data::Content(&data[..])]].clone();
                 let (frag, frag_off) = l.fragment.unwrap_or((NO_FRAGMENT, 0));
                 let size = data.len() as u64;
                 let at = if l.blocks_start <= u64::from(u32::MAX) && size <= u64::from(u32::MAX) {
