@@ -83,13 +83,17 @@ impl Staging {
             Err(e) => return Err(err(&final_manifest)(e)),
         }
         for name in names {
-            let from = self.dir.join(name);
-            let to = self.out.join(name);
-            if let Some(parent) = to.parent() {
+            if let Some(parent) = self.out.join(name).parent() {
                 fs::create_dir_all(parent).map_err(err(parent))?;
             }
-            fs::rename(&from, &to).map_err(err(&to))?;
         }
+        // Side by side: a rename over an earlier build's file frees that
+        // file's blocks and pages, the larger part of the time here.
+        use rayon::prelude::*;
+        names.par_iter().try_for_each(|name| {
+            let to = self.out.join(name);
+            fs::rename(self.dir.join(name), &to).map_err(err(&to))
+        })?;
         let staged = self.dir.join(MANIFEST);
         fs::write(&staged, manifest).map_err(err(&staged))?;
         fs::File::open(&staged)

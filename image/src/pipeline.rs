@@ -360,6 +360,17 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         ),
         None => human_bytes(squashfs.len() as u64),
     });
+    // The block store is trimmed on a thread of its own while the rest of
+    // the build goes on (every block this build used is marked recently
+    // used already); only when this build added to it.
+    let prune = block_cache.filter(|_| summary.cache_misses > 0).map(|c| {
+        std::thread::spawn(move || {
+            // Best effort: a store that cannot shrink only takes disk space.
+            if let Err(e) = c.prune(crate::block_cache::DEFAULT_LIMIT) {
+                tracing::warn!("cannot prune the compressed-block cache: {e}");
+            }
+        })
+    });
     let slot_size = cfg.partitions.usr.0;
     if squashfs.len() as u64 > slot_size {
         bail!(
@@ -665,11 +676,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     };
     let json = serde_json::to_vec_pretty(&manifest)?;
     staging.commit(&output_names, &json)?;
-    if let Some(c) = &block_cache {
-        // Best effort: a store that cannot shrink only takes disk space.
-        if let Err(e) = c.prune(crate::block_cache::DEFAULT_LIMIT) {
-            tracing::warn!("cannot prune the compressed-block cache: {e}");
-        }
+    if let Some(p) = prune {
+        let _ = p.join();
     }
     progress.info(&format!(
         "built {name} {version} into {} in {:.2} s: /usr payload {} (squashfs {} + verity {})",
