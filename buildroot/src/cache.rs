@@ -7,8 +7,6 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use rayon::prelude::*;
-
 use crate::deb::Archive;
 use crate::{io, Deb, Error, LockedPackage};
 
@@ -138,41 +136,68 @@ impl Cache {
         Ok(file)
     }
 
-    /// Opens a verified .deb, reusing its decompressed data archive from
-    /// `unpacked/<sha256>.tar` in the cache (made on first use). The archive
-    /// is mapped, not read, and checked each time against the sha256 of
-    /// every 8 MiB of it, recorded beside it when it was made; the chunks
-    /// are hashed on all cores. A damaged archive is made again from the
-    /// .deb. (The record guards against damage, not against someone who can
-    /// write the cache: only the .deb is checked against the lock.)
+    /// Opens a verified .deb: [`Cache::open_unpacked`], else
+    /// [`Cache::unpack`].
     pub fn open_deb(&self, pkg: &LockedPackage, deb: &Path) -> Result<Deb, Error> {
-        let dir = self.dir.join("unpacked");
-        let tar = dir.join(format!("{}.tar", pkg.sha256));
-        let sums = dir.join(format!("{}.tar.sums", pkg.sha256));
-        if let (Ok(mapped), Ok(want)) = (map(&tar), std::fs::read_to_string(&sums)) {
-            if want == chunk_sums(&mapped) {
-                return Ok(Deb::from_archive(
-                    deb.to_path_buf(),
-                    Archive::Mapped(mapped),
-                ));
-            }
-            tracing::warn!(
-                "{} does not match its checksums; unpacking again",
-                tar.display()
-            );
+        match self.open_unpacked(pkg) {
+            Some(d) => Ok(d),
+            None => self.unpack(pkg, deb),
         }
+    }
+
+    /// The package's decompressed data archive from `unpacked/<sha256>.tar`
+    /// in the cache, mapped (not read), when the lock pins its sha256
+    /// (`data_sha256`) and the copy matches it. A copy that does not match
+    /// is reported and left for [`Cache::unpack`] to replace.
+    pub fn open_unpacked(&self, pkg: &LockedPackage) -> Option<Deb> {
+        let want = pkg.data_sha256.as_deref()?;
+        let tar = self.unpacked_path(pkg);
+        let mapped = map(&tar).ok()?;
+        if hex::encode(Sha256::digest(&mapped[..])) != want {
+            tracing::warn!(
+                "{} does not match the lock's data_sha256 for {}; unpacking the package again",
+                tar.display(),
+                pkg.name
+            );
+            return None;
+        }
+        Some(Deb::from_archive(
+            self.dir.join(pkg.file_name()),
+            Archive::Mapped(mapped),
+        ))
+    }
+
+    /// Decompresses the verified .deb at `deb`, checks its data archive
+    /// against the lock's `data_sha256`, and keeps a copy in the cache for
+    /// the next build (when the lock pins it; best effort).
+    pub fn unpack(&self, pkg: &LockedPackage, deb: &Path) -> Result<Deb, Error> {
         let d = Deb::open(deb)?;
-        // Best effort: a read-only cache only makes the next build slower.
+        let actual = hex::encode(Sha256::digest(d.tar()));
+        let Some(want) = pkg.data_sha256.as_deref() else {
+            tracing::info!(
+                "the lock pins no data_sha256 for {}, so it is decompressed on every build: \
+                 add data_sha256 = \"{actual}\" to its entry",
+                pkg.name
+            );
+            return Ok(d);
+        };
+        if want != actual {
+            return Err(Error::DataMismatch {
+                name: pkg.name.clone(),
+                expected: want.to_string(),
+                actual,
+            });
+        }
+        let dir = self.dir.join("unpacked");
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
             let t = tempfile::NamedTempFile::new_in(&dir)?;
             std::fs::write(t.path(), d.tar())?;
-            t.persist(&tar).map_err(|e| e.error)?;
-            let s = tempfile::NamedTempFile::new_in(&dir)?;
-            std::fs::write(s.path(), chunk_sums(d.tar()))?;
-            s.persist(&sums).map_err(|e| e.error)?;
-            // The whole-file checksum of earlier herd versions.
-            let _ = std::fs::remove_file(dir.join(format!("{}.tar.sha256", pkg.sha256)));
+            t.persist(self.unpacked_path(pkg)).map_err(|e| e.error)?;
+            // Checksum files of earlier herd versions, no longer trusted.
+            for old in ["sha256", "sums"] {
+                let _ = std::fs::remove_file(dir.join(format!("{}.tar.{old}", pkg.sha256)));
+            }
             Ok(())
         };
         if let Err(e) = write() {
@@ -180,30 +205,16 @@ impl Cache {
         }
         Ok(d)
     }
-}
 
-/// The bytes of each checksum in the record beside an unpacked archive.
-const SUM_CHUNK: usize = 8 << 20;
-
-/// The record: a header naming the format and length, then the sha256 of
-/// each [`SUM_CHUNK`] bytes, one per line.
-fn chunk_sums(bytes: &[u8]) -> String {
-    let sums: Vec<String> = bytes
-        .par_chunks(SUM_CHUNK)
-        .map(|c| hex::encode(Sha256::digest(c)))
-        .collect();
-    let mut out = format!("herd unpacked archive v1 {SUM_CHUNK} {}\n", bytes.len());
-    for s in sums {
-        out.push_str(&s);
-        out.push('\n');
+    fn unpacked_path(&self, pkg: &LockedPackage) -> PathBuf {
+        self.dir.join(format!("unpacked/{}.tar", pkg.sha256))
     }
-    out
 }
 
 fn map(path: &Path) -> std::io::Result<memmap2::Mmap> {
     let f = std::fs::File::open(path)?;
     // SAFETY: the cache only ever replaces an archive by renaming a new file
     // over it, never by writing into it, so the mapped pages stay this
-    // inode's; and every byte is checked against the record before use.
+    // inode's; and every byte is checked against the lock before use.
     unsafe { memmap2::Mmap::map(&f) }
 }

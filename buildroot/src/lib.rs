@@ -67,6 +67,16 @@ pub enum Error {
         /// where the bad file went
         moved_to: PathBuf,
     },
+    /// The .deb matches the lock but its data archive does not.
+    #[error("package {name}: its decompressed data archive has sha256 {actual}, but the lock's data_sha256 says {expected}; the .deb itself matches the lock's sha256, so data_sha256 is wrong: set it to {actual} (`dpkg-deb --fsys-tarfile FILE | sha256sum` prints the same)")]
+    DataMismatch {
+        /// package name
+        name: String,
+        /// data_sha256 from the lock
+        expected: String,
+        /// sha256 of the decompressed data archive
+        actual: String,
+    },
     /// The cache directory cannot be used.
     #[error("cache directory {dir} is not usable: {source} (set --cache or HERD_CACHE to a writable directory)")]
     CacheDir {

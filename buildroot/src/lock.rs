@@ -18,6 +18,14 @@ pub struct LockedPackage {
     pub arch: String,
     /// sha256 of the .deb, lowercase hex.
     pub sha256: String,
+    /// sha256 of the package's data archive, decompressed (what
+    /// `dpkg-deb --fsys-tarfile FILE | sha256sum` prints). With it, a build
+    /// reuses the decompressed copy in the package cache after checking it
+    /// against this value; without it, every build decompresses the .deb
+    /// again (a copy in the cache could have been changed by anyone who can
+    /// write the cache).
+    #[serde(default)]
+    pub data_sha256: Option<String>,
 }
 
 impl LockedPackage {
@@ -70,16 +78,22 @@ impl Lock {
             format!("line {line}, column {col}: {}", e.message())
         })?;
         let mut seen = std::collections::HashSet::new();
-        for p in &lock.packages {
-            if p.sha256.len() != 64
-                || !p
-                    .sha256
-                    .bytes()
+        let hex64 = |v: &str| {
+            v.len() == 64
+                && v.bytes()
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            {
+        };
+        for p in &lock.packages {
+            if !hex64(&p.sha256) {
                 return Err(format!(
                     "package {}: sha256 must be 64 lowercase hex digits, got {:?}",
                     p.name, p.sha256
+                ));
+            }
+            if let Some(d) = p.data_sha256.as_deref().filter(|d| !hex64(d)) {
+                return Err(format!(
+                    "package {}: data_sha256 must be 64 lowercase hex digits, got {d:?}",
+                    p.name
                 ));
             }
             if !seen.insert(&p.name) {
@@ -111,5 +125,14 @@ mod tests {
         assert!(e.contains("line 4, column 1") && e.contains("arhc"), "{e}");
         let e = Lock::parse(&ok.replace(&"ab".repeat(32), "abc")).unwrap_err();
         assert!(e.contains("64 lowercase hex"), "{e}");
+        assert_eq!(l.get("a").unwrap().data_sha256, None);
+        let pinned = ok.clone() + "data_sha256 = \"" + &"cd".repeat(32) + "\"\n";
+        let d = "cd".repeat(32);
+        assert_eq!(
+            Lock::parse(&pinned).unwrap().get("a").unwrap().data_sha256,
+            Some(d)
+        );
+        let e = Lock::parse(&pinned.replace(&"cd".repeat(32), &"CD".repeat(32))).unwrap_err();
+        assert!(e.contains("data_sha256 must be 64 lowercase hex"), "{e}");
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use herd_buildroot::{Cache, Deb, Fetch, KernelPackage, Lock};
+use sha2::Digest;
 
 fn lock() -> Lock {
     Lock::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("debian.lock")).unwrap()
@@ -198,25 +199,66 @@ fn kernel_modules_resolve_with_dependencies() {
 }
 
 #[test]
-fn a_damaged_unpacked_archive_is_made_again_from_the_deb() {
+fn the_unpacked_archive_is_used_only_as_the_lock_pins_it() {
     let real = deb("systemd-boot-efi");
     let pkg = lock().get("systemd-boot-efi").unwrap().clone();
+    assert!(pkg.data_sha256.is_some(), "the lock pins data_sha256");
     let dir = tempfile::tempdir().unwrap();
     let cached = dir.path().join(pkg.file_name());
     std::fs::copy(&real, &cached).unwrap();
     let cache = Cache::new(dir.path().to_path_buf());
     let fresh = Deb::open(&cached).unwrap().tar().to_vec();
-    // First open: decompressed from the .deb and stored with its checksums.
+    // The lock's value is what dpkg-deb gives, an independent referee.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | sha256sum",
+            cached.display()
+        ))
+        .output()
+        .unwrap();
+    let dpkg = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(dpkg.split_whitespace().next(), pkg.data_sha256.as_deref());
+    // First open: decompressed from the .deb and kept in the cache.
+    assert!(cache.open_unpacked(&pkg).is_none());
     assert_eq!(cache.open_deb(&pkg, &cached).unwrap().tar(), &fresh[..]);
     let tar = dir.path().join(format!("unpacked/{}.tar", pkg.sha256));
     assert_eq!(std::fs::read(&tar).unwrap(), fresh);
-    // One flipped byte, then a truncation: each is caught, the archive is
-    // made again, and the bytes handed out are the .deb's own.
+    assert_eq!(cache.open_unpacked(&pkg).unwrap().tar(), &fresh[..]);
+    // A changed copy (a flipped byte, a truncation, a forged archive with
+    // a checksum file beside it) is never used: the .deb is unpacked again
+    // and the copy replaced.
     let mut bad = fresh.clone();
     bad[fresh.len() / 2] ^= 1;
     for damaged in [bad, fresh[..fresh.len() - 512].to_vec()] {
         std::fs::write(&tar, &damaged).unwrap();
+        let sum = format!("{:x}", sha2::Sha256::digest(&damaged));
+        std::fs::write(tar.with_extension("tar.sha256"), &sum).unwrap();
+        assert!(cache.open_unpacked(&pkg).is_none());
         assert_eq!(cache.open_deb(&pkg, &cached).unwrap().tar(), &fresh[..]);
-        assert_eq!(std::fs::read(&tar).unwrap(), fresh, "repaired in the cache");
+        assert_eq!(std::fs::read(&tar).unwrap(), fresh, "replaced in the cache");
     }
+    // Without data_sha256 the copy is never trusted, not even a good one.
+    let unpinned = herd_buildroot::LockedPackage {
+        data_sha256: None,
+        ..pkg.clone()
+    };
+    assert!(cache.open_unpacked(&unpinned).is_none());
+    let mut forged = fresh.clone();
+    forged[fresh.len() / 3] ^= 1;
+    std::fs::write(&tar, &forged).unwrap();
+    assert_eq!(
+        cache.open_deb(&unpinned, &cached).unwrap().tar(),
+        &fresh[..]
+    );
+    // A wrong pin is an error that names the right value.
+    let wrong = herd_buildroot::LockedPackage {
+        data_sha256: Some("0".repeat(64)),
+        ..pkg.clone()
+    };
+    let e = cache.open_deb(&wrong, &cached).err().unwrap().to_string();
+    assert!(
+        e.contains(pkg.data_sha256.as_deref().unwrap()) && e.contains("data_sha256 is wrong"),
+        "{e}"
+    );
 }
