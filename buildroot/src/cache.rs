@@ -174,7 +174,7 @@ impl Cache {
         let d = Deb::open(deb)?;
         let actual = hex::encode(Sha256::digest(d.tar()));
         let Some(want) = pkg.data_sha256.as_deref() else {
-            tracing::info!(
+            tracing::warn!(
                 "the lock pins no data_sha256 for {}, so it is decompressed on every build: \
                  add data_sha256 = \"{actual}\" to its entry",
                 pkg.name
