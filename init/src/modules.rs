@@ -65,11 +65,8 @@ fn load_group(paths: &[&str]) -> usize {
 pub fn load_named(root: &str, names: &[&str]) -> usize {
     let root = root.trim_end_matches('/');
     let mut n = 0;
-    let Ok(rd) = std::fs::read_dir(format!("{root}/usr/lib/modules")) else {
-        return 0;
-    };
-    for e in rd.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path().join("herd-modules")) else {
+    for list in image_lists(root) {
+        let Ok(text) = std::fs::read_to_string(list) else {
             continue;
         };
         for path in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -80,6 +77,20 @@ pub fn load_named(root: &str, names: &[&str]) -> usize {
         }
     }
     n
+}
+
+/// The image's /usr module lists under `root` (`/` in the real root,
+/// `/sysroot` from the initramfs): `usr/lib/modules/<release>/herd-modules`,
+/// one per kernel release the image ships.
+pub fn image_lists(root: &str) -> Vec<std::path::PathBuf> {
+    let root = root.trim_end_matches('/');
+    let Ok(rd) = std::fs::read_dir(format!("{root}/usr/lib/modules")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path().join("herd-modules"))
+        .filter(|p| p.exists())
+        .collect()
 }
 
 /// The module name of a path: its file stem.

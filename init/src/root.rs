@@ -12,18 +12,12 @@ use crate::{bless, info, input, modules, provision, sys, tpm};
 const GRACE: Duration = Duration::from_secs(5);
 
 fn late_modules() -> usize {
-    let mut n = 0;
-    if let Ok(rd) = fs::read_dir("/usr/lib/modules") {
-        for e in rd.flatten() {
-            let list = e.path().join("herd-modules");
-            if list.exists() {
-                // In the background, one at a time: PID 1 lives on, and
-                // threads would leave heap arenas behind in its memory.
-                n += modules::load_list(list.to_str().unwrap_or_default(), false);
-            }
-        }
-    }
-    n
+    // In the background, one at a time: PID 1 lives on, and threads would
+    // leave heap arenas behind in its memory.
+    modules::image_lists("/")
+        .iter()
+        .map(|list| modules::load_list(list.to_str().unwrap_or_default(), false))
+        .sum()
 }
 
 fn network(cfg: &Config, hostname: &str) {
