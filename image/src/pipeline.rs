@@ -2,10 +2,13 @@
 //! its update payload.
 //!
 //! Steps: read the description and the lock; make sure every package is in
-//! the cache (fetching with apt-get when allowed); unpack what is needed;
-//! assemble `/usr` and the initramfs as in-memory trees; write the squashfs
-//! and its dm-verity tree; lay out the GPT disk; write the ESP, USR-A,
-//! USR-A-verity and STATE into it; hash every output; commit.
+//! the cache (fetching with apt-get when allowed) and open them all side by
+//! side; assemble `/usr` and the initramfs as in-memory trees; create
+//! disk.raw (its layout needs only the configured sizes) and start mke2fs
+//! on its STATE; write the squashfs and its dm-verity tree; name USR-A's
+//! partitions after the root hash; make the UKIs and the ESP; write the GPT,
+//! ESP, USR-A and USR-A-verity into disk.raw while its sha256 is taken from
+//! the same bytes in memory; write and hash the payload files; commit.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
