@@ -174,9 +174,15 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
                 let path = path.with_context(|| format!("getting package {}", pkg.name))?;
                 let deb = match unpacked {
                     Some(d) => d,
-                    None => cache
-                        .unpack(pkg, &path)
-                        .with_context(|| format!("unpacking package {}", pkg.name))?,
+                    None => {
+                        progress.info(&format!(
+                            "decompressing {} (its data archive is not in the cache yet)",
+                            pkg.name
+                        ));
+                        cache
+                            .unpack(pkg, &path)
+                            .with_context(|| format!("unpacking package {}", pkg.name))?
+                    }
                 };
                 Ok((path, deb))
             })
