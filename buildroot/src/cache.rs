@@ -136,13 +136,32 @@ impl Cache {
         Ok(file)
     }
 
-    /// Opens a verified .deb: [`Cache::open_unpacked`], else
-    /// [`Cache::unpack`].
-    pub fn open_deb(&self, pkg: &LockedPackage, deb: &Path) -> Result<Deb, Error> {
-        match self.open_unpacked(pkg) {
-            Some(d) => Ok(d),
-            None => self.unpack(pkg, deb),
-        }
+    /// The verified .deb for `pkg` ([`Cache::ensure`]) and its data archive:
+    /// the cache's decompressed copy ([`Cache::open_unpacked`], checked at
+    /// the same time as the .deb), else decompressed now ([`Cache::unpack`],
+    /// said through `progress`).
+    pub fn open(
+        &self,
+        pkg: &LockedPackage,
+        fetch: Fetch,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<(PathBuf, Deb), Error> {
+        let (path, unpacked) = rayon::join(
+            || self.ensure(pkg, fetch, progress),
+            || self.open_unpacked(pkg),
+        );
+        let path = path?;
+        let deb = match unpacked {
+            Some(d) => d,
+            None => {
+                progress(&format!(
+                    "decompressing {} (its data archive is not in the cache yet)",
+                    pkg.name
+                ));
+                self.unpack(pkg, &path)?
+            }
+        };
+        Ok((path, deb))
     }
 
     /// The package's decompressed data archive from `unpacked/<sha256>.tar`

@@ -114,12 +114,10 @@ fn kernel_modules_resolve_with_dependencies() {
     let p = deb("linux-image-6.1.0-56-cloud-amd64");
     let cache = Cache::new(cache_dir());
     let l = lock();
-    let k = KernelPackage::from_deb(
-        &cache
-            .open_deb(l.get("linux-image-6.1.0-56-cloud-amd64").unwrap(), &p)
-            .unwrap(),
-    )
-    .unwrap();
+    let kernel = l.get("linux-image-6.1.0-56-cloud-amd64").unwrap();
+    let (path, opened) = cache.open(kernel, Fetch::Never, &|_| {}).unwrap();
+    assert_eq!(path, p);
+    let k = KernelPackage::from_deb(&opened).unwrap();
     assert_eq!(k.version, "6.1.0-56-cloud-amd64");
     assert!(k.vmlinuz.len() > 1_000_000);
     assert!(k.config.contains("CONFIG_DM_VERITY=m"));
@@ -192,9 +190,7 @@ fn kernel_modules_resolve_with_dependencies() {
     let e = k.resolve(&names(&["dm-verty"])).unwrap_err();
     assert!(e.to_string().contains("did you mean \"dm_verity\""), "{e}");
     // The second open comes from the unpacked cache and gives the same bytes.
-    let again = cache
-        .open_deb(l.get("linux-image-6.1.0-56-cloud-amd64").unwrap(), &p)
-        .unwrap();
+    let (_, again) = cache.open(kernel, Fetch::Never, &|_| {}).unwrap();
     assert_eq!(KernelPackage::from_deb(&again).unwrap().vmlinuz, k.vmlinuz);
 }
 
@@ -221,7 +217,10 @@ fn the_unpacked_archive_is_used_only_as_the_lock_pins_it() {
     assert_eq!(dpkg.split_whitespace().next(), pkg.data_sha256.as_deref());
     // First open: decompressed from the .deb and kept in the cache.
     assert!(cache.open_unpacked(&pkg).is_none());
-    assert_eq!(cache.open_deb(&pkg, &cached).unwrap().tar(), &fresh[..]);
+    assert_eq!(
+        cache.open(&pkg, Fetch::Never, &|_| {}).unwrap().1.tar(),
+        &fresh[..]
+    );
     let tar = dir.path().join(format!("unpacked/{}.tar", pkg.sha256));
     assert_eq!(std::fs::read(&tar).unwrap(), fresh);
     assert_eq!(cache.open_unpacked(&pkg).unwrap().tar(), &fresh[..]);
@@ -235,7 +234,10 @@ fn the_unpacked_archive_is_used_only_as_the_lock_pins_it() {
         let sum = format!("{:x}", sha2::Sha256::digest(&damaged));
         std::fs::write(tar.with_extension("tar.sha256"), &sum).unwrap();
         assert!(cache.open_unpacked(&pkg).is_none());
-        assert_eq!(cache.open_deb(&pkg, &cached).unwrap().tar(), &fresh[..]);
+        assert_eq!(
+            cache.open(&pkg, Fetch::Never, &|_| {}).unwrap().1.tar(),
+            &fresh[..]
+        );
         assert_eq!(std::fs::read(&tar).unwrap(), fresh, "replaced in the cache");
     }
     // Without data_sha256 the copy is never trusted, not even a good one.
@@ -248,7 +250,11 @@ fn the_unpacked_archive_is_used_only_as_the_lock_pins_it() {
     forged[fresh.len() / 3] ^= 1;
     std::fs::write(&tar, &forged).unwrap();
     assert_eq!(
-        cache.open_deb(&unpinned, &cached).unwrap().tar(),
+        cache
+            .open(&unpinned, Fetch::Never, &|_| {})
+            .unwrap()
+            .1
+            .tar(),
         &fresh[..]
     );
     // A wrong pin is an error that names the right value.
@@ -256,7 +262,11 @@ fn the_unpacked_archive_is_used_only_as_the_lock_pins_it() {
         data_sha256: Some("0".repeat(64)),
         ..pkg.clone()
     };
-    let e = cache.open_deb(&wrong, &cached).err().unwrap().to_string();
+    let e = cache
+        .open(&wrong, Fetch::Never, &|_| {})
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains(pkg.data_sha256.as_deref().unwrap()) && e.contains("data_sha256 is wrong"),
         "{e}"

@@ -165,26 +165,9 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         locked
             .par_iter()
             .map(|pkg| -> Result<(PathBuf, Deb)> {
-                // The .deb and the cache's decompressed copy of its data
-                // archive are checked against the lock at the same time.
-                let (path, unpacked) = rayon::join(
-                    || cache.ensure(pkg, fetch, &|msg: &str| progress.info(msg)),
-                    || cache.open_unpacked(pkg),
-                );
-                let path = path.with_context(|| format!("getting package {}", pkg.name))?;
-                let deb = match unpacked {
-                    Some(d) => d,
-                    None => {
-                        progress.info(&format!(
-                            "decompressing {} (its data archive is not in the cache yet)",
-                            pkg.name
-                        ));
-                        cache
-                            .unpack(pkg, &path)
-                            .with_context(|| format!("unpacking package {}", pkg.name))?
-                    }
-                };
-                Ok((path, deb))
+                cache
+                    .open(pkg, fetch, &|msg: &str| progress.info(msg))
+                    .with_context(|| format!("getting package {}", pkg.name))
             })
             .collect::<Result<_>>()?
     };
