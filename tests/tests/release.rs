@@ -272,41 +272,27 @@ fn write_slot_keeps_the_rotation_and_the_trusted_time() {
         herd_ok(&["key", "generate", "--out", k.to_str().unwrap()]);
     }
     let (repo, old) = (t.join("repo"), t.join("old"));
-    let publish = |repo: &Path, key: &Path| {
-        herd_ok(&[
-            "release",
-            "publish",
-            "--image-out",
-            image.to_str().unwrap(),
-            "--repo",
-            repo.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ])
+    let release = |cmd: &str, repo: &Path, key: &Path, more: &[&str]| {
+        let mut args = vec!["release", cmd, "--repo", repo.to_str().unwrap()];
+        args.extend(["--key", key.to_str().unwrap()]);
+        args.extend(more);
+        herd_ok(&args)
     };
-    herd_ok(&[
-        "release",
-        "init",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--key",
-        k1.to_str().unwrap(),
-    ]);
+    let publish = |repo: &Path, key: &Path| {
+        release(
+            "publish",
+            repo,
+            key,
+            &["--image-out", image.to_str().unwrap()],
+        )
+    };
+    release("init", &repo, &k1, &[]);
     publish(&repo, &k1);
     // The node's image bakes root 1; the attacker keeps this copy.
     let baked = t.join("update-root.json");
     std::fs::copy(repo.join("root/1.json"), &baked).unwrap();
     run_ok(Command::new("cp").arg("-al").arg(&repo).arg(&old));
-    herd_ok(&[
-        "release",
-        "rotate",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--key",
-        k1.to_str().unwrap(),
-        "--new-key",
-        k2.to_str().unwrap(),
-    ]);
+    release("rotate", &repo, &k1, &["--new-key", k2.to_str().unwrap()]);
     publish(&repo, &k2);
 
     let state = t.join("state");
