@@ -277,8 +277,9 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
         } => {
             let keys = load_keys(&keys)?;
             let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
+            let t = now();
             let root =
-                herd_release::Repo::at(&repo).init(&refs, threshold, now() + expires_days * DAY)?;
+                herd_release::Repo::at(&repo).init(&refs, threshold, t, t + expires_days * DAY)?;
             println!(
                 "created {} with key set 1 ({} keys, threshold {})",
                 repo.display(),

@@ -19,8 +19,8 @@ pub use key::{KeyId, PublicKey, SigningKey};
 pub use metadata::{Channel, Payload, Release, Rollout, Root, SlotPcrs, Wave};
 pub use repo::Repo;
 pub use verify::{
-    compare_versions, in_wave, verify_channel, verify_root_chain, NodeState, PayloadCheck,
-    MAX_METADATA_BYTES,
+    check_channel_keys, compare_versions, in_wave, update_root, verify_channel, verify_root_chain,
+    walk_root_chain, NodeState, PayloadCheck, MAX_METADATA_BYTES, MAX_ROOT_STEPS,
 };
 
 /// What can go wrong with keys and metadata. Every variant names one attack
@@ -86,6 +86,18 @@ pub enum Error {
         got: u64,
         /// highest seen
         seen: u64,
+    },
+    /// The repository answers with an older key set than one this node has
+    /// already verified: someone undoes a key rotation (the old keys may
+    /// have leaked).
+    #[error(
+        "the repository offers key set (root) {served}, but this node already trusts root {trusted}: refusing a rollback of keys (the rotated-out keys may have leaked); if the repository was rebuilt on purpose, re-provision the node with the new repository's keys"
+    )]
+    KeyRollback {
+        /// newest root this node verified before
+        trusted: u64,
+        /// the newest root the repository serves, or whose keys signed the channel
+        served: u64,
     },
     /// The document is of another type or channel than expected.
     #[error("{0}")]

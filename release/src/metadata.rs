@@ -21,6 +21,10 @@ pub struct Root {
     pub threshold: u32,
     /// Trusted keys by id.
     pub keys: BTreeMap<KeyId, PublicKey>,
+    /// Unix seconds when it was signed: once verified, a node's idea of
+    /// "now" never goes below it (absent in repositories made before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 /// A payload file.
@@ -110,4 +114,7 @@ pub struct Channel {
     pub expires: u64,
     /// The release.
     pub release: Release,
+    /// Unix seconds when it was signed (see [`Root::signed_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }

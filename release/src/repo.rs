@@ -53,8 +53,15 @@ impl Repo {
         self.dir.join(format!("channels/{channel}.json"))
     }
 
-    /// Creates a new repository whose first key set is `keys` (all sign).
-    pub fn init(&self, keys: &[&SigningKey], threshold: u32, expires: u64) -> Result<Root, Error> {
+    /// Creates a new repository whose first key set is `keys` (all sign),
+    /// signed at `now`.
+    pub fn init(
+        &self,
+        keys: &[&SigningKey],
+        threshold: u32,
+        now: u64,
+        expires: u64,
+    ) -> Result<Root, Error> {
         if self.root_path(1).exists() {
             return Err(Error::Mismatch(format!(
                 "{} already holds a repository (root/1.json exists)",
@@ -67,6 +74,7 @@ impl Repo {
             expires,
             threshold,
             keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
+            signed_at: Some(now),
         };
         if threshold == 0 || threshold as usize > root.keys.len() {
             return Err(Error::Mismatch(format!(
@@ -122,6 +130,7 @@ impl Repo {
             expires,
             threshold,
             keys: new.iter().map(|k| (k.public().id(), k.public())).collect(),
+            signed_at: Some(now),
         };
         let mut signers: Vec<&SigningKey> = old.to_vec();
         signers.extend_from_slice(new);
@@ -202,6 +211,7 @@ impl Repo {
             seq,
             expires,
             release,
+            signed_at: Some(now),
         };
         let env = Envelope::sign(&c, keys);
         env.check(

@@ -56,11 +56,14 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     Ordering::Equal
 }
 
+/// How many newer roots a node follows in one check.
+pub const MAX_ROOT_STEPS: u64 = 100;
+
 /// Walks from the trusted root through newer roots (`root/N.json`, in
 /// order): each must be signed by a threshold of the previous root's keys
 /// and of its own, and carry the next version. Returns the newest root,
-/// which must not be expired.
-pub fn verify_root_chain(trusted: &Root, newer: &[Vec<u8>], now: u64) -> Result<Root, Error> {
+/// expired or not (for re-checking a chain a node kept).
+pub fn walk_root_chain(trusted: &Root, newer: &[Vec<u8>]) -> Result<Root, Error> {
     let mut cur = trusted.clone();
     for bytes in newer {
         size_ok(bytes, "root")?;
@@ -82,6 +85,12 @@ pub fn verify_root_chain(trusted: &Root, newer: &[Vec<u8>], now: u64) -> Result<
         }
         cur = next;
     }
+    Ok(cur)
+}
+
+/// [`walk_root_chain`], and the newest root must not be expired at `now`.
+pub fn verify_root_chain(trusted: &Root, newer: &[Vec<u8>], now: u64) -> Result<Root, Error> {
+    let cur = walk_root_chain(trusted, newer)?;
     if cur.expires <= now {
         return Err(Error::Expired {
             what: "root",
@@ -90,6 +99,95 @@ pub fn verify_root_chain(trusted: &Root, newer: &[Vec<u8>], now: u64) -> Result<
         });
     }
     Ok(cur)
+}
+
+/// The root document inside root file bytes, unverified (only to name
+/// the key set that signed something already refused).
+fn root_document(bytes: &[u8]) -> Option<Root> {
+    size_ok(bytes, "root").ok()?;
+    Envelope::parse(bytes, "root").ok()?.document("root").ok()
+}
+
+/// The newest version below `below` that `fetch` serves (0: none).
+fn newest_served_below<E>(
+    below: u64,
+    fetch: &mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, E>,
+) -> Result<u64, E> {
+    for n in (1..below).rev() {
+        if fetch(n)?.is_some() {
+            return Ok(n);
+        }
+    }
+    Ok(0)
+}
+
+/// Brings the node's trusted root up to date from a repository whose
+/// `root/N.json` files `fetch(N)` returns (`None`: not served). The
+/// repository must still serve the trusted root itself, unchanged: one
+/// that serves only older key sets is refused with [`Error::KeyRollback`],
+/// so answering 404 cannot undo a rotation. Returns the newest root (not
+/// expired at `now`) and the files of the roots past `trusted`, in order.
+pub fn update_root<E: From<Error>>(
+    trusted: &Root,
+    now: u64,
+    fetch: &mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, E>,
+) -> Result<(Root, Vec<Vec<u8>>), E> {
+    let Some(same) = fetch(trusted.version)? else {
+        let served = newest_served_below(trusted.version, fetch)?;
+        return Err(Error::KeyRollback {
+            trusted: trusted.version,
+            served,
+        }
+        .into());
+    };
+    if root_document(&same).as_ref() != Some(trusted) {
+        return Err(Error::Mismatch(format!(
+            "the repository's root/{v}.json is not the key set this node verified as root {v}: a forked or altered repository",
+            v = trusted.version
+        ))
+        .into());
+    }
+    let mut newer = Vec::new();
+    for n in trusted.version + 1..=trusted.version + MAX_ROOT_STEPS {
+        match fetch(n)? {
+            Some(b) => newer.push(b),
+            None => break,
+        }
+    }
+    let root = verify_root_chain(trusted, &newer, now)?;
+    Ok((root, newer))
+}
+
+/// Checks that channel metadata `bytes` carry a threshold of `root`'s
+/// signatures. When they do not, but the keys of an older root the
+/// repository serves (`fetch`) did sign them, that is a rollback of keys:
+/// [`Error::KeyRollback`] instead of a plain [`Error::Signatures`].
+pub fn check_channel_keys<E: From<Error>>(
+    root: &Root,
+    bytes: &[u8],
+    fetch: &mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, E>,
+) -> Result<(), E> {
+    size_ok(bytes, "channel metadata")?;
+    let env = Envelope::parse(bytes, "channel metadata")?;
+    let Err(refused) = env.check(&root.keys, root.threshold, "channel metadata") else {
+        return Ok(());
+    };
+    for n in (1..root.version).rev() {
+        let Some(old) = fetch(n)?.as_deref().and_then(root_document) else {
+            continue;
+        };
+        if env
+            .check(&old.keys, old.threshold, "channel metadata")
+            .is_ok()
+        {
+            return Err(Error::KeyRollback {
+                trusted: root.version,
+                served: n,
+            }
+            .into());
+        }
+    }
+    Err(refused.into())
 }
 
 /// Verifies channel metadata against `root` and the node's state; returns

@@ -13,6 +13,7 @@ fn root(version: u64, keys: &[&SigningKey], threshold: u32) -> Root {
         expires: NOW + 365 * 86400,
         threshold,
         keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
+        signed_at: Some(NOW - 3600),
     }
 }
 
@@ -46,6 +47,7 @@ fn channel(version: &str, seq: u64, expires: u64) -> Channel {
             rollout: None,
             pcrs: BTreeMap::new(),
         },
+        signed_at: Some(NOW - 60),
     }
 }
 
@@ -284,6 +286,68 @@ fn keys_rotate_through_the_root_chain() {
         verify_root_chain(&r1, &[Envelope::sign(&r2x, &[&old, &new]).to_bytes()], NOW),
         Err(Error::Expired { .. })
     ));
+}
+
+/// A repository as a node sees it: root files by version.
+fn serving<'a>(roots: &'a [&'a Vec<u8>]) -> impl FnMut(u64) -> Result<Option<Vec<u8>>, Error> + 'a {
+    move |n| Ok(roots.get(n as usize - 1).map(|b| b.to_vec()))
+}
+
+#[test]
+fn a_repository_cannot_undo_a_key_rotation() {
+    let (old, new) = (
+        SigningKey::generate().unwrap(),
+        SigningKey::generate().unwrap(),
+    );
+    let r1 = root(1, &[&old], 1);
+    let f1 = Envelope::sign(&r1, &[&old]).to_bytes();
+    let r2 = root(2, &[&new], 1);
+    let f2 = Envelope::sign(&r2, &[&old, &new]).to_bytes();
+    // The node starting from root 1 follows the rotation and keeps root 2's file.
+    let (current, newer) = update_root(&r1, NOW, &mut serving(&[&f1, &f2])).unwrap();
+    assert_eq!((current.version, newer), (2, vec![f2.clone()]));
+    // From root 2, the same repository is fine (nothing newer).
+    let (current, newer) = update_root(&r2, NOW, &mut serving(&[&f1, &f2])).unwrap();
+    assert_eq!((current.version, newer.len()), (2, 0));
+
+    let from_2_to_1 = |e: &Error| {
+        matches!(
+            e,
+            Error::KeyRollback {
+                trusted: 2,
+                served: 1
+            }
+        )
+    };
+    // The attacker answers 404 for root/2.json: refused, naming both versions.
+    let e = update_root(&r2, NOW, &mut serving(&[&f1])).unwrap_err();
+    assert!(from_2_to_1(&e), "{e}");
+    assert!(
+        e.to_string().contains("offers key set (root) 1")
+            && e.to_string().contains("already trusts root 2"),
+        "{e}"
+    );
+    // ... or keeps root/2.json but signs the channel (higher seq) with the old key.
+    let leaked = signed(&channel("0.9.0", 99, NOW + 60), &[&old]);
+    let e = check_channel_keys(&r2, &leaked, &mut serving(&[&f1, &f2])).unwrap_err();
+    assert!(from_2_to_1(&e), "{e}");
+    // The current key passes; a stranger's key stays a plain signature error.
+    let good = signed(&channel("0.9.0", 99, NOW + 60), &[&new]);
+    check_channel_keys(&r2, &good, &mut serving(&[&f1, &f2])).unwrap();
+    let stranger = SigningKey::generate().unwrap();
+    let e = check_channel_keys(
+        &r2,
+        &signed(&channel("0.9.0", 99, NOW + 60), &[&stranger]),
+        &mut serving(&[&f1, &f2]),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Signatures { .. }), "{e}");
+    // A different root 2 (signed by the leaked key and a key of the attacker's) is a fork.
+    let mut forged = root(2, &[&stranger], 1);
+    forged.signed_at = Some(NOW);
+    let f2x = Envelope::sign(&forged, &[&old, &stranger]).to_bytes();
+    let e = update_root(&r2, NOW, &mut serving(&[&f1, &f2x])).unwrap_err();
+    assert!(e.to_string().contains("forked or altered"), "{e}");
 }
 
 #[test]

@@ -236,3 +236,126 @@ fn publish_without_a_build_is_explained() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `herd-update write-slot` (the node's updater binary) against `port`,
+/// with the node-side state in `state`.
+fn write_slot(port: u16, tmp: &Path, baked: &Path, state: &Path) -> std::process::Output {
+    run(Command::new(bin_dir().join("herd-update"))
+        .arg("write-slot")
+        .args(["--repository", &format!("http://127.0.0.1:{port}")])
+        .arg("--root")
+        .arg(baked)
+        .arg("--usr")
+        .arg(tmp.join("usr"))
+        .arg("--verity")
+        .arg(tmp.join("verity"))
+        .arg("--state-dir")
+        .arg(state))
+}
+
+fn state_json(state: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap()
+}
+
+/// The attack of issue 14: after the operator rotated away from a leaked
+/// key, whoever controls the repository answers 404 for root/2.json and
+/// serves a higher sequence signed by the leaked key. herd-update keeps the
+/// newest root it verified and refuses; and the newest signing time it saw
+/// stays its "now" when the clock is behind.
+#[test]
+fn write_slot_keeps_the_rotation_and_the_trusted_time() {
+    let image = default_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (k1, k2) = (t.join("k1.json"), t.join("k2.json"));
+    for k in [&k1, &k2] {
+        herd_ok(&["key", "generate", "--out", k.to_str().unwrap()]);
+    }
+    let (repo, old) = (t.join("repo"), t.join("old"));
+    let release = |cmd: &str, repo: &Path, key: &Path, more: &[&str]| {
+        let mut args = vec!["release", cmd, "--repo", repo.to_str().unwrap()];
+        args.extend(["--key", key.to_str().unwrap()]);
+        args.extend(more);
+        herd_ok(&args)
+    };
+    let publish = |repo: &Path, key: &Path| {
+        release(
+            "publish",
+            repo,
+            key,
+            &["--image-out", image.to_str().unwrap()],
+        )
+    };
+    release("init", &repo, &k1, &[]);
+    publish(&repo, &k1);
+    // The node's image bakes root 1; the attacker keeps this copy.
+    let baked = t.join("update-root.json");
+    std::fs::copy(repo.join("root/1.json"), &baked).unwrap();
+    run_ok(Command::new("cp").arg("-al").arg(&repo).arg(&old));
+    release("rotate", &repo, &k1, &["--new-key", k2.to_str().unwrap()]);
+    publish(&repo, &k2);
+
+    let state = t.join("state");
+    {
+        let (_srv, port) = serve(&repo);
+        let o = write_slot(port, t, &baked, &state);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let s = state_json(&state);
+    assert_eq!(s["highest_seq"], 2);
+    let roots = s["roots"].as_array().unwrap();
+    assert_eq!(roots.len(), 1, "{s}");
+    assert!(
+        roots[0]["signed"]
+            .as_str()
+            .unwrap()
+            .contains("\"version\": 2"),
+        "{s}"
+    );
+
+    // The leaked key 1 publishes sequences 2 and 3 where root/2.json is 404.
+    publish(&old, &k1);
+    assert!(publish(&old, &k1).contains("sequence 3"));
+    let refused = "the repository offers key set (root) 1, but this node already trusts root 2: refusing a rollback of keys";
+    {
+        let (_srv, port) = serve(&old);
+        let o = write_slot(port, t, &baked, &state);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(refused), "{err}");
+        // Without the kept root, the same repository is taken: that is the hole.
+        let fresh = write_slot(port, t, &baked, &t.join("fresh-state"));
+        assert!(
+            fresh.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fresh.stderr)
+        );
+        // Serving root/2.json (it is public) does not help the attacker.
+        std::fs::copy(repo.join("root/2.json"), old.join("root/2.json")).unwrap();
+        let o = write_slot(port, t, &baked, &state);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(refused), "{err}");
+    }
+    assert_eq!(state_json(&state)["highest_seq"], 2);
+
+    // This host's clock is 40 days behind metadata the node verified (as a
+    // node whose clock reset would be): the channel that expires in 30 days
+    // by the clock is expired by the trusted time, and refused.
+    let mut s = state_json(&state);
+    let seen = s["trusted_time"].as_u64().unwrap();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(seen + 60 > clock && seen <= clock, "{seen} vs {clock}");
+    s["trusted_time"] = (clock + 40 * 86_400).into();
+    std::fs::write(state.join("state.json"), s.to_string()).unwrap();
+    let (_srv, port) = serve(&repo);
+    let o = write_slot(port, t, &baked, &state);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("channel metadata expired at")
+            && err.contains(&format!("(now {})", clock + 40 * 86_400)),
+        "{err}"
+    );
+}

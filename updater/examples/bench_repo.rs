@@ -43,7 +43,7 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    repo.init(&[&key], 1, now + 86_400).unwrap();
+    repo.init(&[&key], 1, now, now + 86_400).unwrap();
     let mut payloads = BTreeMap::new();
     for (role, bytes) in files {
         let f = dir.join(role);

@@ -4,16 +4,13 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use herd_gpt::{Guid, Table};
-use herd_release::{
-    verify_channel, verify_root_chain, Envelope, NodeState, PayloadCheck, Release, Root,
-    MAX_METADATA_BYTES,
-};
+use herd_release::{Envelope, NodeState, PayloadCheck, Release, Root, MAX_METADATA_BYTES};
 
 use crate::config::UpdateConfig;
 use crate::esp::{Esp, UKIS};
 use crate::slots::Slots;
 use crate::state::{boot_id, Pending, State};
-use crate::{http, io, now, Error};
+use crate::{http, io, now, trust, Error};
 
 /// What a check found.
 #[derive(Debug)]
@@ -24,44 +21,39 @@ pub enum Found {
     Release(Release),
 }
 
-/// Fetches the root chain (`root/N.json` past the trusted one) and the
-/// channel metadata; verifies both.
+/// Fetches the root chain (`root/N.json` from the newest trusted one on)
+/// and the channel metadata; verifies both with the trust kept in `state`
+/// and records what was newly verified there.
 fn fetch_channel(
     cfg: &UpdateConfig,
-    trusted: &Root,
+    baked: &Root,
+    state: &mut State,
     ns: &NodeState,
     node_id: &str,
 ) -> Result<(herd_release::Channel, bool), Error> {
     let base = cfg.repository.trim_end_matches('/');
-    let mut newer = Vec::new();
-    for n in trusted.version + 1..trusted.version + 100 {
-        match http::get_small(&format!("{base}/root/{n}.json"), MAX_METADATA_BYTES)? {
-            Some(b) => newer.push(b),
-            None => break,
-        }
-    }
-    let t = now();
-    let root = verify_root_chain(trusted, &newer, t)?;
-    let url = format!("{base}/channels/{}.json", cfg.channel);
-    let bytes = http::get_small(&url, MAX_METADATA_BYTES)?.ok_or_else(|| Error::Http {
-        url: url.clone(),
-        message: format!(
-            "the repository has no channel {:?} (404): check `channel` in the update configuration",
-            cfg.channel
-        ),
-    })?;
-    Ok(verify_channel(&root, &bytes, &cfg.channel, ns, node_id, t)?)
+    trust::verify_repository(
+        cfg,
+        baked,
+        state,
+        ns,
+        node_id,
+        now(),
+        trust::image_build_time(),
+        &mut |path| http::get_small(&format!("{base}/{path}"), MAX_METADATA_BYTES),
+    )
 }
 
-/// The newest release on the channel, verified, whatever this node runs
-/// (for `herd-update write-slot`).
-pub fn newest(cfg: &UpdateConfig, trusted: &Root, state: &mut State) -> Result<Release, Error> {
+/// The newest release on the channel, verified with the same trust state
+/// and refusals as a node (except that any version may be written), for
+/// `herd-update write-slot`.
+pub fn newest(cfg: &UpdateConfig, baked: &Root, state: &mut State) -> Result<Release, Error> {
     let ns = NodeState {
         highest_seq: state.highest_seq,
         installed: "0".into(),
-        bad: Vec::new(),
+        bad: state.bad.clone(),
     };
-    let (c, _) = fetch_channel(cfg, trusted, &ns, "write-slot")?;
+    let (c, _) = fetch_channel(cfg, baked, state, &ns, "write-slot")?;
     state.highest_seq = state.highest_seq.max(c.seq);
     Ok(c.release)
 }
@@ -69,18 +61,17 @@ pub fn newest(cfg: &UpdateConfig, trusted: &Root, state: &mut State) -> Result<R
 /// Checks the repository: what, if anything, this node should install.
 pub fn check(
     cfg: &UpdateConfig,
-    trusted: &Root,
+    baked: &Root,
     slots: &Slots,
     state: &mut State,
     node_id: &str,
 ) -> Result<Found, Error> {
-    let t = now();
     let ns = NodeState {
         highest_seq: state.highest_seq,
         installed: slots.version.clone(),
         bad: state.bad.clone(),
     };
-    let (c, take) = match fetch_channel(cfg, trusted, &ns, node_id) {
+    let (c, take) = match fetch_channel(cfg, baked, state, &ns, node_id) {
         Err(Error::Release(herd_release::Error::KnownBad(v))) => {
             return Ok(Found::Nothing(format!(
                 "{v} is the newest release on {} but failed to boot here before: staying on {}",
@@ -90,7 +81,7 @@ pub fn check(
         other => other?,
     };
     state.highest_seq = state.highest_seq.max(c.seq);
-    state.last_check = t;
+    state.last_check = trust::trusted_now(now(), trust::image_build_time(), state, baked);
     if state
         .pending
         .as_ref()
@@ -265,7 +256,9 @@ pub fn reconcile(slots: &Slots, state: &mut State) -> Option<String> {
     }
 }
 
-/// Loads the trusted root baked into `/usr`.
+/// Loads the trusted root baked into `/usr` (the start of the chain; the
+/// newer roots this node verified since are kept in its state, see
+/// [`crate::trust::current_root`]).
 pub fn trusted_root(path: &Path) -> Result<Root, Error> {
     let bytes =
         std::fs::read(path).map_err(io(format!("reading the trusted keys {}", path.display())))?;

@@ -14,6 +14,7 @@ pub mod esp;
 pub mod http;
 pub mod slots;
 pub mod state;
+pub mod trust;
 
 /// What can go wrong; every variant is one clear log line.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,24 @@ pub enum Error {
         url: String,
         /// what happened
         message: String,
+    },
+    /// A transfer that did not finish in time (a slow or trickling server).
+    #[error(
+        "fetching {url}: not finished after {secs} s, the deadline for this transfer: the server or the network is too slow, or trickles bytes on purpose; the next check tries again (a payload resumes where it stopped)"
+    )]
+    Deadline {
+        /// the URL
+        url: String,
+        /// the deadline, seconds
+        secs: u64,
+    },
+    /// The key sets kept in the state do not follow from the baked keys.
+    #[error(
+        "the key sets this node verified before (\"roots\" in state.json of the updater's state directory, /var/lib/herd/update on a node) do not follow from the keys baked into the image: {cause}; if the image now trusts another repository on purpose, remove \"roots\" from that file, else the state was tampered with"
+    )]
+    KeptRoots {
+        /// why they do not verify
+        cause: herd_release::Error,
     },
     /// Metadata or payload refused.
     #[error(transparent)]

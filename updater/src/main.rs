@@ -56,7 +56,8 @@ enum Cmd {
         /// Channel.
         #[arg(long, default_value = "stable")]
         channel: String,
-        /// The repository's trusted key set (root/1.json).
+        /// The repository's trusted key set (root/1.json), as baked into a
+        /// node's image.
         #[arg(long)]
         root: PathBuf,
         /// Where the /usr image goes.
@@ -65,7 +66,9 @@ enum Cmd {
         /// Where the verity tree goes.
         #[arg(long)]
         verity: PathBuf,
-        /// Where the resume state is kept.
+        /// The updater state, as a node keeps it in /var/lib/herd/update:
+        /// newest verified key set, highest sequence, trusted time, bad
+        /// versions, resume point. Checked and updated like a node's.
         #[arg(long)]
         state_dir: PathBuf,
     },
@@ -318,7 +321,11 @@ fn write_slot(
         }
     }
     let mut state = State::load(state_dir)?;
-    let rel = herd_update::apply::newest(&cfg, &trusted, &mut state)?;
+    let found = herd_update::apply::newest(&cfg, &trusted, &mut state);
+    // What was verified (a newer root, the trusted time) is kept even when
+    // the channel is refused, as on a node.
+    state.save(state_dir)?;
+    let rel = found?;
     let start = std::time::Instant::now();
     herd_update::download::write_slot(
         repository.trim_end_matches('/'),

@@ -46,10 +46,22 @@ pub struct State {
     pub last_error: Option<String>,
     /// When the repository was last checked.
     pub last_check: u64,
+    /// Root files (envelopes, exactly as signed) verified past the key set
+    /// baked into the image, oldest first: the root chain starts from the
+    /// newest of them, so a repository cannot undo a key rotation. Kept in
+    /// this file so the newest root, the highest sequence and the trusted
+    /// time are saved together by one atomic rename.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<herd_release::Envelope>,
+    /// The newest signing time (unix seconds) of metadata verified here:
+    /// this node's "now" never goes below it (see [`crate::trust`]).
+    #[serde(default)]
+    pub trusted_time: u64,
 }
 
 impl State {
-    fn path(dir: &Path) -> PathBuf {
+    /// The state file in `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
         dir.join("state.json")
     }
 
