@@ -41,7 +41,12 @@ fn probe_image() -> &'static Path {
 
 /// A private, writable copy of an image's disk.
 fn disk_copy(image: &Path, dir: &Path) -> PathBuf {
-    let d = dir.join("disk.raw");
+    disk_copy_named(image, dir, "disk.raw")
+}
+
+/// A private, writable copy of an image's disk, named `name` in `dir`.
+fn disk_copy_named(image: &Path, dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
     // cp --sparse keeps the copy quick and small.
     run_ok(
         Command::new("cp")
@@ -272,13 +277,7 @@ fn wrong_root_hash_names_the_missing_partition_and_reboots() {
 /// from another image); without, it is a byte copy with every PARTUUID the
 /// boot disk has.
 fn stick(image: &Path, dir: &Path, new_esp_uuid: bool) -> PathBuf {
-    let stick = dir.join("stick.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(image.join("disk.raw"))
-            .arg(&stick),
-    );
+    let stick = disk_copy_named(image, dir, "stick.raw");
     run_ok(
         Command::new("mdel")
             .arg("-i")
