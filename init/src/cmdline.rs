@@ -32,19 +32,25 @@ impl Cmdline {
         c
     }
 
-    /// The root hash as bytes, checked.
+    /// The root hash as bytes, checked: exactly 64 ASCII hex digits (either
+    /// case; `parse` lowered them). Anything else, including a non-ASCII
+    /// value, is an error naming the value, never a panic.
     pub fn root_hash(&self) -> Result<[u8; 32], String> {
         let h = self
             .usrhash
             .as_deref()
             .ok_or("no usrhash= on the kernel command line")?;
-        let mut out = [0u8; 32];
-        if h.len() != 64 {
-            return Err(format!("usrhash={h} is not 64 hex digits"));
+        let b = h.as_bytes();
+        if b.len() != 64 || !b.iter().all(u8::is_ascii_hexdigit) {
+            return Err(format!(
+                "usrhash={} is not 64 hex digits (the dm-verity root hash of /usr): the boot entry is broken",
+                h.escape_debug()
+            ));
         }
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("usrhash={h} is not hex"))?;
+        let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+            *o = digit(pair[0]) << 4 | digit(pair[1]);
         }
         Ok(out)
     }
@@ -70,5 +76,46 @@ mod tests {
         assert_eq!(c.root_hash().unwrap()[0], 0xab);
         assert!(Cmdline::parse("usrhash=12").root_hash().is_err());
         assert!(Cmdline::parse("").root_hash().is_err());
+    }
+
+    #[test]
+    fn usrhash_is_exactly_64_hex_digits() {
+        let upper = "AB".repeat(32);
+        let h = Cmdline::parse(&format!("usrhash={upper}"))
+            .root_hash()
+            .unwrap();
+        assert_eq!(h, [0xab; 32], "upper case is read as hex");
+        let mixed = format!("{}{}", "0f".repeat(31), "F0");
+        assert_eq!(
+            Cmdline::parse(&format!("usrhash={mixed}"))
+                .root_hash()
+                .unwrap()[31],
+            0xf0
+        );
+        // 64 bytes, but multi-byte characters: a slice at byte 2*i would
+        // cut one in half and panic.
+        let non_ascii = format!("{}é{}", "a".repeat(30), "b".repeat(32));
+        assert_eq!(non_ascii.len(), 64);
+        let e = Cmdline::parse(&format!("usrhash={non_ascii}"))
+            .root_hash()
+            .unwrap_err();
+        assert!(e.contains("is not 64 hex digits"), "{e}");
+        for bad in [
+            "a".repeat(63),
+            "a".repeat(65),
+            "a".repeat(128),
+            format!("{}g", "a".repeat(63)),
+            format!("+{}", "a".repeat(63)),
+            format!("{} ", "a".repeat(63)),
+            "é".repeat(32),
+        ] {
+            let e = Cmdline {
+                usrhash: Some(bad.clone()),
+                ..Cmdline::default()
+            }
+            .root_hash()
+            .unwrap_err();
+            assert!(e.contains("is not 64 hex digits"), "{bad}: {e}");
+        }
     }
 }

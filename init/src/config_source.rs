@@ -1,5 +1,6 @@
 //! Where a node finds its configuration: QEMU's fw_cfg, or a file system
-//! labelled `CONFIG` (FAT, ISO 9660 or ext4) holding `herd.toml`.
+//! labelled `CONFIG` (FAT, ISO 9660 or ext4) holding `herd.toml`; and the
+//! record on STATE that provisioning is closed, after which neither is read.
 
 use std::fs;
 use std::io::Read;
@@ -13,6 +14,69 @@ pub const FW_CFG_PATH: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/herd/config
 pub const LABEL: &str = "CONFIG";
 /// The file read from that file system.
 pub const FILE: &str = "herd.toml";
+
+/// The record that provisioning is closed, relative to the node root (on
+/// STATE). herd-init writes it when the first boot with provisioning
+/// reaches `ready`, whatever came of it; once it exists, fw_cfg and CONFIG
+/// disks are never read again.
+pub const CLOSED: &str = "var/lib/herd/provisioning-closed";
+
+/// How an operator provisions a closed node again, for the console line.
+pub const REOPEN: &str = "to provision this node again, re-flash its disk, or remove \
+    /var/lib/herd/provisioning-closed and /var/lib/herd/provisioned from its STATE partition \
+    with the disk attached to another machine (docs/PROVISIONING.md)";
+
+/// What came of the boot that closed provisioning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A configuration was applied.
+    Applied,
+    /// A configuration was found and refused (or could not be read).
+    Refused,
+    /// herd-provision failed, or was stopped.
+    Failed,
+    /// No configuration was attached.
+    NoneFound,
+}
+
+impl Outcome {
+    /// The word in the record and on the console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+            Outcome::NoneFound => "none-found",
+        }
+    }
+}
+
+/// The outcome word of the closing record under `root`, if provisioning is
+/// closed (`?` when the record is there but says none).
+pub fn closed(root: &Path) -> Option<String> {
+    let text = fs::read_to_string(root.join(CLOSED)).ok()?;
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("outcome="))
+            .map(|o| o.trim().to_string())
+            .unwrap_or_else(|| "?".into()),
+    )
+}
+
+/// Writes the closing record under `root` durably: a temporary file,
+/// synced, renamed into place, and the directory synced.
+pub fn close(root: &Path, outcome: Outcome) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = root.join(CLOSED);
+    let dir = path.parent().unwrap_or(root);
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(".provisioning-closed.new");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(format!("outcome={}\n", outcome.as_str()).as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    fs::File::open(dir)?.sync_all()
+}
 
 /// A file system type the node can mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +204,26 @@ mod tests {
         iso[32808..32840].copy_from_slice(b"CONFIG                          ");
         assert_eq!(probe(&iso), Some((FsType::Iso9660, "CONFIG".into())));
         assert_eq!(probe(&[0u8; 100]), None);
+    }
+
+    #[test]
+    fn closing_is_recorded_and_read_back() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(closed(root.path()), None);
+        close(root.path(), Outcome::Refused).unwrap();
+        assert_eq!(closed(root.path()).as_deref(), Some("refused"));
+        assert_eq!(
+            fs::read_to_string(root.path().join(CLOSED)).unwrap(),
+            "outcome=refused\n"
+        );
+        close(root.path(), Outcome::NoneFound).unwrap();
+        assert_eq!(closed(root.path()).as_deref(), Some("none-found"));
+        fs::write(root.path().join(CLOSED), "").unwrap();
+        assert_eq!(
+            closed(root.path()).as_deref(),
+            Some("?"),
+            "an empty record still closes"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::io::{ErrorKind, Read};
 use std::time::Duration;
 
 use herd_gpt::{types, Guid};
+use herd_init::bootcount::{decode_efivar_utf16, LOADER_GUID};
 use herd_init::cmdline::Cmdline;
 
 use herd_init::disks;
@@ -134,27 +135,43 @@ pub fn run() -> ! {
             ));
         }
     }
-    let seen = || {
-        disks::scan()
-            .iter()
-            .map(|p| format!("{}={}", p.name, p.entry.name))
-            .collect::<Vec<_>>()
-            .join(" ")
+    let esp = loader_esp();
+    let waited = std::time::Instant::now();
+    let chosen = loop {
+        let parts = disks::scan();
+        match disks::boot_disk(&parts, data_uuid, hash_uuid, esp) {
+            Ok(c) => break c,
+            Err(e) if e.is_final() => fatal(&e.to_string()),
+            Err(e) if waited.elapsed() >= PART_WAIT => {
+                let seen = parts
+                    .iter()
+                    .map(|p| format!("{}={}", p.name, p.entry.name))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let what = match e {
+                    disks::BootDiskError::MissingUsr(u) => {
+                        format!("USR partition of slot {slot} (PARTUUID {u})")
+                    }
+                    disks::BootDiskError::MissingVerity(u) => {
+                        format!("USR-verity partition of slot {slot} (PARTUUID {u})")
+                    }
+                    other => fatal(&format!("{other} (waited {} s)", PART_WAIT.as_secs())),
+                };
+                fatal(&format!(
+                    "{what} did not appear within {} s; partitions seen: [{seen}]",
+                    PART_WAIT.as_secs()
+                ))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(25)),
+        }
     };
-    let data = disks::wait_for(&disks::by_uuid(data_uuid), PART_WAIT).unwrap_or_else(|| {
-        fatal(&format!(
-            "USR partition of slot {slot} (PARTUUID {data_uuid}) did not appear within {} s; partitions seen: [{}]",
-            PART_WAIT.as_secs(),
-            seen()
-        ))
-    });
-    let hash = disks::wait_for(&disks::by_uuid(hash_uuid), PART_WAIT).unwrap_or_else(|| {
-        fatal(&format!(
-            "USR-verity partition of slot {slot} (PARTUUID {hash_uuid}) did not appear within {} s; partitions seen: [{}]",
-            PART_WAIT.as_secs(),
-            seen()
-        ))
-    });
+    for other in &chosen.ignored {
+        info!(
+            "boot disk: ignoring {other}: it carries the /usr partitions of this usrhash too, but the node boots from {}",
+            chosen.disk
+        );
+    }
+    let (data, hash) = (chosen.usr, chosen.verity);
     info!("found usr {} and usr-verity {}", data.dev, hash.dev);
 
     let mut sb = [0u8; 512];
@@ -345,6 +362,49 @@ pub fn run() -> ! {
     fatal(&format!(
         "cannot exec /usr/bin/herd-init in the real root: {e}"
     ))
+}
+
+/// The PARTUUID of the ESP the boot loader ran from (systemd-boot's
+/// `LoaderDevicePartUUID`), when booted through UEFI and the loader set it.
+/// efivarfs is mounted here (the initramfs carries its module in the
+/// shipped images); it stays mounted for the real root's blessing. Says in
+/// one line which rule picks the boot disk.
+fn loader_esp() -> Option<Guid> {
+    const EFIVARS: &str = "/sys/firmware/efi/efivars";
+    let var = format!("{EFIVARS}/LoaderDevicePartUUID-{LOADER_GUID}");
+    let fallback = "exactly one disk may carry the /usr partitions of this usrhash";
+    if fs::metadata("/sys/firmware/efi").is_err() {
+        info!("boot disk: not booted through UEFI; {fallback}");
+        return None;
+    }
+    let empty = fs::read_dir(EFIVARS)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true);
+    if empty {
+        if let Err(e) = sys::mount(
+            "efivarfs",
+            EFIVARS,
+            "efivarfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "",
+        ) {
+            info!("boot disk: cannot mount efivarfs ({e}; is the efivarfs module in kernel.initrd_modules?); {fallback}");
+            return None;
+        }
+    }
+    let Some(raw) = fs::read(&var).ok().and_then(|r| decode_efivar_utf16(&r)) else {
+        info!("boot disk: the boot loader set no LoaderDevicePartUUID (direct kernel boot, or a loader that does not set it); {fallback}");
+        return None;
+    };
+    match Guid::parse(&raw.trim().to_ascii_lowercase()) {
+        Ok(g) => {
+            info!("boot disk: the boot loader ran from the ESP with PARTUUID {g}; /usr and STATE come from that disk only");
+            Some(g)
+        }
+        Err(_) => fatal(&format!(
+            "the boot loader's LoaderDevicePartUUID {raw:?} is not a GUID: refusing to guess the boot disk"
+        )),
+    }
 }
 
 fn hex_lower(b: &[u8]) -> String {

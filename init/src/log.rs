@@ -1,4 +1,5 @@
 //! Console logging: one line per step, with the time since kernel start.
+//! Write errors are ignored everywhere: PID 1 must not panic on a console.
 
 use std::io::Write;
 
@@ -12,6 +13,14 @@ pub fn line(msg: &str) {
         t.as_secs(),
         t.subsec_millis()
     );
+    let _ = out.flush();
+}
+
+/// Prints a service's output line as `name: line`. A failed console write
+/// (a hung-up or full serial line) is dropped: `println!` would panic PID 1.
+pub fn service_line(name: &str, line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{name}: {line}");
     let _ = out.flush();
 }
 

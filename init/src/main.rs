@@ -17,6 +17,7 @@ mod supervise;
 mod sys;
 mod tpm;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,6 +33,39 @@ pub fn fatal(msg: &str) -> ! {
     }
 }
 
+/// The FATAL message for a panic: what it said and where. PID 1 must not
+/// return or unwind out of a panic (the kernel would panic with "Attempted
+/// to kill init" and count nothing), so the hook takes [`fatal`]'s path.
+fn panic_message(payload: &dyn std::any::Any, at: Option<&std::panic::Location>) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("unnamed");
+    match at {
+        Some(l) => format!(
+            "herd-init panicked in thread {name} at {}:{}: {what} (a bug in herd-init: please report it with this line)",
+            l.file(),
+            l.line()
+        ),
+        None => format!(
+            "herd-init panicked in thread {name}: {what} (a bug in herd-init: please report it with this line)"
+        ),
+    }
+}
+
+/// As PID 1, a panic on any thread logs one FATAL line and reboots, the
+/// same path a fatal error takes (in the initramfs the boot loader counts
+/// the try). It runs before the release profile's abort, on the panicking
+/// thread, and never returns.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|p| {
+        fatal(&panic_message(p.payload(), p.location()));
+    }));
+}
+
 const USAGE: &str = "usage: herd-init [poweroff|reboot]\n\
     As PID 1 (the kernel starts it) it brings up the node. Run by hand it asks\n\
     PID 1 to power off (SIGUSR2) or reboot (SIGUSR1) cleanly.";
@@ -39,6 +73,7 @@ const USAGE: &str = "usage: herd-init [poweroff|reboot]\n\
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if std::process::id() == 1 {
+        install_panic_hook();
         if args.iter().any(|a| a == "--root-stage") {
             root::run();
         }
@@ -48,19 +83,46 @@ fn main() -> ExitCode {
         Some("poweroff") => libc::SIGUSR2,
         Some("reboot") => libc::SIGUSR1,
         Some("-h") | Some("--help") => {
-            println!("{USAGE}");
+            let _ = writeln!(std::io::stdout(), "{USAGE}");
             return ExitCode::SUCCESS;
         }
         _ => {
-            eprintln!("{USAGE}");
+            let _ = writeln!(std::io::stderr(), "{USAGE}");
             return ExitCode::from(2);
         }
     };
     match sys::kill(1, sig) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("herd-init: cannot signal PID 1: {e}");
+            let _ = writeln!(std::io::stderr(), "herd-init: cannot signal PID 1: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_message_names_the_message_and_the_place() {
+        let at = std::panic::Location::caller();
+        let m = panic_message(&"index out of bounds", Some(at));
+        assert!(
+            m.starts_with("herd-init panicked in thread ")
+                && m.contains(&format!(
+                    "at {}:{}: index out of bounds",
+                    at.file(),
+                    at.line()
+                )),
+            "{m}"
+        );
+        let owned: String = "usrhash went wrong".into();
+        let m = panic_message(&owned, None);
+        assert!(
+            m.contains(": usrhash went wrong (a bug in herd-init"),
+            "{m}"
+        );
+        assert!(panic_message(&42u32, None).contains("(no message)"));
     }
 }

@@ -216,6 +216,7 @@ pub fn run() -> ! {
         cmdline.usrhash.as_deref().unwrap_or("?"),
         sys::boottime().as_millis()
     );
+    provision::close_at_ready();
     let bless_after = Duration::from_secs(cfg.health.bless_after_secs);
     let mut blessed = false;
     let start = Instant::now();

@@ -56,7 +56,7 @@ fn spawn(cfg: &Service) -> std::io::Result<i32> {
         .stack_size(64 * 1024)
         .spawn(move || {
             for line in BufReader::new(r).lines().map_while(Result::ok) {
-                println!("{name}: {line}");
+                crate::log::service_line(&name, &line);
             }
         })?;
     Ok(pid)

@@ -167,6 +167,13 @@ fn image_keys(root: &Path) -> ImageKeys {
 const UNPROVISIONED: &str = "the node stays unprovisioned: the image's hostname and network, no pods, no trusted image keys";
 
 fn node(root: &Path) -> ExitCode {
+    if let Some(outcome) = source::closed(root) {
+        say(&format!(
+            "provisioning was closed on an earlier boot (outcome {outcome}); the configuration is not read. {}",
+            source::REOPEN
+        ));
+        return ExitCode::SUCCESS;
+    }
     if let Some(m) = apply::provisioned(root) {
         say(&format!(
             "provisioned on an earlier boot (sha256 {} from {}); the configuration is not read again",

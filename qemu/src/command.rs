@@ -182,6 +182,15 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
             g.guest, g.host
         ));
     }
+    let before = cfg.disks_before.iter().flat_map(|d| {
+        [
+            "-drive".to_string(),
+            format!(
+                "if=virtio,format=raw,file={}",
+                d.display().to_string().replace(',', ",,")
+            ),
+        ]
+    });
     let mut args: Vec<String> = vec![
         "-machine".into(),
         if cfg.secure_boot {
@@ -210,6 +219,11 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
         ),
         "-drive".into(),
         format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ];
+    // Disks attached ahead of the boot disk get the lower PCI slots, so the
+    // guest probes and names them first.
+    args.extend(before);
+    args.extend([
         "-drive".into(),
         format!(
             "if=virtio,format={format},file={}{}",
@@ -222,7 +236,7 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
         "virtio-net-pci,netdev=n0".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp.display()),
-    ];
+    ]);
     if cfg.on_reboot == OnReboot::Exit {
         args.push("-no-reboot".into());
     }

@@ -87,6 +87,9 @@ pub struct VmConfig {
     /// A herd node configuration handed to the guest through QEMU's
     /// fw_cfg as `opt/herd/config` (read by herd-provision on first boot).
     pub config: Option<PathBuf>,
+    /// Raw disk images attached (virtio, writable) ahead of `disk`, so the
+    /// guest finds and names them first (`vda`, …; `disk` comes after).
+    pub disks_before: Vec<PathBuf>,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
 }
@@ -110,6 +113,7 @@ impl VmConfig {
             on_reboot: OnReboot::Reset,
             snapshot: false,
             config: None,
+            disks_before: Vec::new(),
             extra_args: Vec::new(),
         }
     }

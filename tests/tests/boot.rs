@@ -2,7 +2,11 @@
 //! and check, from the console and from the disk afterwards: verity is active
 //! for /usr, /usr refuses writes, /var survives a reboot, a good boot is
 //! blessed, poweroff ends QEMU cleanly, and a corrupted /usr fails loudly
-//! with each failed try counted by the boot loader.
+//! with each failed try counted by the boot loader. A second disk carrying
+//! the same /usr partitions (a stick with a copy of the release and a STATE
+//! of its own), attached so that it sorts first, never provides /etc and
+//! /var: the node takes the disk systemd-boot ran from, and refuses to boot
+//! when it cannot tell (a byte copy of the boot disk; a direct kernel boot).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,7 +41,12 @@ fn probe_image() -> &'static Path {
 
 /// A private, writable copy of an image's disk.
 fn disk_copy(image: &Path, dir: &Path) -> PathBuf {
-    let d = dir.join("disk.raw");
+    disk_copy_named(image, dir, "disk.raw")
+}
+
+/// A private, writable copy of an image's disk, named `name` in `dir`.
+fn disk_copy_named(image: &Path, dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
     // cp --sparse keeps the copy quick and small.
     run_ok(
         Command::new("cp")
@@ -259,4 +268,149 @@ fn wrong_root_hash_names_the_missing_partition_and_reboots() {
         ["herd-a+2-1.efi"],
         "the failed try was counted"
     );
+}
+
+/// A copy of the image's disk as an attacker's stick: its ESP cannot boot
+/// (so the firmware goes on to the real disk), its STATE holds
+/// `/var/probe` = `stick`, which the probe prints as `var kept stick`.
+/// With `new_esp_uuid`, its ESP gets a PARTUUID of its own (a stick made
+/// from another image); without, it is a byte copy with every PARTUUID the
+/// boot disk has.
+fn stick(image: &Path, dir: &Path, new_esp_uuid: bool) -> PathBuf {
+    let stick = disk_copy_named(image, dir, "stick.raw");
+    run_ok(
+        Command::new("mdel")
+            .arg("-i")
+            .arg(format!("{}@@1M", stick.display()))
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+    );
+    let m = manifest(image);
+    let (off, len) = partition(&m, "state");
+    let state = dir.join("stick-state.img");
+    extract(&stick, off, len, &state);
+    let marker = dir.join("probe");
+    fs::write(&marker, "stick\n").unwrap();
+    for req in [
+        "mkdir var".to_string(),
+        format!("write {} var/probe", marker.display()),
+    ] {
+        run_ok(
+            Command::new("debugfs")
+                .arg("-w")
+                .arg("-R")
+                .arg(&req)
+                .arg(&state),
+        );
+    }
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", state.display()))
+            .arg(format!("of={}", stick.display()))
+            .args(["bs=1M", &format!("seek={}", off >> 20), "conv=notrunc"])
+            .arg("status=none"),
+    );
+    if new_esp_uuid {
+        run_ok(
+            Command::new("sgdisk")
+                .args(["--partition-guid=1:R"])
+                .arg(&stick),
+        );
+    }
+    stick
+}
+
+#[test]
+fn a_second_disk_with_the_same_usr_never_provides_etc_and_var() {
+    let image = probe_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, tmp.path());
+    let stick = stick(image, tmp.path(), true);
+    let vm = vm_with(&disk, &tmp.path().join("stick.log"), OnReboot::Exit, |c| {
+        c.disks_before.push(stick.clone())
+    });
+    vm.wait_for(
+        "herd-init: boot disk: the boot loader ran from the ESP with PARTUUID",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "herd-init: boot disk: ignoring vda: it carries the /usr partitions of this usrhash too, but the node boots from vdb",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for("herd-init: STATE /dev/vdb6 mounted", BOOT)
+        .unwrap();
+    vm.wait_for("herd-init: ready", BOOT).unwrap();
+    // The boot disk's fresh STATE, not the stick's.
+    vm.wait_for("probe: var first boot", BOOT).unwrap();
+    assert!(
+        !vm.lines().iter().any(|l| l.contains("var kept stick")),
+        "the stick's STATE was used"
+    );
+    vm.kill();
+}
+
+#[test]
+fn a_byte_copy_of_the_boot_disk_is_refused_and_the_try_counted() {
+    let image = probe_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, tmp.path());
+    let stick = stick(image, tmp.path(), false);
+    let vm = vm_with(&disk, &tmp.path().join("copy.log"), OnReboot::Exit, |c| {
+        c.disks_before.push(stick.clone())
+    });
+    let line = vm.wait_for("herd-init: FATAL", BOOT).unwrap();
+    assert!(
+        line.contains("the ESP the boot loader ran from (LoaderDevicePartUUID ")
+            && line.contains(
+                "is on more than one disk (vda, vdb): herd-init cannot tell which one booted"
+            ),
+        "{line}"
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(!vm.lines().iter().any(|l| l.contains("var kept stick")));
+    assert_eq!(
+        entries(&disk),
+        ["herd-a+2-1.efi"],
+        "the failed try was counted"
+    );
+}
+
+#[test]
+fn direct_kernel_boot_with_two_carrying_disks_is_refused() {
+    // No boot loader, so no LoaderDevicePartUUID: exactly one disk may
+    // carry the /usr partitions.
+    let image = probe_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, tmp.path());
+    let stick = stick(image, tmp.path(), true);
+    let cmdline = manifest(image)["cmdline"].as_str().unwrap().to_string();
+    let vm = vm_with(&disk, &tmp.path().join("direct.log"), OnReboot::Exit, |c| {
+        c.disks_before.push(stick.clone());
+        c.extra_args.extend([
+            "-kernel".into(),
+            image.join("boot/linux").display().to_string(),
+            "-initrd".into(),
+            image.join("boot/initrd").display().to_string(),
+            "-append".into(),
+            cmdline,
+        ]);
+    });
+    vm.wait_for(
+        "herd-init: boot disk: the boot loader set no LoaderDevicePartUUID",
+        BOOT,
+    )
+    .unwrap();
+    let line = vm.wait_for("herd-init: FATAL", BOOT).unwrap();
+    assert!(
+        line.contains("the boot loader did not say which disk it ran from")
+            && line.contains(
+                "more than one disk carries the /usr partitions of this usrhash (vda, vdb)"
+            ),
+        "{line}"
+    );
+    // The fatal path reboots (QEMU exits with -no-reboot).
+    vm.wait_for("herd-init: rebooting in 3 s", BOOT).unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(!vm.lines().iter().any(|l| l.contains("var kept stick")));
 }

@@ -4,7 +4,9 @@
 //! CONFIG-labelled FAT disk is refused with its errors on the console, and
 //! the node still boots to ready with the image's settings and no pods.
 //! `herd config check` and `herd vm run --config` refuse the same broken file
-//! offline. The files are checked inside the guest (a busybox probe) and on
+//! offline. Provisioning closes after the first boot that reached ready: a
+//! refused configuration, or none at all, is final, and a valid one handed
+//! over on a later boot is not read. The files are checked inside the guest (a busybox probe) and on
 //! the disk afterwards (debugfs reads STATE).
 
 use std::fs;
@@ -70,7 +72,7 @@ fn image() -> &'static Path {
 struct Cleanup;
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        static LEFT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(2);
+        static LEFT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(3);
         if LEFT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
             let _ = fs::remove_dir_all(
                 target_dir()
@@ -199,6 +201,10 @@ fn fw_cfg_configuration_is_applied_once() {
     assert!(st("/var/lib/herd/provisioned")
         .unwrap()
         .contains(&format!("sha256={sha}")));
+    assert_eq!(
+        st("/var/lib/herd/provisioning-closed").as_deref(),
+        Some("outcome=applied\n")
+    );
     fs::remove_file(tmp.path().join("state.img")).unwrap();
 
     // Second boot with another configuration: not read, nothing changes.
@@ -207,9 +213,7 @@ fn fw_cfg_configuration_is_applied_once() {
         c.config = Some(config.clone())
     });
     vm.wait_for(
-        &format!(
-            "herd-init: provisioning: done on an earlier boot (configuration sha256 {sha}); not read again"
-        ),
+        "herd-init: provisioning: closed on an earlier boot (outcome applied); fw_cfg and CONFIG disks are not read",
         BOOT,
     )
     .unwrap();
@@ -283,12 +287,88 @@ fn broken_configuration_is_refused_and_the_node_stays_safe() {
     vm.wait_for("probe: addr [10.0.2.15/24]", BOOT).unwrap();
     vm.wait_for("probe: 0 pods", BOOT).unwrap();
     vm.wait_for("probe: marker []", BOOT).unwrap();
+    vm.wait_for(
+        "herd-init: provisioning: closed (outcome refused): later boots read no fw_cfg and no CONFIG disk",
+        BOOT,
+    )
+    .unwrap();
     power_off(vm);
     assert_eq!(
         state_file(&disk, tmp.path(), "/var/lib/herd/provisioned"),
         None
     );
     assert_eq!(state_file(&disk, tmp.path(), "/etc/herd/init.toml"), None);
+    assert_eq!(
+        state_file(&disk, tmp.path(), "/var/lib/herd/provisioning-closed").as_deref(),
+        Some("outcome=refused\n")
+    );
+
+    // A refusal is final: a valid configuration on a later boot is not read.
+    let config = tmp.path().join("node.toml");
+    fs::write(&config, good_config("node-7")).unwrap();
+    let vm = boot(&disk, &tmp.path().join("boot2.log"), |c| {
+        c.config = Some(config.clone())
+    });
+    assert_closed_and_unprovisioned(vm, "refused");
+}
+
+/// The node says provisioning is closed, does not run herd-provision, and
+/// keeps the image's settings (the configuration attached has no effect).
+fn assert_closed_and_unprovisioned(vm: Vm, outcome: &str) {
+    vm.wait_for(
+        &format!(
+            "herd-init: provisioning: closed on an earlier boot (outcome {outcome}); fw_cfg and CONFIG disks are not read; \
+             to provision this node again, re-flash its disk"
+        ),
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for("herd-init: ready", BOOT).unwrap();
+    vm.wait_for("probe: hostname probe-image", BOOT).unwrap();
+    vm.wait_for("probe: addr [10.0.2.15/24]", BOOT).unwrap();
+    vm.wait_for("probe: 0 pods", BOOT).unwrap();
+    vm.wait_for("probe: marker []", BOOT).unwrap();
+    let lines = vm.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("herd-provision:") || l.contains("configuration found on")),
+        "{lines:#?}"
+    );
+    power_off(vm);
+}
+
+#[test]
+fn a_node_first_booted_without_configuration_is_closed_to_later_ones() {
+    let _c = Cleanup;
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = disk_copy(tmp.path());
+    let vm = boot(&disk, &tmp.path().join("boot1.log"), |_| {});
+    vm.wait_for("herd-init: provisioning: no configuration", BOOT)
+        .unwrap();
+    vm.wait_for("herd-init: ready", BOOT).unwrap();
+    vm.wait_for(
+        "herd-init: provisioning: closed (outcome none-found): later boots read no fw_cfg and no CONFIG disk",
+        BOOT,
+    )
+    .unwrap();
+    power_off(vm);
+
+    // A configuration handed over later (fw_cfg, as a hypervisor or a
+    // stick would) adds no keys, pods or host name.
+    let config = tmp.path().join("node.toml");
+    fs::write(&config, good_config("node-7")).unwrap();
+    let vm = boot(&disk, &tmp.path().join("boot2.log"), |c| {
+        c.config = Some(config.clone())
+    });
+    assert_closed_and_unprovisioned(vm, "none-found");
+    let st = |p: &str| state_file(&disk, tmp.path(), p);
+    assert_eq!(st("/etc/herd/pods/web.yaml"), None);
+    assert_eq!(st("/etc/herd/policy/keys/ops.pub"), None);
+    assert_eq!(
+        st("/var/lib/herd/provisioning-closed").as_deref(),
+        Some("outcome=none-found\n")
+    );
 }
 
 #[test]
