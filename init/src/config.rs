@@ -44,7 +44,9 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
-/// Boot health.
+/// Boot health. Every service counts: the boot is good once none waits
+/// for a restart and none restarted for `bless_after_secs` (a service that
+/// ended for good under `on-failure` or `never` counts as settled).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {

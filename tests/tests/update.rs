@@ -291,6 +291,23 @@ fn updates_to_slot_b_then_rolls_back_a_broken_release() {
     );
 }
 
+/// Copies the 0.1.0 disk of `out` into `d` and boots it until the updater
+/// has checked the repository once.
+fn first_boot(d: &Path, out: &Path, port: u16, log: &str) -> (PathBuf, Vm) {
+    let disk = d.join("disk.raw");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(out.join("disk.raw"))
+            .arg(&disk),
+    );
+    let vm = boot(&disk, port, &d.join(log));
+    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
+    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
+        .unwrap();
+    (disk, vm)
+}
+
 /// 0.2.0 boots but its `sick` service exits at once, forever: herd-init
 /// reboots each try at the health deadline, the boot loader falls back to
 /// 0.1.0 by itself, the updater marks 0.2.0 bad and never downloads it
@@ -318,17 +335,7 @@ fn falls_back_from_a_release_that_never_becomes_healthy() {
         build(&toml, &out(v));
     }
     r.publish(&out("0.1.0"), &[]);
-    let disk = d.join("disk.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(out("0.1.0").join("disk.raw"))
-            .arg(&disk),
-    );
-    let vm = boot(&disk, r.port, &d.join("console.log"));
-    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
-    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
-        .unwrap();
+    let (disk, vm) = first_boot(d, &out("0.1.0"), r.port, "console.log");
 
     r.publish(&out("0.2.0"), &[]);
     vm.wait_for(
@@ -425,17 +432,7 @@ fn refuses_every_bad_input_then_resumes_an_interrupted_download() {
     }
     r.publish(&out("0.1.0"), &[]);
     let seq1 = std::fs::read(r.channel()).unwrap();
-    let disk = d.join("disk.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(out("0.1.0").join("disk.raw"))
-            .arg(&disk),
-    );
-    let vm = boot(&disk, r.port, &d.join("console-1.log"));
-    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
-    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
-        .unwrap();
+    let (disk, vm) = first_boot(d, &out("0.1.0"), r.port, "console-1.log");
     let expect = |needle: &str| {
         let line = vm.wait_for(needle, BOOT).unwrap();
         assert!(line.contains("updater: update failed"), "{line}");

@@ -19,8 +19,9 @@ use tracing::{error, info};
 /// it polls the release repository named in /usr/lib/herd/update.toml,
 /// verifies the signed metadata with the keys baked into /usr, streams the
 /// newest release into the inactive slot while verifying it, installs a boot
-/// entry with limited tries, and reboots by policy. A release that never
-/// comes up is rolled back by the boot loader and marked bad here.
+/// entry with limited tries, and reboots by policy. A release whose boot
+/// herd-init never blesses is rolled back by the boot loader and marked bad
+/// here; nothing is installed from a boot that is not blessed.
 #[derive(Parser)]
 #[command(name = "herd-update", version)]
 struct Cli {
