@@ -17,10 +17,12 @@ fn var(name: &str) -> Option<String> {
     decode_efivar_utf16(&fs::read(format!("{EFIVARS}/{name}-{LOADER_GUID}")).ok()?)
 }
 
-/// Blesses the running boot entry; the message says what happened.
-pub fn bless() -> Result<String, String> {
+/// The entry file whose tries systemd-boot counts for this boot
+/// (`LoaderBootCountPath`), or `None` when it counts none (a blessed entry,
+/// or not booted through UEFI).
+pub fn counted_entry() -> Result<Option<String>, String> {
     if fs::metadata("/sys/firmware/efi").is_err() {
-        return Ok("nothing to bless (not booted through UEFI)".into());
+        return Ok(None);
     }
     if fs::read_dir(EFIVARS)
         .map(|mut d| d.next().is_none())
@@ -35,7 +37,15 @@ pub fn bless() -> Result<String, String> {
         )
         .map_err(|e| format!("cannot mount efivarfs: {e}"))?;
     }
-    let Some(path) = var("LoaderBootCountPath") else {
+    Ok(var("LoaderBootCountPath"))
+}
+
+/// Blesses the running boot entry; the message says what happened.
+pub fn bless() -> Result<String, String> {
+    if fs::metadata("/sys/firmware/efi").is_err() {
+        return Ok("nothing to bless (not booted through UEFI)".into());
+    }
+    let Some(path) = counted_entry()? else {
         return Ok("nothing to bless (the boot loader counts no tries for this entry: no LoaderBootCountPath)".into());
     };
     let name = path.rsplit('\\').next().unwrap_or(&path).to_string();

@@ -7,6 +7,7 @@
 //! hostname = "node-1"            # default: the image name from os-release, else "herd"
 //! [health]
 //! bless_after_secs = 5           # services up and not restarted this long => boot is good
+//! deadline_secs = 300            # not good this long after `ready` => reboot (0 = never)
 //! [network]
 //! mode = "dhcp"                  # "dhcp" (default) | "static" | "off"
 //! interface = "eth0"             # default: the first Ethernet interface
@@ -43,7 +44,9 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
-/// Boot health.
+/// Boot health. Every service counts: the boot is good once none waits
+/// for a restart and none restarted for `bless_after_secs` (a service that
+/// ended for good under `on-failure` or `never` counts as settled).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
@@ -51,16 +54,26 @@ pub struct Health {
     /// blessed.
     #[serde(default = "default_bless")]
     pub bless_after_secs: u64,
+    /// Seconds after `ready` by which the boot must be blessed; past it
+    /// herd-init reboots, so the boot loader counts the try and, once the
+    /// entry's tries run out, boots the other slot. 0: never.
+    #[serde(default = "default_deadline")]
+    pub deadline_secs: u64,
 }
 
 fn default_bless() -> u64 {
     5
 }
 
+fn default_deadline() -> u64 {
+    300
+}
+
 impl Default for Health {
     fn default() -> Self {
         Health {
             bless_after_secs: default_bless(),
+            deadline_secs: default_deadline(),
         }
     }
 }
@@ -148,6 +161,11 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     }
     Ok((addr, len))
 }
+
+/// Written by herd-init once this boot is blessed (or there was nothing to
+/// bless): the updater installs nothing and settles no pending release
+/// before it exists. On `/run`, so it lasts one boot.
+pub const BOOT_GOOD: &str = "/run/herd/boot-good";
 
 /// Where provisioning writes the node's own settings, which override the
 /// image's `hostname` and `[network]` (see docs/PROVISIONING.md).
@@ -251,6 +269,14 @@ impl Config {
                 }
             }
         }
+        let h = &self.health;
+        if h.deadline_secs != 0 && h.deadline_secs <= h.bless_after_secs {
+            return Err(ConfigError(format!(
+                "health.deadline_secs = {} leaves no time to bless the boot: make it longer than \
+                 health.bless_after_secs = {}, or 0 for no deadline",
+                h.deadline_secs, h.bless_after_secs
+            )));
+        }
         if self.network.mode == NetMode::Static {
             let a = self.network.address.as_deref().ok_or_else(|| {
                 ConfigError(
@@ -283,6 +309,7 @@ mod tests {
     fn defaults_and_full() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.health.bless_after_secs, 5);
+        assert_eq!(c.health.deadline_secs, 300);
         assert_eq!(c.network.mode, NetMode::Dhcp);
         let c = Config::parse(
             "hostname = \"n1\"\n[network]\nmode = \"static\"\naddress = \"10.0.0.2/24\"\ngateway = \"10.0.0.1\"\n\
@@ -314,6 +341,21 @@ mod tests {
         let e = Local::parse("\n[[service]]\n").unwrap_err().to_string();
         assert!(
             e.contains("line 2, column 3") && e.contains("service"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn health_deadline_must_leave_time_to_bless() {
+        let c = Config::parse("[health]\nbless_after_secs = 3\ndeadline_secs = 20\n").unwrap();
+        assert_eq!((c.health.bless_after_secs, c.health.deadline_secs), (3, 20));
+        let c = Config::parse("[health]\ndeadline_secs = 0\n").unwrap();
+        assert_eq!(c.health.deadline_secs, 0);
+        let e = Config::parse("[health]\nbless_after_secs = 30\ndeadline_secs = 30\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("health.deadline_secs = 30 leaves no time to bless the boot"),
             "{e}"
         );
     }

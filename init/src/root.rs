@@ -4,7 +4,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use herd_init::cmdline::Cmdline;
-use herd_init::config::{parse_cidr, Config, Local, NetMode, LOCAL};
+use herd_init::config::{parse_cidr, Config, Local, NetMode, BOOT_GOOD, LOCAL};
 
 use crate::supervise::Supervisor;
 use crate::{bless, info, input, modules, provision, sys, tpm};
@@ -218,7 +218,10 @@ pub fn run() -> ! {
     );
     provision::close_at_ready();
     let bless_after = Duration::from_secs(cfg.health.bless_after_secs);
-    let mut blessed = false;
+    let deadline = Duration::from_secs(cfg.health.deadline_secs);
+    let mut bless_tried = false;
+    let mut good = false;
+    let mut overdue = false;
     let start = Instant::now();
     loop {
         let sig = sys::wait_signal(Duration::from_millis(250));
@@ -233,17 +236,49 @@ pub fn run() -> ! {
             _ => {}
         }
         sup.start_due();
-        if !blessed
+        if !bless_tried
             && sup.healthy()
             && sup.last_change.elapsed() >= bless_after
             && start.elapsed() >= bless_after
         {
-            blessed = true;
+            bless_tried = true;
             match bless::bless() {
-                Ok(m) => info!("boot is good: {m}"),
+                Ok(m) => {
+                    good = true;
+                    info!("boot is good: {m}");
+                    if let Err(e) = fs::create_dir_all("/run/herd")
+                        .and_then(|_| fs::write(BOOT_GOOD, format!("{m}\n")))
+                    {
+                        info!("cannot write {BOOT_GOOD} ({e}): the updater will wait for it");
+                    }
+                }
                 Err(e) => info!("could not bless this boot: {e}"),
             }
             info!("memory: {}", own_memory());
+        }
+        if !good && !overdue && !deadline.is_zero() && start.elapsed() >= deadline {
+            overdue = true;
+            let why = sup.unhealthy(bless_after);
+            let why = if why.is_empty() {
+                "it could not be blessed".to_string()
+            } else {
+                format!("unhealthy: {}", why.join(", "))
+            };
+            let secs = deadline.as_secs();
+            match bless::counted_entry() {
+                Ok(Some(entry)) => {
+                    info!(
+                        "boot is not good {secs} s after ready ({why}): rebooting, so the boot loader counts the try of {entry} and boots the other slot once its tries run out"
+                    );
+                    shutdown(&mut sup, Halt::Reboot)
+                }
+                Ok(None) => info!(
+                    "boot is not good {secs} s after ready ({why}); the boot loader counts no tries for this entry, so a reboot would not fall back: staying up"
+                ),
+                Err(e) => info!(
+                    "boot is not good {secs} s after ready ({why}); cannot tell whether the boot loader counts tries ({e}): staying up"
+                ),
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ struct Svc {
     backoff: Backoff,
     next_start: Option<Instant>,
     done: bool,
+    restarts: u32,
 }
 
 /// All services of the node.
@@ -76,6 +77,7 @@ impl Supervisor {
                     backoff: Backoff::new(),
                     next_start: Some(now),
                     done: false,
+                    restarts: 0,
                 })
                 .collect(),
             last_change: now,
@@ -139,6 +141,7 @@ impl Supervisor {
                 d.as_secs()
             );
             s.next_start = Some(Instant::now() + d);
+            s.restarts += 1;
         } else {
             info!("{} {how}", s.cfg.name);
             s.done = true;
@@ -152,6 +155,26 @@ impl Supervisor {
         self.svcs
             .iter()
             .all(|s| s.pid.is_some() || (s.done && s.cfg.restart != Restart::Always))
+    }
+
+    /// What keeps the boot from being good: each service that waits for a
+    /// restart or has not stayed up `stable` yet, with its restart count.
+    pub fn unhealthy(&self, stable: Duration) -> Vec<String> {
+        self.svcs
+            .iter()
+            .filter_map(|s| {
+                let state = match s.pid {
+                    None if s.done && s.cfg.restart != Restart::Always => return None,
+                    None => "down",
+                    Some(_) if s.started.elapsed() < stable => "up only briefly",
+                    Some(_) => return None,
+                };
+                Some(format!(
+                    "{} ({state}, restarted {} times)",
+                    s.cfg.name, s.restarts
+                ))
+            })
+            .collect()
     }
 
     /// Stops every service: SIGTERM to its process group, SIGKILL after `grace`.

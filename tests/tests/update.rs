@@ -3,7 +3,8 @@
 //! guestfwd), reboots into slot B, blesses it; then a broken 0.3.0 (its
 //! initramfs cannot set up dm-verity) is tried in slot A until the boot
 //! loader's tries run out, the node falls back to 0.2.0 by itself and
-//! marks 0.3.0 bad.
+//! marks 0.3.0 bad. A release that boots but never becomes healthy is
+//! rebooted at its health deadline until the node falls back the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -287,6 +288,116 @@ fn updates_to_slot_b_then_rolls_back_a_broken_release() {
     );
 }
 
+/// Copies the 0.1.0 disk of `out` into `d` and boots it until the updater
+/// has checked the repository once.
+fn first_boot(d: &Path, out: &Path, port: u16, log: &str) -> (PathBuf, Vm) {
+    let disk = d.join("disk.raw");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(out.join("disk.raw"))
+            .arg(&disk),
+    );
+    let vm = boot(&disk, port, &d.join(log));
+    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
+    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
+        .unwrap();
+    (disk, vm)
+}
+
+/// 0.2.0 boots but its `sick` service exits at once, forever: herd-init
+/// reboots each try at the health deadline, the boot loader falls back to
+/// 0.1.0 by itself, the updater marks 0.2.0 bad and never downloads it
+/// again, and 0.1.0's blessed entry is there throughout.
+#[test]
+fn falls_back_from_a_release_that_never_becomes_healthy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let r = Repo::new(d, "repo");
+    let out = |v: &str| d.join(format!("out-{v}"));
+    for v in ["0.1.0", "0.2.0"] {
+        let toml = image_toml(d, v, &r.root(), false);
+        let mut t = std::fs::read_to_string(&toml).unwrap();
+        t.push_str("tries = 2\n");
+        if v == "0.2.0" {
+            t = t.replace(
+                "bless_after_secs = 3",
+                "bless_after_secs = 3\ndeadline_secs = 20",
+            );
+            t.push_str(
+                "\n[[init.service]]\nname = \"sick\"\nexec = [\"/usr/bin/busybox\", \"false\"]\n",
+            );
+        }
+        std::fs::write(&toml, t).unwrap();
+        build(&toml, &out(v));
+    }
+    r.publish(&out("0.1.0"), &[]);
+    let (disk, vm) = first_boot(d, &out("0.1.0"), r.port, "console.log");
+
+    r.publish(&out("0.2.0"), &[]);
+    vm.wait_for(
+        "updater: herd 0.2.0 is ready in slot b with 2 boot tries",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for("ready slot=b version=0.2.0", BOOT).unwrap();
+    // Running the new slot but not blessed: pending stays, nothing installs.
+    vm.wait_for(
+        "updater: running 0.2.0 from slot b, not blessed yet: waiting for herd-init to bless this boot before settling it",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "updater: this boot (0.2.0 from slot b) is not blessed yet: no install starts until herd-init blesses it or the boot loader falls back",
+        BOOT,
+    )
+    .unwrap();
+    let overdue = vm
+        .wait_for("herd-init: boot is not good 20 s after ready", BOOT)
+        .unwrap();
+    assert!(
+        overdue.contains("unhealthy: sick (")
+            && overdue.contains("rebooting, so the boot loader counts the try of"),
+        "{overdue}"
+    );
+
+    // Two tries, then the boot loader boots 0.1.0 by itself.
+    vm.wait_for(
+        "updater: release 0.2.0 failed to boot from slot b; the boot loader fell back to 0.1.0 in slot a; 0.2.0 is marked bad",
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    vm.wait_for(
+        "updater: 0.2.0 is the newest release on stable but failed to boot here before: staying on 0.1.0",
+        BOOT,
+    )
+    .unwrap();
+    // A few more checks (every 2 s): still no second download.
+    std::thread::sleep(Duration::from_secs(10));
+    let lines = vm.lines();
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("ready slot=b version=0.2.0"),
+        2,
+        "tried exactly twice"
+    );
+    assert_eq!(count("herd-init: boot is not good 20 s after ready"), 2);
+    assert_eq!(count("ready slot=a version=0.1.0"), 2);
+    assert_eq!(
+        count("updater: installing herd 0.2.0"),
+        1,
+        "downloaded once"
+    );
+    assert_eq!(count("blessed boot entry herd-b"), 0);
+    assert_eq!(count("updater: now running 0.2.0"), 0);
+    vm.kill();
+    let e = entries(&disk);
+    assert!(
+        e.contains(&"herd-a.efi".to_string()) && e.contains(&"herd-b+0-2.efi".to_string()),
+        "{e:?}"
+    );
+}
+
 /// Incompressible bytes, the same every run.
 fn ballast(path: &Path, mib: usize) {
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -318,17 +429,7 @@ fn refuses_every_bad_input_then_resumes_an_interrupted_download() {
     }
     r.publish(&out("0.1.0"), &[]);
     let seq1 = std::fs::read(r.channel()).unwrap();
-    let disk = d.join("disk.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(out("0.1.0").join("disk.raw"))
-            .arg(&disk),
-    );
-    let vm = boot(&disk, r.port, &d.join("console-1.log"));
-    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
-    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
-        .unwrap();
+    let (disk, vm) = first_boot(d, &out("0.1.0"), r.port, "console-1.log");
     let expect = |needle: &str| {
         let line = vm.wait_for(needle, BOOT).unwrap();
         assert!(line.contains("updater: update failed"), "{line}");

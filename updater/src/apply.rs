@@ -11,6 +11,7 @@ use crate::esp::{Esp, UKIS};
 use crate::slots::Slots;
 use crate::state::{boot_id, Pending, State};
 use crate::{http, io, now, trust, Error};
+use herd_init::config::BOOT_GOOD;
 
 /// What a check found.
 #[derive(Debug)]
@@ -82,15 +83,22 @@ pub fn check(
     };
     state.highest_seq = state.highest_seq.max(c.seq);
     state.last_check = trust::trusted_now(now(), trust::image_build_time(), state, baked);
-    if state
+    if let Some(p) = state
         .pending
         .as_ref()
-        .is_some_and(|p| p.version == c.release.version)
+        .filter(|p| p.version == c.release.version)
     {
-        return Ok(Found::Nothing(format!(
-            "{} is installed in slot {} and waits for a reboot",
-            c.release.version, slots.other
-        )));
+        return Ok(Found::Nothing(if p.slot == slots.running {
+            format!(
+                "{} runs from slot {} and waits for herd-init to bless this boot",
+                p.version, p.slot
+            )
+        } else {
+            format!(
+                "{} is installed in slot {} and waits for a reboot",
+                p.version, p.slot
+            )
+        }));
     }
     if !take {
         return Ok(Found::Nothing(if c.release.version == slots.version {
@@ -192,10 +200,9 @@ pub fn install(
         .map_err(|e| Error::Disk(format!("writing the GPT of {dev}: {e}")))?;
     d.sync_all().map_err(io(format!("flushing {dev}")))?;
 
-    let esp = Esp::mount(&slots.disk)?;
-    let (img, v) = (&slots.image, &rel.version);
-    esp.write(&format!("{UKIS}/{img}-{slot}+{}-0.efi", cfg.tries), &uki)?;
-    drop(esp);
+    // Pending is on STATE before the UKI can boot: whatever boot comes next
+    // knows a release was tried and settles it (running, fell back, or an
+    // install a power cut stopped before the entry was in place).
     state.pending = Some(Pending {
         version: rel.version.clone(),
         slot: slot.clone(),
@@ -203,6 +210,14 @@ pub fn install(
     });
     state.last_error = None;
     state.save(state_dir)?;
+    let (img, v) = (&slots.image, &rel.version);
+    let written = Esp::mount(&slots.disk)
+        .and_then(|esp| esp.write(&format!("{UKIS}/{img}-{slot}+{}-0.efi", cfg.tries), &uki));
+    if let Err(e) = written {
+        state.pending = None;
+        state.save(state_dir)?;
+        return Err(e);
+    }
     log(&format!(
         "{} {v} is ready in slot {slot} with {} boot tries",
         img, cfg.tries
@@ -232,28 +247,135 @@ fn check_uki(uki: &[u8], rel: &Release, slot: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Run at start: settles a pending slot. Returns a line for the log.
-pub fn reconcile(slots: &Slots, state: &mut State) -> Option<String> {
-    let p = state.pending.clone()?;
-    if p.boot_id == boot_id() {
-        return None;
-    }
-    state.pending = None;
-    if p.slot == slots.running && p.version == slots.version {
-        Some(format!("now running {} from slot {}", p.version, p.slot))
-    } else {
-        if !state.bad.contains(&p.version) {
-            state.bad.push(p.version.clone());
+/// Whether herd-init has blessed this boot (or found nothing to bless).
+pub fn boot_is_good() -> bool {
+    Path::new(BOOT_GOOD).exists()
+}
+
+/// What this boot makes of a pending release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// This very boot wrote it: it waits for a reboot.
+    WaitsForReboot,
+    /// This boot runs it, not blessed yet: keep it pending, install nothing.
+    WaitsForBlessing,
+    /// This boot runs it and is blessed: it is the running release.
+    Running,
+    /// The install stopped (power cut) before the slot's boot entry was in
+    /// place: the release was never tried; drop it, do not mark it bad.
+    Interrupted,
+    /// The boot loader booted the other slot: the release never came up
+    /// healthy; mark it bad.
+    FellBack,
+}
+
+/// Decides what a pending release became. `entry_installed` says whether
+/// the pending slot has a boot entry on the ESP; it is asked only when this
+/// boot runs another slot or version.
+pub fn settle(
+    p: &Pending,
+    slots: &Slots,
+    this_boot: &str,
+    blessed: bool,
+    entry_installed: impl FnOnce() -> bool,
+) -> Settle {
+    if p.boot_id == this_boot {
+        Settle::WaitsForReboot
+    } else if p.slot == slots.running && p.version == slots.version {
+        if blessed {
+            Settle::Running
+        } else {
+            Settle::WaitsForBlessing
         }
-        state.last_error = Some(format!(
-            "release {} did not boot from slot {}; rolled back",
-            p.version, p.slot
-        ));
-        Some(format!(
-            "release {} failed to boot from slot {}; the boot loader fell back to {} in slot {}; {} is marked bad",
-            p.version, p.slot, slots.version, slots.running, p.version
-        ))
+    } else if entry_installed() {
+        Settle::FellBack
+    } else {
+        Settle::Interrupted
     }
+}
+
+/// Settles a pending release (see [`settle`]); changes `state` accordingly
+/// and returns a line for the log.
+pub fn reconcile(slots: &Slots, state: &mut State, blessed: bool) -> Option<String> {
+    let p = state.pending.clone()?;
+    let prefix = format!("{}-{}", slots.image, p.slot);
+    let installed = || {
+        Esp::mount(&slots.disk)
+            .map(|esp| esp.entries().iter().any(|e| e.name.starts_with(&prefix)))
+            // An ESP that cannot be read: count the release as tried.
+            .unwrap_or(true)
+    };
+    match settle(&p, slots, &boot_id(), blessed, installed) {
+        Settle::WaitsForReboot => None,
+        Settle::WaitsForBlessing => Some(format!(
+            "running {} from slot {}, not blessed yet: waiting for herd-init to bless this boot before settling it",
+            p.version, p.slot
+        )),
+        Settle::Running => {
+            state.pending = None;
+            Some(format!("now running {} from slot {}", p.version, p.slot))
+        }
+        Settle::Interrupted => {
+            state.pending = None;
+            Some(format!(
+                "the install of {} into slot {} stopped before its boot entry was in place; it is installed again",
+                p.version, p.slot
+            ))
+        }
+        Settle::FellBack => {
+            state.pending = None;
+            if !state.bad.contains(&p.version) {
+                state.bad.push(p.version.clone());
+            }
+            state.last_error = Some(format!(
+                "release {} did not come up healthy from slot {}; rolled back",
+                p.version, p.slot
+            ));
+            Some(format!(
+                "release {} failed to boot from slot {}; the boot loader fell back to {} in slot {}; {} is marked bad",
+                p.version, p.slot, slots.version, slots.running, p.version
+            ))
+        }
+    }
+}
+
+/// Why no install may start now, if one may not: an install rewrites the
+/// other slot, which is the last good one while this boot is not blessed.
+pub fn install_blocked(slots: &Slots, blessed: bool) -> Option<String> {
+    (!blessed).then(|| {
+        format!(
+            "this boot ({} from slot {}) is not blessed yet: no install starts until herd-init blesses it or the boot loader falls back",
+            slots.version, slots.running
+        )
+    })
+}
+
+/// Whether `herd-update rollback` may make the other slot boot next. `entry`
+/// is the other slot's UKI or entry file name, `version` the release it
+/// holds (from its UKI's os-release).
+pub fn rollback_refusal(
+    slots: &Slots,
+    entry: Option<&str>,
+    version: Option<&str>,
+    bad: &[String],
+) -> Result<(), Error> {
+    let other = &slots.other;
+    let Some(entry) = entry else {
+        return Err(Error::Disk(format!(
+            "slot {other} has no boot entry to roll back to (it was never installed, or its install did not finish)"
+        )));
+    };
+    if herd_init::bootcount::parse_entry(entry).is_some_and(|c| c.left == 0) {
+        return Err(Error::Disk(format!(
+            "slot {other} ({entry}) has no boot tries left: it failed to come up before; refusing to roll back to it"
+        )));
+    }
+    if let Some(v) = version.filter(|v| bad.iter().any(|b| b == v)) {
+        return Err(Error::Disk(format!(
+            "slot {other} holds {v}, which failed to boot here before: refusing to roll back to it"
+        )));
+    }
+    Ok(())
 }
 
 /// Loads the trusted root baked into `/usr` (the start of the chain; the
@@ -271,4 +393,126 @@ pub fn check_root_bytes(bytes: &[u8]) -> Result<Root, Error> {
     let root: Root = env.document("trusted root")?;
     env.check(&root.keys, root.threshold, "trusted root")?;
     Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(running: &str, version: &str) -> Slots {
+        Slots {
+            running: running.into(),
+            other: if running == "a" { "b" } else { "a" }.into(),
+            version: version.into(),
+            image: "herd".into(),
+            disk: "vda".into(),
+        }
+    }
+
+    fn pending() -> Pending {
+        Pending {
+            version: "0.2.0".into(),
+            slot: "b".into(),
+            boot_id: "boot-1".into(),
+        }
+    }
+
+    fn no_esp() -> bool {
+        panic!("the ESP is read only when this boot runs another slot")
+    }
+
+    #[test]
+    fn the_boot_that_installed_waits_for_a_reboot() {
+        let s = settle(&pending(), &slots("a", "0.1.0"), "boot-1", true, no_esp);
+        assert_eq!(s, Settle::WaitsForReboot);
+    }
+
+    #[test]
+    fn running_the_new_slot_settles_only_once_blessed() {
+        let s = slots("b", "0.2.0");
+        assert_eq!(
+            settle(&pending(), &s, "boot-2", false, no_esp),
+            Settle::WaitsForBlessing
+        );
+        assert_eq!(
+            settle(&pending(), &s, "boot-2", true, no_esp),
+            Settle::Running
+        );
+    }
+
+    #[test]
+    fn booting_the_old_slot_again_is_a_fallback_unless_the_entry_never_landed() {
+        let s = slots("a", "0.1.0");
+        for blessed in [false, true] {
+            assert_eq!(
+                settle(&pending(), &s, "boot-2", blessed, || true),
+                Settle::FellBack
+            );
+            assert_eq!(
+                settle(&pending(), &s, "boot-2", blessed, || false),
+                Settle::Interrupted
+            );
+        }
+        // The pending slot came up with another version than was written.
+        assert_eq!(
+            settle(&pending(), &slots("b", "0.1.5"), "boot-2", true, || true),
+            Settle::FellBack
+        );
+    }
+
+    #[test]
+    fn reconcile_keeps_pending_until_blessed_and_installs_nothing_meanwhile() {
+        let s = slots("b", "0.2.0");
+        let mut state = State {
+            pending: Some(pending()),
+            ..State::default()
+        };
+        let line = reconcile(&s, &mut state, false).unwrap();
+        assert!(
+            line.contains("running 0.2.0 from slot b, not blessed yet: waiting for herd-init"),
+            "{line}"
+        );
+        assert_eq!(state.pending, Some(pending()));
+        assert!(state.bad.is_empty());
+        let why = install_blocked(&s, false).unwrap();
+        assert!(
+            why.contains("this boot (0.2.0 from slot b) is not blessed yet: no install starts"),
+            "{why}"
+        );
+        assert_eq!(
+            reconcile(&s, &mut state, true).as_deref(),
+            Some("now running 0.2.0 from slot b")
+        );
+        assert_eq!(state.pending, None);
+        assert_eq!(install_blocked(&s, true), None);
+    }
+
+    #[test]
+    fn rollback_refuses_a_slot_out_of_tries_or_holding_a_bad_release() {
+        let s = slots("a", "0.1.0");
+        let bad = vec!["0.2.0".to_string()];
+        rollback_refusal(&s, Some("herd-b.efi"), Some("0.1.5"), &bad).unwrap();
+        rollback_refusal(&s, Some("herd-b+1-2.efi"), Some("0.1.5"), &bad).unwrap();
+        let e = rollback_refusal(&s, Some("herd-b+0-3.efi"), Some("0.1.5"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "slot b (herd-b+0-3.efi) has no boot tries left: it failed to come up before; refusing to roll back to it"
+        );
+        let e = rollback_refusal(&s, Some("herd-b.efi"), Some("0.2.0"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "slot b holds 0.2.0, which failed to boot here before: refusing to roll back to it"
+        );
+        let e = rollback_refusal(&s, None, None, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("slot b has no boot entry to roll back to"),
+            "{e}"
+        );
+    }
 }

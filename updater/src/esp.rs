@@ -128,6 +128,17 @@ impl Esp {
         Ok(())
     }
 
+    /// The release a UKI on the ESP boots (`IMAGE_VERSION` of its
+    /// `.osrel`); `None` for a type #1 entry or an unreadable UKI.
+    pub fn uki_version(&self, e: &Entry) -> Option<String> {
+        if e.dir != UKIS {
+            return None;
+        }
+        let bytes = std::fs::read(self.path(e.dir).join(&e.name)).ok()?;
+        let parts = herd_uki::UkiParts::from_uki(&bytes).ok()?;
+        herd_init::os_release::parse(&String::from_utf8_lossy(parts.osrel), "IMAGE_VERSION")
+    }
+
     /// Removes an entry.
     pub fn remove_entry(&self, e: &Entry) -> Result<(), Error> {
         let dir = self.path(e.dir);

@@ -1,11 +1,12 @@
 //! herd-update: the node's updater. It polls a static release repository,
-//! verifies the signed metadata against the keys baked into `/usr`,
+//! verifies the signed metadata against the keys baked into `/usr` and the
+//! newer key sets it verified since (kept in its state),
 //! streams the new `/usr` and its verity tree into the inactive slot while
 //! hashing, checks the verity root hash, installs the slot's boot files and a
 //! boot entry with tries left (each file written beside and renamed into
-//! place), and reboots by policy. If the new slot never reaches `ready`, the
-//! boot loader falls back after its tries and herd-update marks that version
-//! bad.
+//! place), and reboots by policy. If the new slot is never blessed (it fails
+//! before `ready`, or herd-init's health deadline reboots it), the boot loader
+//! falls back after its tries and herd-update marks that version bad.
 
 pub mod apply;
 pub mod config;

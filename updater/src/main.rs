@@ -4,9 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use herd_update::apply::{check, install, reconcile, trusted_root, Found};
+use herd_update::apply::{
+    boot_is_good, check, install, install_blocked, reconcile, rollback_refusal, trusted_root, Found,
+};
 use herd_update::config::{Reboot, UpdateConfig, CONFIG, LOCAL, STATE_DIR, TRUSTED_ROOT};
 use herd_update::esp::Esp;
 use herd_update::slots::Slots;
@@ -17,8 +19,9 @@ use tracing::{error, info};
 /// it polls the release repository named in /usr/lib/herd/update.toml,
 /// verifies the signed metadata with the keys baked into /usr, streams the
 /// newest release into the inactive slot while verifying it, installs a boot
-/// entry with limited tries, and reboots by policy. A release that never
-/// comes up is rolled back by the boot loader and marked bad here.
+/// entry with limited tries, and reboots by policy. A release whose boot
+/// herd-init never blesses is rolled back by the boot loader and marked bad
+/// here; nothing is installed from a boot that is not blessed.
 #[derive(Parser)]
 #[command(name = "herd-update", version)]
 struct Cli {
@@ -110,6 +113,11 @@ fn once(
     dir: &Path,
     install_it: bool,
 ) -> herd_update::Result<(bool, String)> {
+    if install_it {
+        if let Some(why) = install_blocked(slots, boot_is_good()) {
+            return Ok((false, why));
+        }
+    }
     let root = trusted_root(Path::new(TRUSTED_ROOT))?;
     let id = node_id(dir);
     let found = check(cfg, &root, slots, state, &id);
@@ -138,11 +146,20 @@ fn load() -> Result<(UpdateConfig, Slots, State)> {
         .with_context(|| format!("{CONFIG} with the node's {LOCAL}"))?;
     let slots = Slots::detect()?;
     let mut state = State::load(Path::new(STATE_DIR))?;
-    if let Some(line) = reconcile(&slots, &mut state) {
+    if let Some(line) = settle(&slots, &mut state)? {
         log(&line);
-        state.save(Path::new(STATE_DIR))?;
     }
     Ok((cfg, slots, state))
+}
+
+/// Settles a pending release (saving what changed); the line to log.
+fn settle(slots: &Slots, state: &mut State) -> herd_update::Result<Option<String>> {
+    let before = state.clone();
+    let line = reconcile(slots, state, boot_is_good());
+    if *state != before {
+        state.save(Path::new(STATE_DIR))?;
+    }
+    Ok(line)
 }
 
 fn real_main(cmd: Cmd) -> Result<()> {
@@ -180,8 +197,8 @@ fn real_main(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Rollback => {
-            let (_, slots, _) = load()?;
-            rollback(&slots)
+            let (_, slots, state) = load()?;
+            rollback(&slots, &state)
         }
         Cmd::Run { no_reboot } => {
             let (mut cfg, slots, mut state) = load()?;
@@ -197,7 +214,16 @@ fn status(slots: &Slots, state: &State) -> String {
     let pending = state
         .pending
         .as_ref()
-        .map(|p| format!("{} in slot {}, waiting for a reboot", p.version, p.slot))
+        .map(|p| {
+            if p.boot_id == boot_id() {
+                format!("{} in slot {}, waiting for a reboot", p.version, p.slot)
+            } else {
+                format!(
+                    "{} in slot {}, waiting for this boot to be blessed",
+                    p.version, p.slot
+                )
+            }
+        })
         .unwrap_or("-".into());
     let downloading = state
         .partial
@@ -214,29 +240,48 @@ fn status(slots: &Slots, state: &State) -> String {
         })
         .unwrap_or("-".into());
     format!(
-        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nbad versions:     {}\nhighest sequence: {}\nlast check:       {}\nlast error:       {}\n",
+        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nbad versions:     {}\nhighest sequence: {}\ntrusted keys:     {}\ntrusted time:     {}\nlast check:       {}\nlast error:       {}\n",
         slots.image,
         slots.version,
         slots.running,
         slots.other,
         if state.bad.is_empty() { "-".to_string() } else { state.bad.join(", ") },
         state.highest_seq,
+        trusted_keys(state),
+        if state.trusted_time == 0 { "-".to_string() } else { format!("{} (unix seconds, newest signing time seen)", state.trusted_time) },
         if state.last_check == 0 { "never".to_string() } else { format!("{} (unix seconds)", state.last_check) },
         state.last_error.as_deref().unwrap_or("-")
     )
 }
 
-fn rollback(slots: &Slots) -> Result<()> {
+/// The newest key set this node verified past the baked one.
+fn trusted_keys(state: &State) -> String {
+    state
+        .roots
+        .last()
+        .and_then(|e| e.document::<herd_release::Root>("kept root").ok())
+        .map_or("the image's root (no rotation seen)".to_string(), |r| {
+            format!("root {} (rotated, kept in the state)", r.version)
+        })
+}
+
+fn rollback(slots: &Slots, state: &State) -> Result<()> {
     let esp = Esp::mount(&slots.disk)?;
     let prefix = format!("{}-{}", slots.image, slots.running);
     let other = format!("{}-{}", slots.image, slots.other);
     let entries = esp.entries();
-    if !entries.iter().any(|e| e.name.starts_with(&other)) {
-        bail!(
-            "slot {} has no boot entry to roll back to (it was never installed, or its install did not finish)",
-            slots.other
-        );
-    }
+    // The UKI (type #2) first: it is what this updater installs.
+    let target = entries
+        .iter()
+        .filter(|e| e.name.starts_with(&other))
+        .max_by_key(|e| e.dir == herd_update::esp::UKIS);
+    let version = target.and_then(|e| esp.uki_version(e));
+    rollback_refusal(
+        slots,
+        target.map(|e| e.name.as_str()),
+        version.as_deref(),
+        &state.bad,
+    )?;
     for e in entries.iter().filter(|e| e.name.starts_with(&prefix)) {
         // Zero tries left: the boot loader skips it and boots the other slot.
         esp.rename_entry(e, &format!("{prefix}+0-1{}", e.ext()))?;
@@ -264,7 +309,19 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
     let me = boot_id();
     let mut last = String::new();
     let mut said_waiting = false;
+    // load() logged how the pending release stands; say only changes.
+    let mut settled = settle(slots, state).ok().flatten();
     loop {
+        if state.pending.is_some() {
+            match settle(slots, state) {
+                Ok(Some(l)) if Some(&l) != settled.as_ref() => {
+                    log(&l);
+                    settled = Some(l);
+                }
+                Ok(_) => {}
+                Err(e) => error!("{e}"),
+            }
+        }
         let line = match once(cfg, slots, state, dir, true) {
             Ok((_, why)) => why,
             Err(e) => {
@@ -297,8 +354,13 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
                 });
             }
         }
-        let jitter = (herd_update::now() % 10) * cfg.interval_secs / 100;
-        std::thread::sleep(Duration::from_secs(cfg.interval_secs + jitter));
+        // Until herd-init blesses this boot nothing is checked: look again soon.
+        let wait = if boot_is_good() {
+            cfg.interval_secs + (herd_update::now() % 10) * cfg.interval_secs / 100
+        } else {
+            cfg.interval_secs.min(2)
+        };
+        std::thread::sleep(Duration::from_secs(wait));
     }
 }
 
