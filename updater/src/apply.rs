@@ -196,10 +196,10 @@ pub fn install(
             p.part_guid = Guid(b);
         }
     }
+    // Backup copy first, synced, then the primary: a power cut leaves one valid table.
     table
-        .write_to(&mut d)
+        .write_durably(&mut d)
         .map_err(|e| Error::Disk(format!("writing the GPT of {dev}: {e}")))?;
-    d.sync_all().map_err(io(format!("flushing {dev}")))?;
 
     let esp = Esp::mount(&slots.disk)?;
     let (img, v) = (&slots.image, &rel.version);
