@@ -80,8 +80,10 @@ pub fn render(p: &[(String, SlotMeasurements)]) -> String {
 /// Checks a node's measurement report (herd-agent's `GET /v1/measurements`)
 /// against the predictions of a build: the event log replays (from the
 /// stub's PCR 11 and a zero PCR 15) to the reported PCRs, and those are
-/// the predicted ones for the slot the log names. With a quote, see
-/// [`check_quote`]. Returns what was found good.
+/// the predicted ones for the slot the log names, and the report carries a
+/// valid quote (see [`check_quote`]): a report without one is refused, as
+/// its PCRs are only the node's word. Returns what was found good, with a
+/// `not checked:` line naming what `--nonce` and `--ak` would add.
 pub fn verify(
     report: &herd_tpm::Report,
     predictions: &[(String, SlotMeasurements)],
@@ -127,17 +129,33 @@ pub fn verify(
             );
         }
     }
-    let quoted = match &report.quote {
-        Some(q) => check_quote(q, &hex32(r11)?, &hex32(r15)?, expect)?,
-        None if expect.nonce.is_some() || expect.ak.is_some() => {
-            bail!("the report has no quote, but --nonce or --ak asks for one: fetch it with GET /v1/measurements?nonce=HEX")
+    let Some(q) = &report.quote else {
+        if expect.nonce.is_some() || expect.ak.is_some() {
+            bail!("the report has no quote, but --nonce or --ak asks for one: fetch it with GET /v1/measurements?nonce=HEX");
         }
-        None => String::new(),
+        bail!(
+            "not verified: the report carries no quote; its event log replays to its PCR 11 and 15 and those are slot {slot}'s of this build, \
+             but without a TPM quote they are only what the node (or anyone) wrote: fetch the report with GET /v1/measurements?nonce=HEX \
+             and check it with --nonce HEX --ak sha256:..."
+        );
     };
+    let quoted = check_quote(q, &hex32(r11)?, &hex32(r15)?, expect)?;
+    let mut unchecked = Vec::new();
+    if expect.nonce.is_none() {
+        unchecked.push("freshness (no --nonce: this may be an old quote replayed)");
+    }
+    if expect.ak.is_none() {
+        unchecked.push("key identity (no --ak: a quote signed by any TPM's key is accepted)");
+    }
     Ok(format!(
-        "good: slot {slot} ({}), PCR 11 {r11} and PCR 15 {r15} as predicted; the event log ({} events) replays to them{quoted}",
+        "good: slot {slot} ({}), PCR 11 {r11} and PCR 15 {r15} as predicted; the event log ({} events) replays to them{quoted}{}",
         p.uki,
-        report.events.len()
+        report.events.len(),
+        if unchecked.is_empty() {
+            String::new()
+        } else {
+            format!("\nnot checked: {}", unchecked.join("; "))
+        }
     ))
 }
 
@@ -247,6 +265,6 @@ pub fn check_quote(
     Ok(format!(
         "; the quote (TPM reset count {}) covers the nonce and these PCRs and is signed by TPM key {fingerprint}{}",
         attest.reset_count,
-        if expect.ak.is_some() { " (pinned)" } else { " (pin it with --ak)" }
+        if expect.ak.is_some() { " (pinned)" } else { "" }
     ))
 }

@@ -48,15 +48,54 @@ fn call(ctl: &File, req: u64, msg: &mut [u64]) -> io::Result<()> {
 /// (`target_type`, `sectors` long, `params`), and resumes it. Returns the
 /// device number (major, minor).
 pub fn create(name: &str, target_type: &str, sectors: u64, params: &str) -> io::Result<(u32, u32)> {
+    let ctl = control()?;
+    let mut m = message(name, READONLY, &[], 0);
+    call(&ctl, DM_DEV_CREATE, &mut m)?;
+    // SAFETY: reading the dev field (offset 40) from the reply buffer.
+    let dev = unsafe { *m.as_ptr().cast::<u8>().add(40).cast::<u64>() };
+    load_and_resume(&ctl, name, target_type, sectors, params)?;
+    // Linux's huge dev encoding.
+    let major = ((dev >> 8) & 0xfff) as u32;
+    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
+    Ok((major, minor))
+}
+
+/// Replaces the table of the live device `name` with one target
+/// (`target_type`, `sectors` long, `params`): the kernel suspends the
+/// device, swaps the table in and resumes it; mounted file systems stay.
+pub fn reload(name: &str, target_type: &str, sectors: u64, params: &str) -> io::Result<()> {
+    load_and_resume(&control()?, name, target_type, sectors, params)
+}
+
+/// The verity table `params` with `restart_on_corruption`: a data or hash
+/// block that does not match the root hash reboots the machine instead of
+/// failing the read with EIO. herd-init loads /usr without it, reads all of
+/// /usr once (a corruption there is a `FATAL` line naming the slot and a
+/// counted boot try), then reloads the table with it, so a block that
+/// changes under a running node reboots it: a slot on trial then falls
+/// back by the boot loader's tries (docs/ARCHITECTURE.md, "dm-verity").
+pub fn restart_on_corruption(params: &str) -> String {
+    format!("{params} 1 restart_on_corruption")
+}
+
+fn control() -> io::Result<File> {
     let ctl = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/mapper/control")?;
     call(&ctl, DM_VERSION, &mut message("", 0, &[], 0))?;
-    let mut m = message(name, READONLY, &[], 0);
-    call(&ctl, DM_DEV_CREATE, &mut m)?;
-    // SAFETY: reading the dev field (offset 40) from the reply buffer.
-    let dev = unsafe { *m.as_ptr().cast::<u8>().add(40).cast::<u64>() };
+    Ok(ctl)
+}
+
+/// Loads a one-target table as the inactive table of `name`, then resumes
+/// the device (which makes the loaded table the live one).
+fn load_and_resume(
+    ctl: &File,
+    name: &str,
+    target_type: &str,
+    sectors: u64,
+    params: &str,
+) -> io::Result<()> {
     let mut spec = vec![0u8; SPEC];
     spec[8..16].copy_from_slice(&sectors.to_ne_bytes());
     let t = target_type.as_bytes();
@@ -68,10 +107,23 @@ pub fn create(name: &str, target_type: &str, sectors: u64, params: &str) -> io::
     }
     let next = spec.len() as u32;
     spec[20..24].copy_from_slice(&next.to_ne_bytes());
-    call(&ctl, DM_TABLE_LOAD, &mut message(name, READONLY, &spec, 1))?;
-    call(&ctl, DM_DEV_SUSPEND, &mut message(name, 0, &[], 0))?;
-    // Linux's huge dev encoding.
-    let major = ((dev >> 8) & 0xfff) as u32;
-    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
-    Ok((major, minor))
+    call(ctl, DM_TABLE_LOAD, &mut message(name, READONLY, &spec, 1))?;
+    call(ctl, DM_DEV_SUSPEND, &mut message(name, 0, &[], 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_on_corruption_is_one_optional_argument_after_the_salt() {
+        let base = herd_verity::dm_table_params("253:1", "253:2", 10, &[7; 32], &[]);
+        let p = restart_on_corruption(&base);
+        let words: Vec<&str> = p.split(' ').collect();
+        // version data hash dbs hbs blocks hash_start alg root salt, then
+        // the optional-argument count and the arguments (dm-verity.rst).
+        assert_eq!(words.len(), 12, "{p}");
+        assert_eq!(words[9], "-");
+        assert_eq!(&words[10..], ["1", "restart_on_corruption"]);
+    }
 }

@@ -340,6 +340,18 @@ pub fn run() -> ! {
     }
     usr_check.finish();
     let _ = warm.join();
+    // /usr is verified in full: a corrupted block from now on means the disk
+    // changed under the node, which reboots it (see dm::restart_on_corruption).
+    if let Err(e) = dm::reload(
+        "usr",
+        "verity",
+        sectors,
+        &dm::restart_on_corruption(&params),
+    ) {
+        fatal(&format!(
+            "cannot reload /usr's dm-verity table with restart_on_corruption: {e}"
+        ));
+    }
     tpm::phase("leave-initrd");
     for m in ["/dev", "/proc", "/sys", "/run"] {
         if let Err(e) = sys::mount(m, &format!("/sysroot{m}"), "", libc::MS_MOVE, "") {

@@ -229,6 +229,92 @@ fn corrupted_usr_fails_loudly_and_each_try_is_counted() {
     }
 }
 
+/// A block of /usr that changes while the node runs (after herd-init read
+/// all of /usr at boot): dm-verity finds it on the next read, which
+/// reboots the node (`restart_on_corruption`, loaded once the boot-time
+/// read passed) instead of handing the reader an I/O error and running on;
+/// the next boot's full read then refuses the slot with a FATAL line. The
+/// reader reads the block with O_DIRECT, as any later read of a block not
+/// in the page cache would.
+#[test]
+fn usr_corrupted_after_boot_reboots_the_node_on_the_next_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = fs::read_to_string(workspace().join("tests/images/probe.toml")).unwrap();
+    let lock = workspace().join("buildroot/debian.lock");
+    let toml = probe.replace(
+        "lock = \"../../buildroot/debian.lock\"",
+        &format!("lock = {:?}", lock.to_str().unwrap()),
+    ) + r#"
+[[usr.file]]
+path = "lib/herd/reader.sh"
+mode = 0o755
+content = '''
+bb=/usr/bin/busybox
+b=$(( $($bb cat /sys/block/dm-0/size) / 16 ))
+while true; do
+  if $bb dd if=/dev/dm-0 of=/dev/null bs=4096 skip=$b count=1 iflag=direct 2>/dev/null; then
+    echo "reader: block $b read"
+  else
+    echo "reader: block $b read failed"
+  fi
+  $bb sleep 1
+done
+'''
+
+[[init.service]]
+name = "reader"
+exec = ["/usr/bin/busybox", "sh", "/usr/lib/herd/reader.sh"]
+"#;
+    let image_toml = tmp.path().join("reader.toml");
+    fs::write(&image_toml, toml).unwrap();
+    let out = tmp.path().join("out");
+    run_ok(herd_build(&image_toml, &out, 1_700_000_000).arg("--quiet"));
+    let disk = disk_copy(&out, tmp.path());
+    let (off, _) = partition(&manifest(&out), "usr-a");
+
+    let vm1 = vm(&disk, &tmp.path().join("run.log"), OnReboot::Exit);
+    let read = vm1.wait_for("reader: block ", BOOT).unwrap();
+    assert!(read.contains(" read") && !read.contains("failed"), "{read}");
+    let block: u64 = read
+        .split("reader: block ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no block number in {read:?}"));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        let at = off + block * 4096 + 100;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        b[0] ^= 0x01;
+        f.write_all_at(&b, at).unwrap();
+    }
+    let found = vm1
+        .wait_for(&format!("data block {block} is corrupted"), BOOT)
+        .unwrap();
+    assert!(found.contains("verity"), "{found}");
+    // The kernel restarts the machine; QEMU exits on the reboot.
+    vm1.wait_exit(Duration::from_secs(60)).unwrap();
+    let lines = vm1.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("read failed")),
+        "the corrupted read returned an error to the reader and the node ran on"
+    );
+
+    let vm2 = vm(&disk, &tmp.path().join("next.log"), OnReboot::Exit);
+    let fatal = vm2.wait_for("herd-init: FATAL", BOOT).unwrap();
+    assert!(
+        fatal.contains("dm-verity rejected /usr of slot a"),
+        "the next boot names the corrupted slot: {fatal}"
+    );
+    vm2.wait_exit(Duration::from_secs(60)).unwrap();
+}
+
 #[test]
 fn wrong_root_hash_names_the_missing_partition_and_reboots() {
     let image = probe_image();

@@ -308,6 +308,39 @@ fn verify_accepts_a_good_report_and_names_what_differs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // "good" names what it did not check: freshness without --nonce, the
+    // key without --ak; with both, nothing is left out.
+    let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let (with_ak, nonce_only) = (stdout(&out), text.to_string());
+    assert!(
+        with_ak.contains("\nnot checked: freshness (no --nonce")
+            && !with_ak.contains("key identity"),
+        "{with_ak}"
+    );
+    assert!(
+        nonce_only.contains("\nnot checked: key identity (no --ak")
+            && !nonce_only.contains("freshness"),
+        "{nonce_only}"
+    );
+    let bare = verify(&good);
+    assert!(bare.status.success(), "{}", stdout(&bare));
+    assert!(
+        stdout(&bare).contains("\nnot checked: freshness (no --nonce: this may be an old quote replayed); key identity (no --ak"),
+        "{}",
+        stdout(&bare)
+    );
+    let all = verify_with(&good, &["--nonce", &nonce_hex, "--ak", &ak]);
+    assert!(
+        all.status.success() && !stdout(&all).contains("not checked"),
+        "{}",
+        stdout(&all)
+    );
+    // A report without a quote is only the node's word: never "good".
+    refused(
+        &tpm.report(&log, None).unwrap(),
+        &[],
+        "not verified: the report carries no quote",
+    );
     // What the quote check refuses, each with its reason.
     refused(
         &good,

@@ -195,10 +195,10 @@ pub fn install(
             p.part_guid = Guid(b);
         }
     }
+    // Backup copy first, synced, then the primary: a power cut leaves one valid table.
     table
-        .write_to(&mut d)
+        .write_durably(&mut d)
         .map_err(|e| Error::Disk(format!("writing the GPT of {dev}: {e}")))?;
-    d.sync_all().map_err(io(format!("flushing {dev}")))?;
 
     // Pending is on STATE before the UKI can boot: whatever boot comes next
     // knows a release was tried and settles it (running, fell back, or an

@@ -11,7 +11,7 @@ mod guid;
 mod table;
 
 pub use guid::{guid_from_name, Guid};
-pub use table::{Partition, PartitionSpec, Table, Which};
+pub use table::{Partition, PartitionSpec, SyncWrite, Table, Which};
 
 /// Partition type GUIDs of the UAPI Discoverable Partitions Specification.
 pub mod types {

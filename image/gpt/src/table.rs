@@ -46,6 +46,19 @@ pub struct Partition {
     pub attributes: u64,
 }
 
+/// A disk [`Table::write_durably`] can write to: `sync` returns once every
+/// byte written so far is on stable storage.
+pub trait SyncWrite: Write + Seek {
+    /// Flushes what was written to stable storage (`fsync`).
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl SyncWrite for std::fs::File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_all()
+    }
+}
+
 /// Which header a table was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Which {
@@ -249,6 +262,29 @@ impl Table {
             w.write_all(&bytes)?;
         }
         w.flush()?;
+        Ok(())
+    }
+
+    /// Rewrites the table of a disk in use so that a power cut at any moment
+    /// leaves a valid table, either the old one or this one: the backup
+    /// entries and header are written and synced first, then the protective
+    /// MBR and the primary entries and header, synced again. Until the second
+    /// sync the old primary is intact or, once its rewrite has begun, its
+    /// header and entries no longer agree (CRC), so readers (herd-init,
+    /// [`Table::read_detailed`], the kernel, the firmware) take the new
+    /// backup. [`Table::write_to`] writes everything in one batch, which the
+    /// page cache and the disk may persist in any order: a cut could leave
+    /// both headers new and both arrays old, no valid table at all.
+    pub fn write_durably<W: SyncWrite>(&self, w: &mut W) -> Result<(), Error> {
+        let pieces = self.pieces()?;
+        let (primary, backup) = pieces.split_at(3);
+        for batch in [backup, primary] {
+            for (offset, bytes) in batch {
+                w.seek(SeekFrom::Start(*offset))?;
+                w.write_all(bytes)?;
+            }
+            w.sync()?;
+        }
         Ok(())
     }
 

@@ -154,3 +154,30 @@ fn layout_errors_say_sizes() {
     s[0].name = "x".repeat(37);
     assert!(Table::layout(guid_from_name("t", "d"), 64 * MIB, s).is_err());
 }
+
+/// A table rewritten in place with `write_durably` (new PARTUUIDs for one
+/// slot, as herd-update does on the node's disk file) is one sfdisk and
+/// sgdisk accept, with both copies agreeing.
+#[test]
+fn a_durable_rewrite_in_place_passes_sfdisk_and_sgdisk() {
+    let disk = 18 * MIB;
+    let t = Table::layout(guid_from_name("test", "disk"), disk, specs()).unwrap();
+    let img = write_image(&t, disk);
+    let mut new = t.clone();
+    new.partitions[1].part_guid = guid_from_name("test", "usr-a-2");
+    new.partitions[2].part_guid = guid_from_name("test", "usr-a-verity-2");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img.path())
+        .unwrap();
+    new.write_durably(&mut f).unwrap();
+    let path = img.path().to_str().unwrap();
+    let v = tool("sfdisk", &["--verify", path]);
+    assert!(v.contains("No errors detected"), "{v}");
+    let g = tool("sgdisk", &["-v", path]);
+    assert!(g.contains("No problems found"), "{g}");
+    let (back, which) = Table::read_detailed(&mut f, 512).unwrap();
+    assert_eq!(which, Which::Primary);
+    assert_eq!(back, new);
+}
