@@ -59,9 +59,10 @@ pub fn grow_partition(part: &Part) -> Result<Option<(u64, u64)>, String> {
         _ => return Ok(None),
     }
     let (start, new) = t.partition_offset(i);
-    t.write_to(&mut f)
+    // Backup (at the disk's new end) first and flushed, then the primary:
+    // a power cut leaves the old table or the grown one, never neither.
+    t.write_durably(&mut f)
         .map_err(|e| format!("writing the grown GPT to {dev}: {e}"))?;
-    f.sync_all().map_err(|e| format!("flushing {dev}: {e}"))?;
     let mut p = BlkpgPartition {
         start: start as i64,
         length: new as i64,
