@@ -43,25 +43,32 @@ fn private_dirs(tmp: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A `herd vm run` started in the background with its own TMPDIR (so the
-/// leftover check is exact), console to `console.log`, stderr to
-/// `stderr.log`.
+/// A `herd vm run` of a copy of the default image's disk (`NAME-disk.raw`),
+/// started in the background with its own TMPDIR (so the leftover check is
+/// exact), console to `console.log`, stderr to `stderr.log`.
 struct Runner {
     child: Child,
+    disk: PathBuf,
     tmpdir: PathBuf,
     console: PathBuf,
     stderr: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Runner {
-    fn start(dir: &Path, disk: &Path, args: &[&str]) -> Runner {
+    fn start(name: &str, args: &[&str]) -> Runner {
+        let image = default_image();
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let disk = dir.join(format!("{name}-disk.raw"));
+        std::fs::copy(image.join("disk.raw"), &disk).unwrap();
         let tmpdir = dir.join("tmpdir");
         std::fs::create_dir_all(&tmpdir).unwrap();
         let console = dir.join("console.log");
         let stderr = dir.join("stderr.log");
         let child = Command::new(herd())
             .args(["vm", "run"])
-            .arg(disk)
+            .arg(&disk)
             .args(args)
             .env("TMPDIR", &tmpdir)
             .stdin(Stdio::null())
@@ -71,9 +78,11 @@ impl Runner {
             .unwrap();
         Runner {
             child,
+            disk,
             tmpdir,
             console,
             stderr,
+            _dir: d,
         }
     }
 
@@ -154,11 +163,7 @@ impl Drop for Runner {
 
 #[test]
 fn sigterm_shuts_the_guest_down_cleanly_and_leaves_nothing() {
-    let image = default_image();
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("sigterm-disk.raw");
-    std::fs::copy(image.join("disk.raw"), &disk).unwrap();
-    let mut r = Runner::start(tmp.path(), &disk, &["--grace", "90"]);
+    let mut r = Runner::start("sigterm", &["--grace", "90"]);
     r.wait_until("herd-init watching the power button", BOOT, |r| {
         r.console().contains("herd-init: watching the power button")
     });
@@ -178,17 +183,13 @@ fn sigterm_shuts_the_guest_down_cleanly_and_leaves_nothing() {
         "no clean unmount of STATE:\n{console}"
     );
     assert!(console.contains("herd-init: powering off"));
-    assert_eq!(qemu_processes_with(disk.to_str().unwrap()), 0);
+    assert_eq!(qemu_processes_with(r.disk.to_str().unwrap()), 0);
     r.assert_nothing_left();
 }
 
 #[test]
 fn grace_running_out_quits_qemu_with_128_plus_the_signal() {
-    let image = default_image();
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("grace-disk.raw");
-    std::fs::copy(image.join("disk.raw"), &disk).unwrap();
-    let mut r = Runner::start(tmp.path(), &disk, &["--snapshot", "--grace", "2"]);
+    let mut r = Runner::start("grace", &["--snapshot", "--grace", "2"]);
     r.wait_for_qemu();
     // Still in the firmware: nothing in the guest hears the button yet.
     r.signal(libc::SIGHUP);
@@ -207,11 +208,7 @@ fn grace_running_out_quits_qemu_with_128_plus_the_signal() {
 
 #[test]
 fn a_second_signal_quits_qemu_at_once() {
-    let image = default_image();
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("second-disk.raw");
-    std::fs::copy(image.join("disk.raw"), &disk).unwrap();
-    let mut r = Runner::start(tmp.path(), &disk, &["--snapshot", "--tpm"]);
+    let mut r = Runner::start("second", &["--snapshot", "--tpm"]);
     r.wait_for_qemu();
     r.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(500));
@@ -233,11 +230,7 @@ fn a_second_signal_quits_qemu_at_once() {
 
 #[test]
 fn sigkill_to_herd_takes_qemu_and_swtpm_down_and_the_next_run_cleans_up() {
-    let image = default_image();
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("sigkill-disk.raw");
-    std::fs::copy(image.join("disk.raw"), &disk).unwrap();
-    let mut r = Runner::start(tmp.path(), &disk, &["--snapshot", "--tpm"]);
+    let mut r = Runner::start("sigkill", &["--snapshot", "--tpm"]);
     r.wait_for_qemu();
     let tmpdir = r.tmpdir.display().to_string();
     assert_eq!(processes_naming(&tmpdir).len(), 2, "QEMU and swtpm");
@@ -258,7 +251,7 @@ fn sigkill_to_herd_takes_qemu_and_swtpm_down_and_the_next_run_cleans_up() {
     assert_eq!(left.len(), 1);
     let out = run(Command::new(herd())
         .args(["vm", "run"])
-        .arg(&disk)
+        .arg(&r.disk)
         .args(["--snapshot", "--timeout", "1", "-v"])
         .env("TMPDIR", &r.tmpdir));
     assert_eq!(out.status.code(), Some(124));
