@@ -388,6 +388,20 @@ enum Format {
 #[derive(Subcommand)]
 enum VmCommand {
     /// Boot DISK (raw or qcow2) under QEMU; exits when the VM powers off.
+    ///
+    /// SIGTERM, SIGINT or SIGHUP press the guest's ACPI power button and wait
+    /// up to --grace seconds for it to power off, then quit QEMU; a second
+    /// signal quits QEMU at once. QEMU and swtpm never outlive herd (they
+    /// get SIGKILL when herd dies, even by SIGKILL). The private directory
+    /// (herd-vm-PID-*: OVMF variables, QMP socket, TPM state, in $TMPDIR or
+    /// /tmp) is removed on exit; one left by a herd killed with SIGKILL is
+    /// removed by the next `herd vm run`.
+    ///
+    /// Exit status: 0 the guest powered off (by itself or after a signal);
+    /// 1 QEMU failed or exited with an error; 124 --timeout ran out and the
+    /// VM was killed; 128+N (143 SIGTERM, 130 SIGINT, 129 SIGHUP) signal N
+    /// came and QEMU had to be quit, because the grace ran out or a second
+    /// signal came (stderr says which).
     Run(VmRunArgs),
     /// Print a libvirt domain for DISK (UEFI/OVMF, q35, virtio disk and
     /// net, serial console, optional TPM): `virsh define` it.
@@ -439,6 +453,10 @@ struct VmRunArgs {
     /// Stop the VM after this many seconds and exit non-zero.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// After SIGTERM, SIGINT or SIGHUP, wait this long for the guest to
+    /// power off before quitting QEMU.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+    grace: u64,
     /// Use KVM instead of TCG software emulation (broken on nested hosts).
     #[arg(long)]
     kvm: bool,
@@ -600,13 +618,39 @@ fn run_vm(args: VmRunArgs) -> Result<ExitCode> {
         let (guest, host) = parse_pair(f, "--guest-forward")?;
         cfg.guest_forwards.push(GuestForward { guest, host });
     }
-    let outcome = herd_qemu::run(&cfg, args.timeout.map(Duration::from_secs))?;
+    let outcome = herd_qemu::run(
+        &cfg,
+        args.timeout.map(Duration::from_secs),
+        Duration::from_secs(args.grace),
+    )?;
     if outcome.timed_out {
         eprintln!(
             "herd vm run: timed out after {} s; the VM was stopped",
             args.timeout.unwrap_or(0)
         );
         return Ok(ExitCode::from(124));
+    }
+    if let (Some(sig), Some(forced)) = (outcome.signal, outcome.forced) {
+        let why = match forced {
+            herd_qemu::Forced::Grace => format!(
+                "the guest did not power off within {} s (--grace)",
+                args.grace
+            ),
+            herd_qemu::Forced::SecondSignal(s) => {
+                format!("a second signal ({}) came", herd_qemu::signal_name(s))
+            }
+        };
+        eprintln!(
+            "herd vm run: got {}, and {why}; QEMU was quit without a clean guest shutdown",
+            herd_qemu::signal_name(sig)
+        );
+        return Ok(ExitCode::from(128 + sig as u8));
+    }
+    if let Some(sig) = outcome.signal {
+        eprintln!(
+            "herd vm run: got {}; the guest powered off",
+            herd_qemu::signal_name(sig)
+        );
     }
     Ok(if outcome.success {
         ExitCode::SUCCESS

@@ -114,8 +114,10 @@ fn shutdown(sup: &mut Supervisor, how: Halt) -> ! {
     );
     sup.stop_all(GRACE);
     sys::sync();
+    let mut busy = Vec::new();
     for m in ["/var", "/etc", "/.state"] {
-        if sys::umount(m, 0).is_err() {
+        if let Err(e) = sys::umount(m, 0) {
+            busy.push(format!("{m}: {e}"));
             let _ = sys::mount(
                 "",
                 m,
@@ -127,6 +129,14 @@ fn shutdown(sup: &mut Supervisor, how: Halt) -> ! {
     }
     let _ = sys::mount("", "/.state", "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
     sys::sync();
+    if busy.is_empty() {
+        info!("STATE unmounted");
+    } else {
+        info!(
+            "STATE remounted read-only, not unmounted ({})",
+            busy.join(", ")
+        );
+    }
     let (msg, cmd) = match how {
         Halt::PowerOff => ("powering off", libc::RB_POWER_OFF),
         Halt::Reboot => ("rebooting", libc::RB_AUTOBOOT),

@@ -1,6 +1,8 @@
 //! Preparing the QEMU (and swtpm) command lines and private files.
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,11 +13,140 @@ pub const QEMU: &str = "qemu-system-x86_64";
 
 /// Files and helper processes that live as long as one VM.
 pub struct Prepared {
-    /// Private files (OVMF variables, QMP socket, TPM state); removed on drop.
+    /// Private files (OVMF variables, QMP socket, TPM state); removed on
+    /// drop, or by a later [`prepare`] once this process is gone (see
+    /// [`sweep`]).
     pub _dir: tempfile::TempDir,
     pub qmp: PathBuf,
     pub swtpm: Option<Child>,
     pub args: Vec<String>,
+    /// Children die with the thread that spawned them (see [`tie`]).
+    pub tied: bool,
+}
+
+impl Prepared {
+    /// The QEMU command, tied to this process like swtpm.
+    pub fn qemu(&self) -> Command {
+        let mut c = Command::new(QEMU);
+        c.args(&self.args);
+        tie(&mut c, self.tied);
+        c
+    }
+}
+
+/// Puts a child in its own process group, so a terminal's Ctrl-C (sent to
+/// the foreground group) reaches herd, which shuts the guest down, and not
+/// QEMU or swtpm directly. With `die_with_parent` the child also gets
+/// SIGKILL when its parent goes away, even by SIGKILL, so QEMU never
+/// outlives `herd vm run`.
+///
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+/// not the process: only ask for it from a thread that lives as long as the
+/// child. [`crate::run`] does, as it blocks its caller's thread until QEMU
+/// has been reaped; [`crate::Vm`] does not (tests may move a `Vm` between
+/// threads), so it kills QEMU on drop instead.
+pub(crate) fn tie(cmd: &mut Command, die_with_parent: bool) {
+    cmd.process_group(0);
+    if !die_with_parent {
+        return;
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls async-signal-safe functions (prctl, getppid) and builds an
+    // io::Error from a raw code, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: no signal will come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of
+/// /proc/PID/stat): with the pid it names one process, even after the pid
+/// is reused.
+fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces and ')')
+    // start at field 3.
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+}
+
+const DIR_PREFIX: &str = "herd-vm-";
+
+/// The private directory's name prefix: `herd-vm-PID-START-`, naming the
+/// process that owns it.
+fn dir_prefix() -> String {
+    let pid = std::process::id();
+    format!("{DIR_PREFIX}{pid}-{}-", start_time(pid).unwrap_or(0))
+}
+
+/// Removes the private directories in `tmp` whose owner process is gone:
+/// a runner killed by SIGKILL cannot clean up after itself (its QEMU and
+/// swtpm die with it, see [`tie`]), so the next one does. Directories of
+/// live processes, of other users, and of other names are left alone.
+/// Returns the directories removed.
+pub(crate) fn sweep(tmp: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return removed;
+    };
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(Ok(pid)), Some(Ok(start)), Some(_)) = (
+            parts.next().map(str::parse::<u32>),
+            parts.next().map(str::parse::<u64>),
+            parts.next(),
+        ) else {
+            continue;
+        };
+        if start_time(pid) == Some(start) {
+            continue;
+        }
+        let path = e.path();
+        match path.symlink_metadata() {
+            Ok(m) if m.is_dir() && m.uid() == me => {}
+            _ => continue,
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(
+                    "removed {}, left by herd process {pid}, which is gone",
+                    path.display()
+                );
+                removed.push(path);
+            }
+            Err(e) => tracing::warn!(
+                "cannot remove {} (left by herd process {pid}, which is gone): {e}; remove it by hand",
+                path.display()
+            ),
+        }
+    }
+    removed
 }
 
 impl Drop for Prepared {
@@ -56,11 +187,13 @@ pub(crate) fn format_of(cfg: &VmConfig) -> Result<&'static str, Error> {
     })
 }
 
-fn start_swtpm(dir: &Path) -> Result<Child, Error> {
+fn start_swtpm(dir: &Path, tied: bool) -> Result<Child, Error> {
     let state = dir.join("tpm");
     std::fs::create_dir_all(&state).map_err(io("creating the TPM state directory"))?;
     let sock = dir.join("tpm.sock");
-    let child = Command::new("swtpm")
+    let mut cmd = Command::new("swtpm");
+    tie(&mut cmd, tied);
+    let child = cmd
         .arg("socket")
         .arg("--tpm2")
         .arg("--tpmstate")
@@ -114,8 +247,9 @@ pub(crate) fn fw_cfg_arg(c: &Path) -> Result<String, Error> {
 }
 
 /// Checks the host, makes the private files, starts swtpm, and returns the
-/// QEMU arguments (serial console on stdio).
-pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
+/// QEMU arguments (serial console on stdio). `tied`: the children die with
+/// the calling thread (see [`tie`]).
+pub fn prepare(cfg: &VmConfig, tied: bool) -> Result<Prepared, Error> {
     if which(QEMU).is_none() {
         return Err(Error::Missing {
             what: "qemu-system-x86_64",
@@ -143,8 +277,9 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
         });
     }
     let format = format_of(cfg)?;
+    sweep(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
-        .prefix("herd-vm-")
+        .prefix(&dir_prefix())
         .tempdir()
         .map_err(io("creating a private VM directory"))?;
     let vars = match &cfg.vars {
@@ -241,7 +376,7 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
         args.push("-no-reboot".into());
     }
     let swtpm = if cfg.tpm {
-        let child = start_swtpm(dir.path())?;
+        let child = start_swtpm(dir.path(), tied)?;
         args.extend([
             "-chardev".into(),
             format!(
@@ -273,12 +408,45 @@ pub fn prepare(cfg: &VmConfig) -> Result<Prepared, Error> {
         qmp,
         swtpm,
         args,
+        tied,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_removes_only_dirs_whose_owner_is_gone() {
+        let t = tempfile::tempdir().unwrap();
+        // A process that has exited and been reaped: its pid names no one
+        // with that start time any more.
+        let mut c = Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pid = c.id();
+        let start = start_time(pid).expect("start time of a live child");
+        c.wait().unwrap();
+        let dead = t.path().join(format!("{DIR_PREFIX}{pid}-{start}-abc123"));
+        std::fs::create_dir_all(dead.join("tpm")).unwrap();
+        std::fs::write(dead.join("OVMF_VARS.fd"), b"x").unwrap();
+        // This live process's own directory.
+        let mine = t.path().join(format!("{}xyz789", dir_prefix()));
+        std::fs::create_dir(&mine).unwrap();
+        // A live pid (ours) with another start time: the pid was reused.
+        let reused = t
+            .path()
+            .join(format!("{DIR_PREFIX}{}-1-def456", std::process::id()));
+        std::fs::create_dir(&reused).unwrap();
+        // Names that say no owner are not ours to judge.
+        let old = t.path().join("herd-vm-Ab3dEf");
+        std::fs::create_dir(&old).unwrap();
+        let mut removed = sweep(t.path());
+        removed.sort();
+        let mut want = vec![dead.clone(), reused.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(!dead.exists() && !reused.exists());
+        assert!(mine.exists() && old.exists());
+    }
 
     #[test]
     fn fw_cfg_argument() {

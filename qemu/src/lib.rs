@@ -3,8 +3,11 @@
 //! an optional swtpm TPM started and stopped with the VM, and user-mode
 //! networking with `restrict=on` plus only the forwards asked for.
 //!
-//! [`run`] is for people (`herd vm run`): console on stdout, exits with the
-//! VM. [`Vm`] is for tests: console lines collected and searchable,
+//! [`run`] is for people and supervisors (`herd vm run`): console on
+//! stdout, exits with the VM; SIGTERM, SIGINT and SIGHUP press the guest's
+//! power button and quit QEMU after a grace period (a second one at once);
+//! QEMU and swtpm die with the runner even when it is killed by SIGKILL,
+//! and a later run removes the private directory such a runner left. [`Vm`] is for tests: console lines collected and searchable,
 //! ACPI power button through QMP, killed on drop.
 
 mod command;
@@ -12,10 +15,12 @@ mod config;
 pub mod libvirt;
 mod qmp;
 pub mod secureboot;
+mod signals;
 mod vm;
 
 pub use config::{Accel, DiskFormat, Forward, GuestForward, OnReboot, VmConfig};
-pub use vm::{run, Outcome, Vm};
+pub use signals::name as signal_name;
+pub use vm::{run, Forced, Outcome, Vm};
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
