@@ -271,6 +271,7 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
             configmaps: a.configmaps.clone(),
             pods_state: a.state.join("pods"),
             pods_run: a.run.join("pods"),
+            host_root: "/".into(),
         },
         a.run.join("bundles"),
         a.logs.clone(),

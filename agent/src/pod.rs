@@ -514,15 +514,8 @@ impl Pod {
                 }
             }
             if let Some(h) = &v.host_path {
-                let p = Path::new(&h.path);
-                let under_var = p.is_absolute()
-                    && p.starts_with("/var")
-                    && !p.components().any(|c| c == std::path::Component::ParentDir);
-                if !under_var {
-                    return fail(
-                        format!("{f}.hostPath.path"),
-                        format!("{:?}: hostPath volumes must be under /var", h.path),
-                    );
+                if let Err(why) = crate::volumes::host_path_rule(&h.path) {
+                    return fail(format!("{f}.hostPath.path"), why);
                 }
                 if let Some(k) = &h.kind {
                     if !["", "Directory", "DirectoryOrCreate"].contains(&k.as_str()) {
@@ -793,6 +786,22 @@ spec:
             "hostPath.path",
             "under /var",
         );
+        for (path, why) in [
+            ("/var/lib/../lib/herd", "which is /var/lib/herd or under it"),
+            ("//etc/herd/", "which is /etc/herd or under it"),
+            ("/var/log/herd/agent", "which is /var/log/herd or under it"),
+            ("/run/herd", "which is /run/herd or under it"),
+            ("/var/lib", "which holds /var/lib/herd"),
+        ] {
+            refused(
+                (
+                    "hostPath: {path: /var/lib/web",
+                    &format!("hostPath: {{path: {path}"),
+                ),
+                "spec.volumes[1].hostPath.path",
+                why,
+            );
+        }
         refused(
             ("cpu: 500m", "cpu: lots"),
             "spec.containers[0].resources.limits.cpu",

@@ -12,7 +12,12 @@
 //!   when the pod goes; `medium: Memory` is a tmpfs of `sizeLimit`
 //!   (default 64 MiB) under `/run`;
 //! - `hostPath`: the node's directory (manifests may only name `/var`),
-//!   created for `DirectoryOrCreate` (the default).
+//!   created for `DirectoryOrCreate` (the default). Never the node's own
+//!   state ([`NODE_STATE`]), anything under it or anything holding it
+//!   (`/var`, `/var/lib`), after normalising the path lexically; and
+//!   resolved without following symlinks (`openat2` with
+//!   `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`, one component at a time), so
+//!   a symlink planted at an allowed path cannot lead into that state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,99 @@ pub struct Sources {
     pub pods_state: PathBuf,
     /// Per-pod memory directories (`/run/herd/agent/pods`).
     pub pods_run: PathBuf,
+    /// What hostPath volumes are resolved beneath (`/`).
+    pub host_root: PathBuf,
+}
+
+/// The node's own state — keys, trust, update and agent state, logs, the
+/// agent's socket: no hostPath may be one of them, under one, or hold one.
+pub const NODE_STATE: [&str; 4] = ["/var/lib/herd", "/var/log/herd", "/etc/herd", "/run/herd"];
+
+/// The hostPath `path` normalised lexically (`//`, `.`, trailing `/`, and
+/// `..` taken back), relative to `/`, if a pod may have it: under `/var`
+/// and clear of [`NODE_STATE`]; else why not.
+pub fn host_path_rule(path: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not an absolute path"));
+    }
+    let mut norm = PathBuf::from("/");
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(x) => norm.push(x),
+            Component::ParentDir => {
+                norm.pop();
+            }
+            _ => {}
+        }
+    }
+    let rule = "the node's own state is never given to a pod";
+    let shown = norm.display();
+    if let Some(s) = NODE_STATE.iter().find(|s| norm.starts_with(s)) {
+        return Err(format!(
+            "{path:?} is {shown}, which is {s} or under it: {rule}"
+        ));
+    }
+    if !norm.starts_with("/var") {
+        return Err(format!(
+            "{path:?} is {shown}: hostPath volumes must be under /var"
+        ));
+    }
+    if let Some(s) = NODE_STATE.iter().find(|s| Path::new(s).starts_with(&norm)) {
+        return Err(format!("{path:?} is {shown}, which holds {s}: {rule}"));
+    }
+    Ok(norm.strip_prefix("/").expect("absolute").to_path_buf())
+}
+
+/// Opens `rel` beneath `root` one component at a time with `openat2`
+/// (`RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`), creating missing directories
+/// if `create`: a symlink anywhere on the way fails with `ELOOP`.
+fn open_beneath(root: &Path, rel: &Path, create: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let openat2 = |dir: libc::c_int, name: &CString| -> std::io::Result<OwnedFd> {
+        // SAFETY: open_how is plain integers, all-zero is its empty value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+        // SAFETY: `name` is NUL-terminated and `how` a valid open_how of the
+        // size passed; both outlive the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir,
+                name.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    };
+    let nul = |b: &[u8]| {
+        CString::new(b).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let mut cur: OwnedFd = std::fs::File::open(root)?.into();
+    for c in rel.components() {
+        let name = nul(c.as_os_str().as_encoded_bytes())?;
+        cur = match openat2(cur.as_raw_fd(), &name) {
+            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                // SAFETY: a valid directory descriptor and NUL-terminated name.
+                if unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                }
+                openat2(cur.as_raw_fd(), &name)?
+            }
+            r => r?,
+        };
+    }
+    Ok(cur)
 }
 
 /// A volume that cannot be made, or a key that is missing.
@@ -172,18 +270,22 @@ pub fn prepare(pod: &Pod, src: &Sources) -> Result<BTreeMap<String, VolumeSource
                 p
             }
         } else if let Some(h) = &v.host_path {
-            let p = PathBuf::from(&h.path);
-            if h.kind.as_deref() == Some("Directory") {
-                if !p.is_dir() {
-                    return Err(VolumeError(format!(
-                        "volume {}: hostPath {} is not a directory (type Directory); create it or use DirectoryOrCreate",
-                        v.name, h.path
-                    )));
-                }
-            } else {
-                std::fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
+            let refuse = |why: String| VolumeError(format!("volume {}: hostPath {why}", v.name));
+            let rel = host_path_rule(&h.path).map_err(refuse)?;
+            let create = h.kind.as_deref() != Some("Directory");
+            match open_beneath(&src.host_root, &rel, create) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refuse(format!(
+                    "{:?}: a symlink on the way; hostPath is resolved without following symlinks (openat2 RESOLVE_NO_SYMLINKS), use the real directory",
+                    h.path
+                ))),
+                Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Err(refuse(format!(
+                    "{} is not a directory (type Directory); create it or use DirectoryOrCreate",
+                    h.path
+                ))),
+                Err(e) => return Err(refuse(format!("{:?}: {e}", h.path))),
             }
-            p
+            src.host_root.join(rel)
         } else if let Some(s) = &v.secret {
             keys_volume(
                 &src.secrets,
@@ -245,6 +347,7 @@ mod tests {
             configmaps: t.join("configmaps"),
             pods_state: t.join("state"),
             pods_run: t.join("run"),
+            host_root: t.join("host"),
         }
     }
 
@@ -256,15 +359,16 @@ mod tests {
         std::fs::write(src.secrets.join("db/password"), "hunter2\n").unwrap();
         std::fs::create_dir_all(src.configmaps.join("site")).unwrap();
         std::fs::write(src.configmaps.join("site/index.html"), "hi").unwrap();
-        let host = t.path().join("var-data");
+        std::fs::create_dir_all(&src.host_root).unwrap();
+        let host = src.host_root.join("var/x");
         let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5000/x:1\n    env:\n    - name: PW\n      valueFrom: {secretKeyRef: {name: db, key: password}}\n  volumes:\n  - {name: scratch, emptyDir: {}}\n  - {name: data, hostPath: {path: /var/x}}\n  - {name: creds, secret: {secretName: db}}\n  - {name: site, configMap: {name: site}}\n";
-        let mut pod = Pod::parse(yaml, Path::new("web.yaml")).unwrap();
-        pod.spec.volumes[1].host_path.as_mut().unwrap().path = host.display().to_string();
+        let pod = Pod::parse(yaml, Path::new("web.yaml")).unwrap();
         let env = env_from(&pod.spec.containers[0], &src).unwrap();
         assert_eq!(env["PW"], "hunter2");
         let v = prepare(&pod, &src).unwrap();
         assert!(v["scratch"].path.starts_with(&src.pods_state));
         assert!(host.is_dir());
+        assert_eq!(v["data"].path, host);
         assert!(v["creds"].path.starts_with(&src.pods_run));
         assert_eq!(
             std::fs::read_to_string(v["creds"].path.join("password")).unwrap(),
@@ -286,5 +390,102 @@ mod tests {
         );
         let e = prepare(&pod, &src).unwrap_err();
         assert!(e.0.contains("volume creds (secret db)"), "{e}");
+    }
+
+    #[test]
+    fn host_paths_are_normalised_and_keep_off_the_node_state() {
+        for (path, ok) in [
+            ("/var/lib/web", "var/lib/web"),
+            ("//var//lib/web/", "var/lib/web"),
+            ("/var/./data", "var/data"),
+            ("/var/x/../y", "var/y"),
+            ("/var/lib/herdsman", "var/lib/herdsman"),
+        ] {
+            assert_eq!(host_path_rule(path), Ok(PathBuf::from(ok)), "{path}");
+        }
+        for (path, why) in [
+            (
+                "/var/lib/herd",
+                "is /var/lib/herd, which is /var/lib/herd or under it",
+            ),
+            ("/var/lib/herd/", "which is /var/lib/herd or under it"),
+            ("//var/lib/herd", "which is /var/lib/herd or under it"),
+            ("/var/lib/./herd", "which is /var/lib/herd or under it"),
+            (
+                "/var/lib/../lib/herd",
+                "is /var/lib/herd, which is /var/lib/herd or under it",
+            ),
+            (
+                "/var/lib/herd/update/keys",
+                "which is /var/lib/herd or under it",
+            ),
+            ("/var/log/herd/agent", "which is /var/log/herd or under it"),
+            (
+                "/var/log/../../etc/herd",
+                "is /etc/herd, which is /etc/herd or under it",
+            ),
+            ("/run/herd/agent.sock", "which is /run/herd or under it"),
+            ("/var", "is /var, which holds /var/lib/herd"),
+            ("/var/lib/", "which holds /var/lib/herd"),
+            ("/var/log", "which holds /var/log/herd"),
+            ("/var/lib/web/../..", "is /var, which holds /var/lib/herd"),
+            ("/etc", "must be under /var"),
+            ("/", "must be under /var"),
+            (
+                "/var/../etc",
+                "is /etc: hostPath volumes must be under /var",
+            ),
+            ("/variable", "must be under /var"),
+            ("var/lib/web", "not an absolute path"),
+        ] {
+            let e = host_path_rule(path).unwrap_err();
+            assert!(e.contains(why), "{path}: {e}");
+            assert!(e.starts_with(&format!("{path:?}")), "{path}: {e}");
+        }
+        for s in NODE_STATE {
+            assert!(host_path_rule(s)
+                .unwrap_err()
+                .contains("the node's own state is never given to a pod"));
+        }
+    }
+
+    #[test]
+    fn host_paths_do_not_follow_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let src = sources(t.path());
+        let herd = src.host_root.join("var/lib/herd");
+        std::fs::create_dir_all(&herd).unwrap();
+        std::fs::write(herd.join("node.key"), "secret").unwrap();
+        std::fs::create_dir_all(src.host_root.join("var/real")).unwrap();
+        // Planted at an allowed path, pointing into the node's state.
+        std::os::unix::fs::symlink("lib/herd", src.host_root.join("var/data")).unwrap();
+        let pod_with = |path: &str, kind: &str| {
+            let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5000/x:1\n  volumes:\n  - {{name: data, hostPath: {{path: {path}, type: {kind}}}}}\n");
+            Pod::parse(&yaml, Path::new("p.yaml")).unwrap()
+        };
+        for (path, kind) in [
+            ("/var/data", "DirectoryOrCreate"),
+            ("/var/data", "Directory"),
+            ("/var/data/sub", "DirectoryOrCreate"),
+            ("/var/data/sub", "Directory"),
+        ] {
+            let e = prepare(&pod_with(path, kind), &src).unwrap_err();
+            assert_eq!(
+                e.0,
+                format!("volume data: hostPath {path:?}: a symlink on the way; hostPath is resolved without following symlinks (openat2 RESOLVE_NO_SYMLINKS), use the real directory"),
+                "{path} {kind}"
+            );
+        }
+        assert!(
+            !herd.join("sub").exists(),
+            "nothing created through the link"
+        );
+
+        let v = prepare(&pod_with("/var/real", "Directory"), &src).unwrap();
+        assert_eq!(v["data"].path, src.host_root.join("var/real"));
+        let v = prepare(&pod_with("/var/real/new/dir", "DirectoryOrCreate"), &src).unwrap();
+        assert!(v["data"].path.is_dir());
+        let e = prepare(&pod_with("/var/missing", "Directory"), &src).unwrap_err();
+        assert!(e.0.contains("is not a directory (type Directory)"), "{e}");
     }
 }

@@ -93,6 +93,57 @@ pub enum Error {
         /// what is wrong
         message: String,
     },
+    /// A hard link whose target is outside the image root: it climbs with
+    /// `..`, is absolute, or its way passes through a symlink or a file.
+    #[error("layer {layer}: hard link {entry} -> {target}: {message}; refusing the image (rebuild it without that link)")]
+    LayerHardLink {
+        /// the layer digest
+        layer: String,
+        /// the link's path in the layer
+        entry: String,
+        /// the link's target as written in the layer
+        target: String,
+        /// why the target is refused
+        message: String,
+    },
+    /// A whiteout that names no file of its directory (`.wh.`, `.wh..`,
+    /// `.wh...`) or an unknown `.wh..wh.` special.
+    #[error("layer {layer}: whiteout {entry} does not name a file of its directory (only `.wh.NAME` and `.wh..wh..opq` are whiteouts); refusing the image")]
+    LayerWhiteout {
+        /// the layer digest
+        layer: String,
+        /// the whiteout's path in the layer
+        entry: String,
+    },
+    /// More decompressed bytes than the per-layer or per-image cap (a
+    /// compression bomb, or an image too large for this node).
+    #[error("layer {layer}: more than {limit} bytes once decompressed, over the {scope} cap; refusing the image (a compression bomb, or an image too large for this node)")]
+    LayerTooLarge {
+        /// the layer digest
+        layer: String,
+        /// `per-layer` or `per-image`
+        scope: &'static str,
+        /// the cap in bytes
+        limit: u64,
+    },
+    /// More entries in one layer than the cap.
+    #[error("layer {layer}: more than {limit} entries; refusing the image")]
+    LayerTooManyEntries {
+        /// the layer digest
+        layer: String,
+        /// the cap
+        limit: u64,
+    },
+    /// An entry path (or link target) longer than the cap.
+    #[error("layer {layer}: an entry path or link target of {len} bytes, longer than {limit}; refusing the image")]
+    LayerPathTooLong {
+        /// the layer digest
+        layer: String,
+        /// its length in bytes
+        len: usize,
+        /// the cap
+        limit: usize,
+    },
     /// I/O.
     #[error("{what}: {cause}")]
     Io {

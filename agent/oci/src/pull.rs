@@ -205,10 +205,11 @@ impl Pulled {
     /// Unpacks the layers, bottom first, into `root` (which should be empty).
     pub fn unpack(&self, store: &Store, root: &Path) -> Result<(), Error> {
         std::fs::create_dir_all(root).map_err(crate::io(format!("creating {}", root.display())))?;
+        let mut u = crate::unpack::Unpacker::new(crate::unpack::Limits::default());
         for l in &self.manifest.layers {
             let f = std::fs::File::open(store.path(&l.digest))
                 .map_err(crate::io(format!("opening layer {}", l.digest)))?;
-            crate::unpack::apply(root, &l.digest, &l.media_type, std::io::BufReader::new(f))?;
+            u.apply(root, &l.digest, &l.media_type, std::io::BufReader::new(f))?;
         }
         Ok(())
     }
