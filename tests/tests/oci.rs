@@ -13,8 +13,10 @@ use herd_oci::manifest::{Manifest, OCI_MANIFEST};
 use herd_oci::pull::pull;
 use herd_oci::registry::Registry;
 use herd_oci::store::Store;
-use herd_oci::{Error, Reference, SignedIdentity};
-use herd_tests::registry::{copy_image, make_image, registry, skopeo_push};
+use std::path::PathBuf;
+
+use herd_oci::{Digest, Error, Reference, SignedIdentity};
+use herd_tests::registry::{copy_image, make_image, registry, skopeo_push, Reg};
 use herd_tests::{herd, run, run_ok};
 
 fn key_of(k: &herd_release::SigningKey) -> TrustedKey {
@@ -154,21 +156,32 @@ fn pulls_only_signed_untampered_images() {
     assert!(!fresh.has(layer), "a tampered layer never enters the store");
 }
 
-#[test]
-fn herd_sign_image_signs_registry_images_and_layouts() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = registry(t.path());
-    let dir = t.path().join("layout");
-    let layout = Layout::create(&dir).unwrap();
+/// A registry under `dir` with image "web" of the layout `dir/layout`
+/// pushed as `repo_tag`, and a herd key `dir/image.key`.
+fn web_pushed_and_key(dir: &std::path::Path, repo_tag: &str) -> (Reg, Digest, PathBuf) {
+    let reg = registry(dir);
+    let layout = Layout::create(&dir.join("layout")).unwrap();
     let web = make_image(&layout, "web", "web");
-    let host = format!("127.0.0.1:{}", reg.port);
-    skopeo_push(&dir, "web", &format!("{host}/herd/web:1"));
-    let key = t.path().join("image.key");
+    skopeo_push(
+        &dir.join("layout"),
+        "web",
+        &format!("127.0.0.1:{}/{repo_tag}", reg.port),
+    );
+    let key = dir.join("image.key");
     run_ok(
         Command::new(herd())
             .args(["key", "generate", "--out"])
             .arg(&key),
     );
+    (reg, web, key)
+}
+
+#[test]
+fn herd_sign_image_signs_registry_images_and_layouts() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, web, key) = web_pushed_and_key(t.path(), "herd/web:1");
+    let dir = t.path().join("layout");
+    let host = format!("127.0.0.1:{}", reg.port);
     let k = herd_release::SigningKey::load(&key).unwrap();
     let store = Store::open(&t.path().join("store")).unwrap();
 
@@ -241,18 +254,8 @@ fn herd_sign_image_signs_registry_images_and_layouts() {
 #[test]
 fn a_signature_vouches_only_for_the_image_it_names() {
     let t = tempfile::tempdir().unwrap();
-    let reg = registry(t.path());
-    let dir = t.path().join("layout");
-    let layout = Layout::create(&dir).unwrap();
-    let web = make_image(&layout, "web", "web");
+    let (reg, web, key) = web_pushed_and_key(t.path(), "team/web:1");
     let host = format!("127.0.0.1:{}", reg.port);
-    skopeo_push(&dir, "web", &format!("{host}/team/web:1"));
-    let key = t.path().join("image.key");
-    run_ok(
-        Command::new(herd())
-            .args(["key", "generate", "--out"])
-            .arg(&key),
-    );
     run_ok(
         Command::new(herd())
             .args(["sign-image", &format!("{host}/team/web:1"), "--key"])
