@@ -9,15 +9,29 @@
 //! keys/*.pub       one trusted key per file: PEM `PUBLIC KEY` (ECDSA P-256
 //!                  or ed25519, as `cosign generate-key-pair` writes) or a
 //!                  herd public key (64 hex digits, `herd key show`)
-//! policy.toml      insecure_registries = ["10.0.2.100"]   (optional)
+//! policy.toml      (optional)
+//!                  insecure_registries = ["10.0.2.100"]
+//!                  [keys."mirror.pub"]      a key of this directory's keys/
+//!                  signed_identity = "remapIdentity"
+//!                  prefix = "10.0.2.100:5000/acme"
+//!                  signed_prefix = "ghcr.io/acme"
 //! ```
+//!
+//! `signed_identity` says which image names a key's signatures vouch for
+//! ([`SignedIdentity`]): `matchRepository` (the default: the signature's
+//! `docker-reference` names the repository asked for, and its tag if it has
+//! one), `matchRepoDigestOrExact`, `matchExact`, or `remapIdentity` with
+//! `prefix` and `signed_prefix`.
 //!
 //! A key file that does not parse is reported and skipped: the other keys
 //! keep working, and images signed only by the broken key do not run.
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use herd_oci::cosign::TrustedKey;
+use herd_oci::SignedIdentity;
 use serde::Deserialize;
 
 /// The policy in force.
@@ -34,6 +48,31 @@ pub struct Policy {
 struct PolicyFile {
     #[serde(default)]
     insecure_registries: Vec<String>,
+    /// Per key file name (in this directory's `keys/`).
+    #[serde(default)]
+    keys: BTreeMap<String, KeyRule>,
+}
+
+/// A key's `signed_identity` (checked as it is read, so a mistake is
+/// reported at its line and column).
+#[derive(Debug)]
+struct KeyRule(SignedIdentity);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyRule {
+    signed_identity: String,
+    prefix: Option<String>,
+    signed_prefix: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for KeyRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyRule, D::Error> {
+        let r = RawKeyRule::deserialize(d)?;
+        SignedIdentity::from_parts(&r.signed_identity, r.prefix, r.signed_prefix)
+            .map(KeyRule)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Policy {
@@ -49,6 +88,28 @@ impl Policy {
     }
 
     fn load_dir(&mut self, dir: &Path, problems: &mut Vec<String>) {
+        let toml_path = dir.join("policy.toml");
+        let mut rules = match std::fs::read_to_string(&toml_path) {
+            Ok(text) => match toml::from_str::<PolicyFile>(&text) {
+                Ok(f) => {
+                    self.insecure_registries.extend(f.insecure_registries);
+                    f.keys
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "{}: ignored: {}",
+                        toml_path.display(),
+                        e.to_string().trim()
+                    ));
+                    BTreeMap::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                problems.push(format!("{}: ignored: {e}", toml_path.display()));
+                BTreeMap::new()
+            }
+        };
         let keys = dir.join("keys");
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&keys) {
             Ok(rd) => rd
@@ -61,26 +122,26 @@ impl Policy {
         files.sort();
         for f in files {
             let what = f.display().to_string();
+            let rule = f
+                .file_name()
+                .and_then(|n| rules.remove(n.to_string_lossy().as_ref()));
             match std::fs::read_to_string(&f) {
                 Ok(text) => match TrustedKey::parse(&text, &what) {
-                    Ok(k) => self.keys.push(k),
+                    Ok(k) => self.keys.push(match rule {
+                        Some(KeyRule(identity)) => k.with_identity(identity),
+                        None => k,
+                    }),
                     Err(e) => problems.push(format!("{what}: key skipped: {e}")),
                 },
                 Err(e) => problems.push(format!("{what}: key skipped: cannot read it: {e}")),
             }
         }
-        let toml_path = dir.join("policy.toml");
-        match std::fs::read_to_string(&toml_path) {
-            Ok(text) => match toml::from_str::<PolicyFile>(&text) {
-                Ok(f) => self.insecure_registries.extend(f.insecure_registries),
-                Err(e) => problems.push(format!(
-                    "{}: ignored: {}",
-                    toml_path.display(),
-                    e.to_string().trim()
-                )),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => problems.push(format!("{}: ignored: {e}", toml_path.display())),
+        for name in rules.keys() {
+            problems.push(format!(
+                "{}: [keys.{name:?}] names no key file of {} (a file name such as ops.pub); the rule applies to nothing",
+                toml_path.display(),
+                keys.display()
+            ));
         }
     }
 
@@ -133,5 +194,59 @@ mod tests {
         let (p, problems) = Policy::load(&[t.path().to_path_buf()]);
         assert!(p.insecure_registries.is_empty());
         assert!(problems[0].contains("unknown field"), "{problems:?}");
+    }
+
+    #[test]
+    fn signed_identity_per_key() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("keys")).unwrap();
+        for n in ["a.pub", "b.pub", "c.pub"] {
+            let k = herd_release::SigningKey::generate().unwrap();
+            std::fs::write(t.path().join("keys").join(n), &k.public().0).unwrap();
+        }
+        std::fs::write(
+            t.path().join("policy.toml"),
+            "[keys.\"b.pub\"]\nsigned_identity = \"matchRepoDigestOrExact\"\n\
+             [keys.\"c.pub\"]\nsigned_identity = \"remapIdentity\"\n\
+             prefix = \"10.0.2.100:5000/acme\"\nsigned_prefix = \"ghcr.io/acme\"\n\
+             [keys.\"gone.pub\"]\nsigned_identity = \"matchExact\"\n",
+        )
+        .unwrap();
+        let (p, problems) = Policy::load(&[t.path().to_path_buf()]);
+        let rules: Vec<&str> = p.keys.iter().map(|k| k.identity.name()).collect();
+        assert_eq!(
+            rules,
+            ["matchRepository", "matchRepoDigestOrExact", "remapIdentity"]
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("\"gone.pub\"] names no key file"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_signed_identity_is_reported_at_its_line() {
+        let t = tempfile::tempdir().unwrap();
+        for (text, says) in [
+            (
+                "insecure_registries = []\n[keys.\"a.pub\"]\nsigned_identity = \"matchAnything\"\n",
+                "line 2",
+            ),
+            (
+                "[keys.\"a.pub\"]\nsigned_identity = \"remapIdentity\"\nprefix = \"x\"\n",
+                "needs both prefix and signed_prefix",
+            ),
+            (
+                "[keys.\"a.pub\"]\nsigned_identity = \"matchExact\"\nexact = true\n",
+                "unknown field",
+            ),
+        ] {
+            std::fs::write(t.path().join("policy.toml"), text).unwrap();
+            let (_, problems) = Policy::load(&[t.path().to_path_buf()]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains(says), "{says}: {problems:?}");
+            assert!(problems[0].contains("line "), "{problems:?}");
+        }
     }
 }

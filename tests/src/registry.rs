@@ -158,3 +158,21 @@ pub fn skopeo_push(layout: &Path, name: &str, dest: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Copies `from:version` (a manifest and every blob it names) to
+/// `to:version` in the registry at 127.0.0.1:`port` through the registry
+/// API, byte for byte: what anyone who may push to a registry can do with
+/// an image and its signature. Returns the manifest bytes.
+pub fn copy_image(port: u16, from: &str, to: &str, version: &str) -> Vec<u8> {
+    let r = herd_oci::Reference::parse(&format!("127.0.0.1:{port}/{from}")).unwrap();
+    let reg = herd_oci::registry::Registry::for_reference(&r);
+    let (bytes, media_type, _) = reg.manifest(from, version).unwrap();
+    let m: Manifest = serde_json::from_slice(&bytes).unwrap();
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        let mut blob = Vec::new();
+        reg.blob(from, d, &mut blob).unwrap();
+        assert_eq!(reg.push_blob(to, &blob).unwrap(), d.digest);
+    }
+    reg.push_manifest(to, version, &bytes, &media_type).unwrap();
+    bytes
+}

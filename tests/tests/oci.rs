@@ -13,8 +13,10 @@ use herd_oci::manifest::{Manifest, OCI_MANIFEST};
 use herd_oci::pull::pull;
 use herd_oci::registry::Registry;
 use herd_oci::store::Store;
-use herd_oci::{Error, Reference};
-use herd_tests::registry::{make_image, registry, skopeo_push};
+use std::path::PathBuf;
+
+use herd_oci::{Digest, Error, Reference, SignedIdentity};
+use herd_tests::registry::{copy_image, make_image, registry, skopeo_push, Reg};
 use herd_tests::{herd, run, run_ok};
 
 fn key_of(k: &herd_release::SigningKey) -> TrustedKey {
@@ -154,21 +156,32 @@ fn pulls_only_signed_untampered_images() {
     assert!(!fresh.has(layer), "a tampered layer never enters the store");
 }
 
-#[test]
-fn herd_sign_image_signs_registry_images_and_layouts() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = registry(t.path());
-    let dir = t.path().join("layout");
-    let layout = Layout::create(&dir).unwrap();
+/// A registry under `dir` with image "web" of the layout `dir/layout`
+/// pushed as `repo_tag`, and a herd key `dir/image.key`.
+fn web_pushed_and_key(dir: &std::path::Path, repo_tag: &str) -> (Reg, Digest, PathBuf) {
+    let reg = registry(dir);
+    let layout = Layout::create(&dir.join("layout")).unwrap();
     let web = make_image(&layout, "web", "web");
-    let host = format!("127.0.0.1:{}", reg.port);
-    skopeo_push(&dir, "web", &format!("{host}/herd/web:1"));
-    let key = t.path().join("image.key");
+    skopeo_push(
+        &dir.join("layout"),
+        "web",
+        &format!("127.0.0.1:{}/{repo_tag}", reg.port),
+    );
+    let key = dir.join("image.key");
     run_ok(
         Command::new(herd())
             .args(["key", "generate", "--out"])
             .arg(&key),
     );
+    (reg, web, key)
+}
+
+#[test]
+fn herd_sign_image_signs_registry_images_and_layouts() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, web, key) = web_pushed_and_key(t.path(), "herd/web:1");
+    let dir = t.path().join("layout");
+    let host = format!("127.0.0.1:{}", reg.port);
     let k = herd_release::SigningKey::load(&key).unwrap();
     let store = Store::open(&t.path().join("store")).unwrap();
 
@@ -231,6 +244,84 @@ fn herd_sign_image_signs_registry_images_and_layouts() {
         "/nonexistent.key",
     );
     fails(&["Not A Reference", "--key", key_s], "image reference");
+}
+
+/// The attack of issue 15: an image signed (by `herd sign-image`, for
+/// `team/web`) is copied byte for byte with its `.sig` under `team/other`;
+/// asked for as `team/other:1` it is refused with its own error naming
+/// both references, though key, payload type and digest all check. The key's
+/// `remapIdentity` opt-in accepts it.
+#[test]
+fn a_signature_vouches_only_for_the_image_it_names() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, web, key) = web_pushed_and_key(t.path(), "team/web:1");
+    let host = format!("127.0.0.1:{}", reg.port);
+    run_ok(
+        Command::new(herd())
+            .args(["sign-image", &format!("{host}/team/web:1"), "--key"])
+            .arg(&key),
+    );
+    let k = herd_release::SigningKey::load(&key).unwrap();
+    // herd signs the repository without a tag, as cosign does: the image
+    // runs under its own name, by tag or by digest.
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let web_ref = Reference::parse(&format!("{host}/team/web:1")).unwrap();
+    pull(&web_ref, &store, &[key_of(&k)]).unwrap();
+    let pinned = Reference::parse(&format!("{host}/team/web@{web}")).unwrap();
+    pull(&pinned, &store, &[key_of(&k)]).unwrap();
+
+    let sig = cosign::signature_tag(&web);
+    copy_image(reg.port, "team/web", "team/other", "1");
+    let copied = copy_image(reg.port, "team/web", "team/other", &sig);
+    let registry = Registry::for_reference(&web_ref);
+    assert_eq!(registry.manifest("team/web", &sig).unwrap().0, copied);
+
+    let fresh = Store::open(&t.path().join("fresh")).unwrap();
+    for asked in [
+        format!("{host}/team/other:1"),
+        format!("{host}/team/other@{web}"),
+    ] {
+        let r = Reference::parse(&asked).unwrap();
+        let e = pull(&r, &fresh, &[key_of(&k)]).unwrap_err();
+        let Error::WrongIdentity(w) = &e else {
+            panic!("{asked}: expected WrongIdentity, got {e}");
+        };
+        assert_eq!(w.asked, asked);
+        assert_eq!(w.signed, format!("{host}/team/web"));
+        assert_eq!(w.key, key_of(&k).id());
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&asked)
+                && msg.contains(&format!("{host}/team/web\""))
+                && msg.contains("re-sign the image")
+                && msg.contains("signed_identity"),
+            "{msg}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(t.path().join("fresh/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing of a refused image lands in the store"
+    );
+
+    // The opt-in: this key's signatures for team/web vouch for team/other.
+    let remap = key_of(&k).with_identity(SignedIdentity::RemapIdentity {
+        prefix: format!("{host}/team/other"),
+        signed_prefix: format!("{host}/team/web"),
+    });
+    let other = Reference::parse(&format!("{host}/team/other:1")).unwrap();
+    assert_eq!(
+        pull(&other, &fresh, &[remap]).unwrap().reference.digest,
+        Some(web.clone())
+    );
+    // matchRepoDigestOrExact wants the tag in the signature: herd's tagless
+    // one does for a digest, not for a tag.
+    let exact = key_of(&k).with_identity(SignedIdentity::MatchRepoDigestOrExact);
+    pull(&pinned, &fresh, std::slice::from_ref(&exact)).unwrap();
+    let e = pull(&web_ref, &fresh, &[exact]).unwrap_err();
+    assert!(matches!(e, Error::WrongIdentity(_)), "{e}");
 }
 
 /// A token server for docker-registry's `auth: token` mode, on 127.0.0.1:

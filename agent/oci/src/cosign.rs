@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Descriptor, Manifest, OCI_CONFIG, OCI_MANIFEST};
 use crate::registry::Registry;
-use crate::{Digest, Error, Reference};
+use crate::{Digest, Error, Reference, SignedIdentity};
 
 /// Media type of a signature layer.
 pub const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -81,16 +81,29 @@ pub fn payload(name: &str, digest: &Digest) -> Vec<u8> {
     .expect("payload serialises")
 }
 
-/// A key a node trusts.
+/// A key a node trusts, and which image names its signatures may vouch
+/// for.
 #[derive(Debug, Clone)]
-pub enum TrustedKey {
-    /// ed25519.
+pub struct TrustedKey {
+    key: PublicKey,
+    /// How a signature's `docker-reference` must match the reference
+    /// asked for ([`SignedIdentity::MatchRepository`] unless the policy
+    /// says otherwise).
+    pub identity: SignedIdentity,
+}
+
+#[derive(Debug, Clone)]
+enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
-    /// ECDSA P-256.
     P256(p256::ecdsa::VerifyingKey),
 }
 
 impl TrustedKey {
+    /// The same key with another identity rule.
+    pub fn with_identity(self, identity: SignedIdentity) -> TrustedKey {
+        TrustedKey { identity, ..self }
+    }
+
     /// Parses a PEM public key (P-256 or ed25519) or a herd public key
     /// (64 hex digits, as `herd key show` prints).
     pub fn parse(text: &str, what: &str) -> Result<TrustedKey, Error> {
@@ -99,17 +112,17 @@ impl TrustedKey {
             let mut raw = [0u8; 32];
             hex::decode_to_slice(t, &mut raw).expect("checked hex");
             return ed25519_dalek::VerifyingKey::from_bytes(&raw)
-                .map(TrustedKey::Ed25519)
+                .map(|k| PublicKey::Ed25519(k).into())
                 .map_err(|e| Error::Key {
                     what: what.into(),
                     message: e.to_string(),
                 });
         }
         if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(t) {
-            return Ok(TrustedKey::P256(k));
+            return Ok(PublicKey::P256(k).into());
         }
         if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(t) {
-            return Ok(TrustedKey::Ed25519(k));
+            return Ok(PublicKey::Ed25519(k).into());
         }
         Err(Error::Key {
             what: what.into(),
@@ -119,23 +132,32 @@ impl TrustedKey {
 
     /// A short id for logs: sha256 of the key's bytes, 16 hex digits.
     pub fn id(&self) -> String {
-        let bytes = match self {
-            TrustedKey::Ed25519(k) => k.to_bytes().to_vec(),
-            TrustedKey::P256(k) => k.to_encoded_point(true).as_bytes().to_vec(),
+        let bytes = match &self.key {
+            PublicKey::Ed25519(k) => k.to_bytes().to_vec(),
+            PublicKey::P256(k) => k.to_encoded_point(true).as_bytes().to_vec(),
         };
         Digest::of(&bytes).hex()[..16].to_string()
     }
 
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        match self {
-            TrustedKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
+        match &self.key {
+            PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
                 .is_ok_and(|s| k.verify_strict(msg, &s).is_ok()),
-            TrustedKey::P256(k) => {
+            PublicKey::P256(k) => {
                 use p256::ecdsa::signature::Verifier;
                 p256::ecdsa::Signature::from_der(sig)
                     .or_else(|_| p256::ecdsa::Signature::from_slice(sig))
                     .is_ok_and(|s| k.verify(msg, &s).is_ok())
             }
+        }
+    }
+}
+
+impl From<PublicKey> for TrustedKey {
+    fn from(key: PublicKey) -> TrustedKey {
+        TrustedKey {
+            key,
+            identity: SignedIdentity::default(),
         }
     }
 }
@@ -284,8 +306,14 @@ pub fn verify(
         what: format!("signature manifest {tag}"),
         message: e.to_string(),
     })?;
-    check_signatures(&m, digest, keys, |l| registry.small_blob(&r.repository, l))
-        .map_err(|e| e.map_or_else(|err| err, untrusted))
+    check_signatures(
+        &m,
+        Some(r),
+        digest,
+        keys,
+        |l| registry.small_blob(&r.repository, l),
+        untrusted,
+    )
 }
 
 /// Finds a signature of the manifest `digest` by one of `keys` in the OCI
@@ -315,22 +343,33 @@ pub fn verify_layout(
         }
         Err(e) => return Err(e),
     };
-    check_signatures(&m, digest, keys, |l| {
-        layout.get(&l.digest, crate::manifest::MAX_DOCUMENT)
-    })
-    .map_err(|e| e.map_or_else(|err| err, untrusted))
+    // A layout name is no repository: there is no name to match the
+    // signature's identity against.
+    check_signatures(
+        &m,
+        None,
+        digest,
+        keys,
+        |l| layout.get(&l.digest, crate::manifest::MAX_DOCUMENT),
+        untrusted,
+    )
 }
 
-/// The signature layers of `m` checked against `keys` and `digest`:
-/// Ok(key id), or Err(Ok(why untrusted)) / Err(Err(error fetching)).
+/// The signature layers of `m` checked against `keys`, `digest` and, for
+/// an image asked for as `asked`, each key's identity rule: Ok(key id).
+/// Refuses with [`Error::WrongIdentity`] when the only valid signatures
+/// name another image, else with `untrusted(what was found)`.
 fn check_signatures(
     m: &Manifest,
+    asked: Option<&Reference>,
     digest: &Digest,
     keys: &[TrustedKey],
     fetch: impl Fn(&Descriptor) -> Result<Vec<u8>, Error>,
-) -> Result<String, Result<String, Error>> {
+    untrusted: impl Fn(String) -> Error,
+) -> Result<String, Error> {
     let tag = signature_tag(digest);
     let mut seen = Vec::new();
+    let mut wrong_identity = None;
     for l in m.layers.iter().filter(|l| l.media_type == SIMPLESIGNING) {
         let Some(sig) = l.annotations.get(SIGNATURE_ANNOTATION) else {
             continue;
@@ -339,16 +378,14 @@ fn check_signatures(
             seen.push("a signature that is not base64".to_string());
             continue;
         };
-        let body = fetch(l).map_err(Err)?;
+        let body = fetch(l)?;
         let Some(k) = keys.iter().find(|k| k.verify(&body, &sig)) else {
             seen.push("a signature by a key this node does not trust (or over other bytes)".into());
             continue;
         };
-        let p: Payload = serde_json::from_slice(&body).map_err(|e| {
-            Err(Error::Malformed {
-                what: "signature payload".into(),
-                message: e.to_string(),
-            })
+        let p: Payload = serde_json::from_slice(&body).map_err(|e| Error::Malformed {
+            what: "signature payload".into(),
+            message: e.to_string(),
         })?;
         if p.critical.kind != PAYLOAD_TYPE {
             seen.push(format!("a signed payload of type {:?}", p.critical.kind));
@@ -361,9 +398,27 @@ fn check_signatures(
             ));
             continue;
         }
+        let signed = p.critical.identity.docker_reference;
+        if let Some(asked) = asked {
+            if let Err(why) = k.identity.check(&signed, asked, digest) {
+                wrong_identity.get_or_insert(Error::WrongIdentity(Box::new(
+                    crate::WrongIdentity {
+                        asked: asked.to_string(),
+                        signed,
+                        key: k.id(),
+                        rule: k.identity.name(),
+                        why,
+                    },
+                )));
+                continue;
+            }
+        }
         return Ok(k.id());
     }
-    Err(Ok(if seen.is_empty() {
+    if let Some(e) = wrong_identity {
+        return Err(e);
+    }
+    Err(untrusted(if seen.is_empty() {
         format!("{tag} holds no cosign signature")
     } else {
         format!(

@@ -16,7 +16,7 @@ pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
-pub use reference::Reference;
+pub use reference::{Reference, SignedIdentity};
 
 /// What can go wrong; each says what and, where it helps, what to do.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,9 @@ pub enum Error {
         /// why
         message: String,
     },
+    /// A valid signature by a trusted key, for an image of another name.
+    #[error(transparent)]
+    WrongIdentity(Box<WrongIdentity>),
     /// A key file or key text that does not parse.
     #[error("key {what}: {message}")]
     Key {
@@ -152,6 +155,25 @@ pub enum Error {
         /// the cause
         cause: std::io::Error,
     },
+}
+
+/// Why [`Error::WrongIdentity`]: the only valid signatures name another
+/// image than the one asked for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "image {asked} is not trusted: the signature by key {key} was made for {signed:?}, not for {asked}: {why} (signed_identity {rule}); re-sign the image as {asked} (`herd sign-image {asked}`), or, if this name is meant to serve that image (a mirror, a renamed copy), set signed_identity for that key in policy.toml (docs/PODS.md)"
+)]
+pub struct WrongIdentity {
+    /// the reference asked for
+    pub asked: String,
+    /// the signature's `docker-reference`
+    pub signed: String,
+    /// the id of the key that signed
+    pub key: String,
+    /// the rule applied
+    pub rule: &'static str,
+    /// how they differ
+    pub why: String,
 }
 
 /// Results of this crate.
