@@ -95,6 +95,33 @@ pub struct Ready {
 struct Entry {
     digest: String,
     signed_by: String,
+    /// The signing key's identity rule the signature passed (its `Debug`
+    /// form, prefixes included); missing in entries cached before
+    /// signatures had to name the image.
+    #[serde(default)]
+    identity_rule: Option<String>,
+}
+
+/// The identity rule `key_id` has in `policy` now, as [`Entry`] keeps it.
+fn identity_rule(policy: &Policy, key_id: &str) -> Option<String> {
+    policy
+        .keys
+        .iter()
+        .find(|k| k.id() == key_id)
+        .map(|k| format!("{:?}", k.identity))
+}
+
+/// Why a cached entry may not be reused without a new pull: its signature's
+/// name was checked under another rule than its key has now, or never.
+fn stale_identity(e: &Entry, policy: &Policy) -> Option<String> {
+    let now = identity_rule(policy, &e.signed_by)?;
+    match &e.identity_rule {
+        None => Some("it was cached before signatures had to name the image".into()),
+        Some(then) if *then != now => Some(format!(
+            "its signature's name was checked under the rule {then}, the key's rule is now {now}"
+        )),
+        Some(_) => None,
+    }
 }
 
 /// The image cache.
@@ -172,6 +199,13 @@ impl Images {
         let key = r.to_string();
         let cached = self.index.lock().expect("index lock").get(&key).cloned();
         let cached = match cached {
+            Some(e) if stale_identity(&e, policy).is_some() => {
+                tracing::warn!(
+                    "cached {key} is not reused: {}; pulling it again",
+                    stale_identity(&e, policy).unwrap_or_default()
+                );
+                None
+            }
             Some(e) => match Digest::parse(&e.digest)
                 .and_then(|d| Pulled::from_store(&self.store, &r, &d, &e.signed_by))
             {
@@ -222,6 +256,7 @@ impl Images {
                         .expect("pulled images are pinned")
                         .to_string(),
                     signed_by: pulled.signed_by.clone(),
+                    identity_rule: identity_rule(policy, &pulled.signed_by),
                 },
             );
             self.save(&idx)?;
@@ -355,6 +390,41 @@ mod tests {
             PullPolicy::Never
         );
         assert!(pull_policy(&r("127.0.0.1:5000/a:1"), Some("Sometimes")).is_err());
+    }
+
+    #[test]
+    fn a_cached_image_is_reused_only_under_the_identity_rule_it_passed() {
+        use herd_oci::reference::SignedIdentity;
+        let key =
+            herd_oci::cosign::TrustedKey::parse(&format!("58{}", "66".repeat(31)), "test key")
+                .unwrap();
+        let id = key.id();
+        let policy = |rule: SignedIdentity| Policy {
+            keys: vec![key.clone().with_identity(rule)],
+            ..Policy::default()
+        };
+        let entry = |rule: Option<String>| Entry {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            signed_by: id.clone(),
+            identity_rule: rule,
+        };
+        let default = policy(SignedIdentity::MatchRepository);
+        // Cached before names were checked: pulled (and checked) again.
+        let why = stale_identity(&entry(None), &default).unwrap();
+        assert!(
+            why.contains("before signatures had to name the image"),
+            "{why}"
+        );
+        // Cached under the rule the key still has: reused.
+        let now = identity_rule(&default, &id);
+        assert!(stale_identity(&entry(now.clone()), &default).is_none());
+        // The rule changed since (here: tightened): pulled again.
+        let exact = policy(SignedIdentity::MatchExact);
+        let why = stale_identity(&entry(now), &exact).unwrap();
+        assert!(
+            why.contains("MatchRepository") && why.contains("MatchExact"),
+            "{why}"
+        );
     }
 
     #[test]
