@@ -111,8 +111,11 @@ fn node_runs_a_signed_pod_refuses_an_unsigned_one_and_restarts_a_killed_one() {
     skopeo_push(&layout_dir, "web", &format!("{host}/herd/web:1"));
     skopeo_push(&layout_dir, "unsigned", &format!("{host}/herd/unsigned:1"));
     let key = herd_release::SigningKey::generate().unwrap();
+    // Pushed through the host's loopback, signed for the name the node pulls
+    // it by (a signature vouches only for the image it names).
     let web_ref = Reference::parse(&format!("{host}/herd/web:1")).unwrap();
-    cosign::sign(&Registry::for_reference(&web_ref), &web_ref, &web, &key).unwrap();
+    let node_ref = Reference::parse("10.0.2.100/herd/web:1").unwrap();
+    cosign::sign(&Registry::for_reference(&web_ref), &node_ref, &web, &key).unwrap();
 
     let out = d.join("out");
     run_ok(herd_build(&image_toml(d, &key.public().0), &out, 1_700_000_000).arg("--quiet"));

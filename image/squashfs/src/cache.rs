@@ -5,8 +5,12 @@
 //! version and the level, so a key names exactly one compressor output. A
 //! hit is never trusted: it is decompressed and compared with the raw block
 //! before use, and a mismatch (a corrupted or planted entry) is compressed
-//! again and overwritten. The image is therefore the same bytes with or
-//! without a cache, and a bad cache can only cost time.
+//! again and overwritten. The image's content is therefore the same with or
+//! without a cache, and a corrupted cache can only cost time. One gap is
+//! known: a raw entry ("this block did not shrink") cannot be checked
+//! without compressing the block, so an entry planted as raw stores a
+//! compressible block uncompressed: the same content, other bytes. A
+//! reference build uses `herd build --recompress`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
