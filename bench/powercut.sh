@@ -132,7 +132,10 @@ end_round() {
     log "round $rounds: runs 0.2.0 from slot b, blessed"
   else
     fell_back=$((fell_back + 1))
-    log "round $rounds: did not end on 0.2.0 blessed ($r; ESP: $entries)"
+    for ((k = round_first_run; k <= runs; k++)); do
+      cp "$work/console-$k.log" "$ws/target/powercut-round-$rounds-boot-$((k - round_first_run + 1)).log" 2>/dev/null || true
+    done
+    log "round $rounds: did not end on 0.2.0 blessed ($r; ESP: $entries); its consoles are kept as target/powercut-round-$rounds-boot-*.log"
   fi
 }
 
@@ -147,6 +150,7 @@ while [ "$cuts" -lt "$n" ]; do
   cp /usr/share/OVMF/OVMF_VARS_4M.fd "$vars"
   plan=("${phases[@]}")
   first=1
+  round_first_run=$((runs + 1))
   while :; do
     runs=$((runs + 1))
     clog=$work/console-$runs.log
@@ -181,7 +185,7 @@ while [ "$cuts" -lt "$n" ]; do
     poweroff
     cuts=$((cuts + 1))
     fell[$at]=$(( ${fell[$at]:-0} + 1 ))
-    log "cut $cuts/$n: aimed at $p (+${delay} s), fell in $at"
+    log "cut $cuts/$n: aimed at $p (+${delay} s), fell in $at; ESP: $(mdir -b -i "$disk@@1M" ::/EFI/Linux 2>/dev/null | sed 's|.*/||' | tr '\n' ' ')"
   done
 done
 wall=$((SECONDS - t0))

@@ -67,9 +67,37 @@ pub fn decode_efivar_utf16(raw: &[u8]) -> Option<String> {
     String::from_utf16(&units).ok()
 }
 
+/// Decodes an efivarfs file holding a NUL-separated UTF-16LE string list
+/// (systemd-boot's `LoaderEntries`).
+pub fn decode_efivar_utf16_list(raw: &[u8]) -> Option<Vec<String>> {
+    let body = raw.get(4..)?;
+    let units: Vec<u16> = body
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    units
+        .split(|&u| u == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf16(s).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn efivar_lists() {
+        let mut raw = vec![7, 0, 0, 0];
+        for s in ["herd-b.efi", "herd-a.efi", ""] {
+            raw.extend(s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes));
+        }
+        assert_eq!(
+            decode_efivar_utf16_list(&raw).unwrap(),
+            ["herd-b.efi", "herd-a.efi"]
+        );
+        assert_eq!(decode_efivar_utf16_list(&[1, 2]), None);
+    }
 
     #[test]
     fn entries() {

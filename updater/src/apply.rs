@@ -267,17 +267,35 @@ pub enum Settle {
     /// The boot loader booted the other slot: the release never came up
     /// healthy; mark it bad.
     FellBack,
+    /// The other slot runs although the pending slot's entry is blessed:
+    /// the release came up healthy once (herd-init blessed it), so it is
+    /// not bad; something made the boot loader pass it over (see the log
+    /// for the entries the loader saw). Drop it; the next check installs
+    /// it again.
+    PassedOver,
 }
 
-/// Decides what a pending release became. `entry_installed` says whether
-/// the pending slot has a boot entry on the ESP; it is asked only when this
-/// boot runs another slot or version.
+/// What the ESP holds for the pending slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingEntry {
+    /// No entry: the install never put one in place.
+    Absent,
+    /// An entry with a tries counter (`herd-b+2-1.efi`), or an ESP that
+    /// could not be read.
+    Counted,
+    /// A blessed entry (`herd-b.efi`): herd-init blessed a boot of it.
+    Blessed,
+}
+
+/// Decides what a pending release became. `entry` says what boot entry
+/// the pending slot has on the ESP; it is asked only when this boot runs
+/// another slot or version.
 pub fn settle(
     p: &Pending,
     slots: &Slots,
     this_boot: &str,
     blessed: bool,
-    entry_installed: impl FnOnce() -> bool,
+    entry: impl FnOnce() -> PendingEntry,
 ) -> Settle {
     if p.boot_id == this_boot {
         Settle::WaitsForReboot
@@ -287,10 +305,14 @@ pub fn settle(
         } else {
             Settle::WaitsForBlessing
         }
-    } else if entry_installed() {
-        Settle::FellBack
     } else {
-        Settle::Interrupted
+        match entry() {
+            PendingEntry::Absent => Settle::Interrupted,
+            PendingEntry::Counted => Settle::FellBack,
+            // Another version in the pending slot is a failed install, blessed or not.
+            PendingEntry::Blessed if p.slot == slots.running => Settle::FellBack,
+            PendingEntry::Blessed => Settle::PassedOver,
+        }
     }
 }
 
@@ -299,13 +321,24 @@ pub fn settle(
 pub fn reconcile(slots: &Slots, state: &mut State, blessed: bool) -> Option<String> {
     let p = state.pending.clone()?;
     let prefix = format!("{}-{}", slots.image, p.slot);
-    let installed = || {
+    let blessed_names = [format!("{prefix}.efi"), format!("{prefix}.conf")];
+    let entry = || {
         Esp::mount(&slots.disk)
-            .map(|esp| esp.entries().iter().any(|e| e.name.starts_with(&prefix)))
+            .map(|esp| {
+                let entries = esp.entries();
+                let mine = entries.iter().filter(|e| e.name.starts_with(&prefix));
+                if mine.clone().any(|e| blessed_names.contains(&e.name)) {
+                    PendingEntry::Blessed
+                } else if mine.count() > 0 {
+                    PendingEntry::Counted
+                } else {
+                    PendingEntry::Absent
+                }
+            })
             // An ESP that cannot be read: count the release as tried.
-            .unwrap_or(true)
+            .unwrap_or(PendingEntry::Counted)
     };
-    match settle(&p, slots, &boot_id(), blessed, installed) {
+    match settle(&p, slots, &boot_id(), blessed, entry) {
         Settle::WaitsForReboot => None,
         Settle::WaitsForBlessing => Some(format!(
             "running {} from slot {}, not blessed yet: waiting for herd-init to bless this boot before settling it",
@@ -332,9 +365,18 @@ pub fn reconcile(slots: &Slots, state: &mut State, blessed: bool) -> Option<Stri
                 p.version, p.slot
             ));
             Some(format!(
-                "release {} failed to boot from slot {}; the boot loader fell back to {} in slot {}; {} is marked bad",
-                p.version, p.slot, slots.version, slots.running, p.version
+                "release {} failed to boot from slot {}; the boot loader fell back to {} in slot {}; {} is marked bad ({})",
+                p.version, p.slot, slots.version, slots.running, p.version, crate::loader::seen()
             ))
+        }
+        Settle::PassedOver => {
+            state.pending = None;
+            let line = format!(
+                "release {} in slot {} was blessed, yet the boot loader booted {} in slot {} ({}); {} is not marked bad and is installed again",
+                p.version, p.slot, slots.version, slots.running, crate::loader::seen(), p.version
+            );
+            state.last_error = Some(line.clone());
+            Some(line)
         }
     }
 }
@@ -417,7 +459,7 @@ mod tests {
         }
     }
 
-    fn no_esp() -> bool {
+    fn no_esp() -> PendingEntry {
         panic!("the ESP is read only when this boot runs another slot")
     }
 
@@ -445,18 +487,31 @@ mod tests {
         let s = slots("a", "0.1.0");
         for blessed in [false, true] {
             assert_eq!(
-                settle(&pending(), &s, "boot-2", blessed, || true),
+                settle(&pending(), &s, "boot-2", blessed, || PendingEntry::Counted),
                 Settle::FellBack
             );
             assert_eq!(
-                settle(&pending(), &s, "boot-2", blessed, || false),
+                settle(&pending(), &s, "boot-2", blessed, || PendingEntry::Absent),
                 Settle::Interrupted
             );
         }
         // The pending slot came up with another version than was written.
+        for entry in [PendingEntry::Counted, PendingEntry::Blessed] {
+            assert_eq!(
+                settle(&pending(), &slots("b", "0.1.5"), "boot-2", true, || entry),
+                Settle::FellBack
+            );
+        }
+    }
+
+    #[test]
+    fn a_blessed_release_the_loader_passed_over_is_not_marked_bad() {
+        // herd-init blessed slot b (herd-b.efi), a power cut came before
+        // the updater settled, and the next boot ran slot a.
+        let s = slots("a", "0.1.0");
         assert_eq!(
-            settle(&pending(), &slots("b", "0.1.5"), "boot-2", true, || true),
-            Settle::FellBack
+            settle(&pending(), &s, "boot-3", true, || PendingEntry::Blessed),
+            Settle::PassedOver
         );
     }
 

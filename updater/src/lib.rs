@@ -13,6 +13,7 @@ pub mod config;
 pub mod download;
 pub mod esp;
 pub mod http;
+pub mod loader;
 pub mod slots;
 pub mod state;
 pub mod trust;
