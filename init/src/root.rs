@@ -229,7 +229,10 @@ pub fn run() -> ! {
     provision::close_at_ready();
     let bless_after = Duration::from_secs(cfg.health.bless_after_secs);
     let deadline = Duration::from_secs(cfg.health.deadline_secs);
-    let mut bless_tried = false;
+    // A failed bless (say the ESP could not be mounted for a moment) is
+    // tried again with a growing pause, until the health deadline.
+    let mut bless_failures = 0u32;
+    let mut bless_again = Instant::now();
     let mut good = false;
     let mut overdue = false;
     let start = Instant::now();
@@ -246,12 +249,13 @@ pub fn run() -> ! {
             _ => {}
         }
         sup.start_due();
-        if !bless_tried
+        if !good
+            && !overdue
+            && Instant::now() >= bless_again
             && sup.healthy()
             && sup.last_change.elapsed() >= bless_after
             && start.elapsed() >= bless_after
         {
-            bless_tried = true;
             match bless::bless() {
                 Ok(m) => {
                     good = true;
@@ -262,9 +266,19 @@ pub fn run() -> ! {
                         info!("cannot write {BOOT_GOOD} ({e}): the updater will wait for it");
                     }
                 }
-                Err(e) => info!("could not bless this boot: {e}"),
+                Err(e) => {
+                    bless_failures += 1;
+                    let pause = bless_pause(bless_failures);
+                    bless_again = Instant::now() + pause;
+                    info!(
+                        "could not bless this boot (try {bless_failures}): {e}; trying again in {} s",
+                        pause.as_secs()
+                    );
+                }
             }
-            info!("memory: {}", own_memory());
+            if good || bless_failures == 1 {
+                info!("memory: {}", own_memory());
+            }
         }
         if !good && !overdue && !deadline.is_zero() && start.elapsed() >= deadline {
             overdue = true;
@@ -290,5 +304,21 @@ pub fn run() -> ! {
                 ),
             }
         }
+    }
+}
+
+/// The pause before bless try `failures + 1`: 2, 4, 8, ... s, at most 60 s.
+fn bless_pause(failures: u32) -> Duration {
+    Duration::from_secs((1u64 << failures.min(6)).min(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bless_retries_back_off_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| bless_pause(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }
