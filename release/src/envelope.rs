@@ -8,7 +8,6 @@ use crate::{Error, KeyId, PublicKey, SigningKey};
 
 /// One signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Signature {
     /// Which key.
     pub keyid: KeyId,
@@ -18,7 +17,6 @@ pub struct Signature {
 
 /// A signed document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// The signed JSON text, exactly as signed.
     pub signed: String,
@@ -93,10 +91,37 @@ impl Envelope {
     }
 
     /// The signed document, parsed (call after [`Envelope::check`]).
+    /// Refuses a document whose `spec` is newer than this herd's
+    /// ([`crate::SPEC`]) before reading it as `T`.
     pub fn document<T: serde::de::DeserializeOwned>(&self, what: &'static str) -> Result<T, Error> {
-        serde_json::from_str(&self.signed).map_err(|e| Error::Malformed {
+        let malformed = |e: serde_json::Error| Error::Malformed {
             what,
             message: e.to_string(),
-        })
+        };
+        #[derive(Deserialize)]
+        struct Spec {
+            #[serde(default)]
+            spec: Option<serde_json::Value>,
+        }
+        let Spec { spec } = serde_json::from_str(&self.signed).map_err(malformed)?;
+        if let Some(spec) = spec {
+            match spec.as_u64() {
+                Some(n) if n <= crate::SPEC => {}
+                Some(n) => {
+                    return Err(Error::NewerSpec {
+                        what,
+                        spec: n,
+                        known: crate::SPEC,
+                    })
+                }
+                None => {
+                    return Err(Error::Malformed {
+                        what,
+                        message: format!("spec {spec} is not a whole number"),
+                    })
+                }
+            }
+        }
+        serde_json::from_str(&self.signed).map_err(malformed)
     }
 }

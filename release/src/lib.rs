@@ -16,7 +16,7 @@ mod verify;
 
 pub use envelope::{Envelope, Signature};
 pub use key::{KeyId, PublicKey, SigningKey};
-pub use metadata::{Channel, Payload, Release, Rollout, Root, SlotPcrs, Wave};
+pub use metadata::{Channel, Payload, Release, Rollout, Root, SlotPcrs, Wave, SPEC};
 pub use repo::Repo;
 pub use verify::{
     check_channel_keys, compare_versions, in_wave, update_root, verify_channel, verify_root_chain,
@@ -42,6 +42,19 @@ pub enum Error {
         what: &'static str,
         /// parser message
         message: String,
+    },
+    /// Metadata that follows a newer spec than this herd implements: it may
+    /// carry rules this node would not enforce.
+    #[error(
+        "{what} follows metadata spec {spec}, but this herd implements spec {known}: refusing it rather than skipping rules it does not know; update this node first with a release published for spec {known}"
+    )]
+    NewerSpec {
+        /// which document
+        what: &'static str,
+        /// the document's spec
+        spec: u64,
+        /// the spec this herd implements
+        known: u64,
     },
     /// Metadata larger than any real one: refused before parsing.
     #[error("{what} is {size} bytes, more than the {limit}-byte limit: refusing it")]

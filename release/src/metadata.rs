@@ -1,4 +1,12 @@
 //! The documents: root key sets and channel releases.
+//!
+//! Compatibility across herd versions: a node ignores fields it does not
+//! know (the signature covers the exact text, so nobody can add one without
+//! the keys), which lets a newer publisher add fields an older node may
+//! safely pass over. A change an older node must not pass over (a field
+//! that restricts what it may install) raises `spec`, and a node refuses a
+//! document whose `spec` is above the [`SPEC`] it implements
+//! ([`crate::Error::NewerSpec`]).
 
 use std::collections::BTreeMap;
 
@@ -6,10 +14,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::{KeyId, PublicKey};
 
+/// The metadata spec this herd implements: documents with a higher `spec`
+/// are refused.
+pub const SPEC: u64 = 1;
+
+fn spec_one() -> u64 {
+    1
+}
+
+fn is_spec_one(s: &u64) -> bool {
+    *s == 1
+}
+
 /// A key set: who may sign roots and channels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Root {
+    /// The metadata spec the document follows (absent: 1); see [`SPEC`].
+    #[serde(default = "spec_one", skip_serializing_if = "is_spec_one")]
+    pub spec: u64,
     /// Always "root".
     #[serde(rename = "type")]
     pub kind: String,
@@ -29,7 +51,6 @@ pub struct Root {
 
 /// A payload file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Payload {
     /// sha256, hex; also its file name under `payloads/`.
     pub sha256: String,
@@ -39,7 +60,6 @@ pub struct Payload {
 
 /// One wave of a phased rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Wave {
     /// Seconds after the rollout start.
     pub after_secs: u64,
@@ -49,7 +69,6 @@ pub struct Wave {
 
 /// A phased rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// Unix seconds.
     pub start: u64,
@@ -59,7 +78,6 @@ pub struct Rollout {
 
 /// A release of the OS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Release {
     /// Image name.
     pub image: String,
@@ -84,7 +102,6 @@ pub struct Release {
 /// Expected PCR values (SHA-256 bank, hex) of a node that booted a release
 /// from one slot and reached `ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SlotPcrs {
     /// PCR 11: the UKI as systemd-stub measured it, then herd-init's boot phases.
     pub pcr11: String,
@@ -101,8 +118,10 @@ impl Release {
 
 /// The current release of a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Channel {
+    /// The metadata spec the document follows (absent: 1); see [`SPEC`].
+    #[serde(default = "spec_one", skip_serializing_if = "is_spec_one")]
+    pub spec: u64,
     /// Always "channel".
     #[serde(rename = "type")]
     pub kind: String,

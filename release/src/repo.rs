@@ -74,6 +74,7 @@ impl Repo {
             expires,
             threshold,
             keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
+            spec: crate::SPEC,
             signed_at: Some(now),
         };
         if threshold == 0 || threshold as usize > root.keys.len() {
@@ -130,6 +131,7 @@ impl Repo {
             expires,
             threshold,
             keys: new.iter().map(|k| (k.public().id(), k.public())).collect(),
+            spec: crate::SPEC,
             signed_at: Some(now),
         };
         let mut signers: Vec<&SigningKey> = old.to_vec();
@@ -211,6 +213,7 @@ impl Repo {
             seq,
             expires,
             release,
+            spec: crate::SPEC,
             signed_at: Some(now),
         };
         let env = Envelope::sign(&c, keys);

@@ -13,6 +13,7 @@ fn root(version: u64, keys: &[&SigningKey], threshold: u32) -> Root {
         expires: NOW + 365 * 86400,
         threshold,
         keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
+        spec: herd_release::SPEC,
         signed_at: Some(NOW - 3600),
     }
 }
@@ -47,6 +48,7 @@ fn channel(version: &str, seq: u64, expires: u64) -> Channel {
             rollout: None,
             pcrs: BTreeMap::new(),
         },
+        spec: herd_release::SPEC,
         signed_at: Some(NOW - 60),
     }
 }
@@ -398,4 +400,52 @@ fn key_files_are_private_and_never_overwritten() {
     let e = SigningKey::generate().unwrap().save(&p).unwrap_err();
     assert!(e.to_string().contains("refusing to overwrite"), "{e}");
     assert_eq!(SigningKey::load(&p).unwrap().public(), k.public());
+}
+
+/// Signs `c` after `edit` changed its JSON text (fields this herd's types
+/// cannot express: a newer publisher's).
+fn signed_edited(c: &Channel, k: &SigningKey, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let mut v = serde_json::to_value(c).unwrap();
+    edit(&mut v);
+    Envelope::sign(&v, &[k]).to_bytes()
+}
+
+#[test]
+fn fields_from_a_newer_publisher_are_passed_over_but_a_newer_spec_is_refused() {
+    let k = SigningKey::generate().unwrap();
+    let r = root(1, &[&k], 1);
+    let c = channel("0.2.0", 3, NOW + 60);
+    // A field this node does not know, in the channel and in a payload:
+    // signed, so it came from the keys; taken.
+    let newer = signed_edited(&c, &k, |v| {
+        v["mirrors"] = serde_json::json!(["http://mirror.example"]);
+        v["release"]["payloads"]["usr.img"]["index"] = serde_json::json!({"sha256": "00"});
+    });
+    let (got, take) = verify_channel(&r, &newer, "stable", &state(), "n", NOW).unwrap();
+    assert!(take);
+    assert_eq!(
+        got.release.payloads["usr.img"],
+        c.release.payloads["usr.img"]
+    );
+    // A document for a spec this node does not implement: refused, named.
+    let spec2 = signed_edited(&c, &k, |v| v["spec"] = serde_json::json!(SPEC + 1));
+    let e = verify_channel(&r, &spec2, "stable", &state(), "n", NOW).unwrap_err();
+    assert!(
+        matches!(e, Error::NewerSpec { what: "channel metadata", spec, known } if spec == SPEC + 1 && known == SPEC),
+        "{e}"
+    );
+    assert!(e.to_string().contains("update this node first"), "{e}");
+    // The same for a new root in the chain.
+    let mut r2 = root(2, &[&k], 1);
+    r2.spec = SPEC + 1;
+    let e = verify_root_chain(&r, &[Envelope::sign(&r2, &[&k]).to_bytes()], NOW).unwrap_err();
+    assert!(matches!(e, Error::NewerSpec { what: "root", .. }), "{e}");
+    // spec 1 is not written, so nodes from before `spec` read today's documents.
+    assert!(!String::from_utf8(signed(&c, &[&k]))
+        .unwrap()
+        .contains("\"spec\""));
+    // A spec that is not a number is malformed, not ignored.
+    let odd = signed_edited(&c, &k, |v| v["spec"] = serde_json::json!("1"));
+    let e = verify_channel(&r, &odd, "stable", &state(), "n", NOW).unwrap_err();
+    assert!(matches!(e, Error::Malformed { .. }), "{e}");
 }
