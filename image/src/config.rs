@@ -358,12 +358,10 @@ impl ImageConfig {
             )));
         }
         for w in &self.kernel.cmdline {
-            for reserved in ["usrhash=", "mount.usr=", "herd.slot="] {
-                if w.starts_with(reserved) {
-                    return Err(invalid(format!(
-                        "kernel.cmdline must not set {reserved}: herd build writes it"
-                    )));
-                }
+            if herd_contract::cmdline::is_herd_word(w) {
+                return Err(invalid(format!(
+                    "kernel.cmdline must not set {w:?}: herd build writes usrhash=, mount.usr= and herd.slot= itself"
+                )));
             }
         }
         let min = |what: &str, s: Size, min_mib: u64| {

@@ -30,6 +30,7 @@ use crate::manifest::{
 };
 use crate::output::Staging;
 use crate::progress::Progress;
+use herd_contract::partition;
 
 /// Everything `herd build` takes besides the image description.
 #[derive(Debug, Clone)]
@@ -50,8 +51,8 @@ pub struct BuildOptions {
 pub mod names {
     pub const DISK: &str = "disk.raw";
     pub const QCOW2: &str = "disk.qcow2";
-    pub const USR: &str = "usr.img";
-    pub const USR_VERITY: &str = "usr.verity";
+    pub const USR: &str = herd_contract::payload::USR_IMG;
+    pub const USR_VERITY: &str = herd_contract::payload::USR_VERITY;
     pub const KERNEL: &str = "boot/linux";
     pub const INITRD: &str = "boot/initrd";
     pub const BOOTLOADER: &str = "boot/BOOTX64.EFI";
@@ -62,10 +63,10 @@ pub mod names {
     pub const UKI_B: &str = "boot/uki-b.efi";
 
     /// The UKI output of a slot.
-    pub fn uki(slot: crate::boot::Slot) -> &'static str {
+    pub fn uki(slot: herd_contract::Slot) -> &'static str {
         match slot {
-            crate::boot::Slot::A => UKI_A,
-            crate::boot::Slot::B => UKI_B,
+            herd_contract::Slot::A => UKI_A,
+            herd_contract::Slot::B => UKI_B,
         }
     }
 }
@@ -81,13 +82,10 @@ fn named_guid(image: &str, what: &str) -> Guid {
     guid_from_name(&format!("herd-image:{image}"), what)
 }
 
-/// The DPS convention: the data partition's UUID is the first 128 bits of
-/// the root hash, the verity partition's UUID the last 128 bits.
+/// The slot's partition UUIDs from its root hash
+/// ([`herd_contract::partition::uuids_from_root_hash`]).
 pub fn usr_partition_uuids(root_hash: &[u8; 32]) -> (Guid, Guid) {
-    let mut data = [0u8; 16];
-    let mut verity = [0u8; 16];
-    data.copy_from_slice(&root_hash[..16]);
-    verity.copy_from_slice(&root_hash[16..]);
+    let (data, verity) = herd_contract::partition::uuids_from_root_hash(root_hash);
     (Guid(data), Guid(verity))
 }
 
@@ -739,37 +737,43 @@ fn disk_table(cfg: &ImageConfig, usr_a: (Guid, Guid), usrhash: &str) -> Result<h
     let specs = vec![
         spec(
             types::ESP,
-            named_guid(name, "esp"),
-            "esp",
+            named_guid(name, partition::ESP),
+            partition::ESP,
             cfg.partitions.esp.0,
             0,
         ),
-        spec(types::USR_X86_64, usr_a.0, "usr-a", slot_size, ro),
-        spec(
-            types::USR_VERITY_X86_64,
-            usr_a.1,
-            "usr-a-verity",
-            verity_size,
-            ro,
-        ),
         spec(
             types::USR_X86_64,
-            named_guid(name, "usr-b"),
-            "usr-b",
+            usr_a.0,
+            partition::usr(Slot::A),
             slot_size,
             ro,
         ),
         spec(
             types::USR_VERITY_X86_64,
-            named_guid(name, "usr-b-verity"),
-            "usr-b-verity",
+            usr_a.1,
+            partition::usr_verity(Slot::A),
+            verity_size,
+            ro,
+        ),
+        spec(
+            types::USR_X86_64,
+            named_guid(name, partition::usr(Slot::B)),
+            partition::usr(Slot::B),
+            slot_size,
+            ro,
+        ),
+        spec(
+            types::USR_VERITY_X86_64,
+            named_guid(name, partition::usr_verity(Slot::B)),
+            partition::usr_verity(Slot::B),
             verity_size,
             ro,
         ),
         spec(
             types::VAR,
-            named_guid(name, "state"),
-            "state",
+            named_guid(name, partition::STATE),
+            partition::STATE,
             state_size,
             attrs::GROWFS,
         ),

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use herd_contract::payload;
 use herd_release::{Release, Repo, Rollout, SigningKey, Wave};
 
 use crate::manifest::Manifest;
@@ -11,12 +12,12 @@ use crate::manifest::Manifest;
 /// Payload roles and the build outputs they come from. The node installs
 /// `uki-<slot>`; `linux` and `initrd` are there for tools and recovery.
 pub const ROLES: [(&str, &str); 6] = [
-    ("usr.img", crate::pipeline::names::USR),
-    ("usr.verity", crate::pipeline::names::USR_VERITY),
-    ("uki-a", crate::pipeline::names::UKI_A),
-    ("uki-b", crate::pipeline::names::UKI_B),
-    ("linux", crate::pipeline::names::KERNEL),
-    ("initrd", crate::pipeline::names::INITRD),
+    (payload::USR_IMG, crate::pipeline::names::USR),
+    (payload::USR_VERITY, crate::pipeline::names::USR_VERITY),
+    (payload::UKI_A, crate::pipeline::names::UKI_A),
+    (payload::UKI_B, crate::pipeline::names::UKI_B),
+    (payload::LINUX, crate::pipeline::names::KERNEL),
+    (payload::INITRD, crate::pipeline::names::INITRD),
 ];
 
 /// Parses `SECS:PERCENT,SECS:PERCENT` (e.g. `0:10,3600:100`).
@@ -85,11 +86,7 @@ pub fn publish(
     let cmdline = m
         .cmdline
         .split_whitespace()
-        .filter(|w| {
-            !w.starts_with("usrhash=")
-                && !w.starts_with("mount.usr=")
-                && !w.starts_with("herd.slot=")
-        })
+        .filter(|w| !herd_contract::cmdline::is_herd_word(w))
         .map(str::to_string)
         .collect();
     // The predicted PCR values, recomputed from the UKIs being published

@@ -5,43 +5,9 @@
 /// systemd-boot's vendor GUID for its variables.
 pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
-/// A counted entry name split up: `herd-a+2-1.conf` → (`herd-a`, 2, 1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counted {
-    /// Name without the counter and the extension.
-    pub base: String,
-    /// The extension: `.conf` or `.efi`.
-    pub ext: String,
-    /// Tries left.
-    pub left: u32,
-    /// Tries done.
-    pub done: u32,
-}
-
-/// Parses an entry or UKI file name; `None` when it carries no counter.
-pub fn parse_entry(name: &str) -> Option<Counted> {
-    let ext = [".conf", ".efi"]
-        .into_iter()
-        .find(|e| name.len() > e.len() && name[name.len() - e.len()..].eq_ignore_ascii_case(e))?;
-    let stem = &name[..name.len() - ext.len()];
-    let (base, counter) = stem.rsplit_once('+')?;
-    let (left, done) = match counter.split_once('-') {
-        Some((l, d)) => (l.parse().ok()?, d.parse().ok()?),
-        None => (counter.parse().ok()?, 0),
-    };
-    Some(Counted {
-        base: base.to_string(),
-        ext: name[stem.len()..].to_string(),
-        left,
-        done,
-    })
-}
-
-/// The blessed name of a counted entry: `herd-a+2-1.conf` → `herd-a.conf`,
-/// `herd-a+2-1.efi` → `herd-a.efi`.
-pub fn blessed_name(name: &str) -> Option<String> {
-    parse_entry(name).map(|c| format!("{}{}", c.base, c.ext))
-}
+/// The blessed name of a counted entry (`herd-a+2-1.efi` → `herd-a.efi`):
+/// the contract's rule, [`herd_contract::entry::blessed_name`].
+pub use herd_contract::entry::blessed_name;
 
 /// The directory of the file systemd-boot counts tries on, as a path
 /// relative to the ESP root (from `LoaderBootCountPath`,
@@ -100,39 +66,15 @@ mod tests {
     }
 
     #[test]
-    fn entries() {
-        assert_eq!(
-            parse_entry("herd-a+2-1.conf"),
-            Some(Counted {
-                base: "herd-a".into(),
-                ext: ".conf".into(),
-                left: 2,
-                done: 1
-            })
-        );
-        assert_eq!(
-            blessed_name("herd-b+2-1.efi").as_deref(),
-            Some("herd-b.efi")
-        );
-        assert_eq!(parse_entry("herd-b.efi"), None);
+    fn count_dirs() {
         assert_eq!(boot_count_dir("\\EFI\\Linux\\herd-a+2-1.efi"), "EFI/Linux");
         assert_eq!(
             boot_count_dir("\\loader\\entries\\herd-a+2-1.conf"),
             "loader/entries"
         );
         assert_eq!(
-            parse_entry("herd-a+3.conf"),
-            Some(Counted {
-                base: "herd-a".into(),
-                ext: ".conf".into(),
-                left: 3,
-                done: 0
-            })
-        );
-        assert_eq!(parse_entry("herd-a.conf"), None);
-        assert_eq!(
-            blessed_name("herd-a+0-3.conf").as_deref(),
-            Some("herd-a.conf")
+            blessed_name("herd-b+2-1.efi").as_deref(),
+            Some("herd-b.efi")
         );
     }
 

@@ -165,7 +165,7 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
 /// Written by herd-init once this boot is blessed (or there was nothing to
 /// bless): the updater installs nothing and settles no pending release
 /// before it exists. On `/run`, so it lasts one boot.
-pub const BOOT_GOOD: &str = "/run/herd/boot-good";
+pub const BOOT_GOOD: &str = herd_contract::paths::BOOT_GOOD;
 
 /// Where provisioning writes the node's own settings, which override the
 /// image's `hostname` and `[network]` (see docs/PROVISIONING.md).

@@ -19,7 +19,7 @@ pub const FILE: &str = "herd.toml";
 /// STATE). herd-init writes it when the first boot with provisioning
 /// reaches `ready`, whatever came of it; once it exists, fw_cfg and CONFIG
 /// disks are never read again.
-pub const CLOSED: &str = "var/lib/herd/provisioning-closed";
+pub const CLOSED: &str = herd_contract::paths::PROVISIONING_CLOSED;
 
 /// How an operator provisions a closed node again, for the console line.
 pub const REOPEN: &str = "to provision this node again, re-flash its disk, or remove \

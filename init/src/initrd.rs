@@ -111,7 +111,7 @@ pub fn run() -> ! {
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=0755",
     );
-    tpm::phase("enter-initrd");
+    tpm::phase(herd_contract::pcr::ENTER_INITRD);
     let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let slot = cmdline.slot.clone().unwrap_or_else(|| "a".into());
     info!(
@@ -352,7 +352,7 @@ pub fn run() -> ! {
             "cannot reload /usr's dm-verity table with restart_on_corruption: {e}"
         ));
     }
-    tpm::phase("leave-initrd");
+    tpm::phase(herd_contract::pcr::LEAVE_INITRD);
     for m in ["/dev", "/proc", "/sys", "/run"] {
         if let Err(e) = sys::mount(m, &format!("/sysroot{m}"), "", libc::MS_MOVE, "") {
             fatal(&format!("cannot move {m} into the new root: {e}"));

@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 use herd_tpm::Event;
 
 /// The PCR systemd-stub measures the UKI into, and the boot phases go to.
-pub const PCR_UKI: u32 = 11;
+pub const PCR_UKI: u32 = herd_contract::pcr::PHASE_PCR;
 /// The PCR herd-init measures the mounted /usr and the slot into.
-pub const PCR_USR: u32 = 15;
+pub const PCR_USR: u32 = herd_contract::pcr::USR_PCR;
 /// herd-init's event log (JSON lines), kept across the switch to the real root.
 pub const LOG: &str = "/run/herd/measurements.jsonl";
 

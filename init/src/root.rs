@@ -8,6 +8,7 @@ use herd_init::config::{parse_cidr, Config, Local, NetMode, BOOT_GOOD, LOCAL};
 
 use crate::supervise::Supervisor;
 use crate::{bless, info, input, modules, provision, sys, tpm};
+use herd_contract::pcr;
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -171,7 +172,7 @@ pub fn run() -> ! {
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=1777",
     );
-    tpm::phase("sysinit");
+    tpm::phase(pcr::SYSINIT);
     let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let cfg = match fs::read_to_string("/usr/lib/herd/init.toml").map(|t| Config::parse(&t)) {
         Ok(Ok(c)) => c,
@@ -218,7 +219,7 @@ pub fn run() -> ! {
             });
     }
     input::watch_power_button();
-    tpm::phase("ready");
+    tpm::phase(pcr::READY);
     tpm::report();
     info!(
         "ready slot={} version={version} usrhash={} in {} ms",

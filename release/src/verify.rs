@@ -239,7 +239,7 @@ pub fn verify_channel(
         Ordering::Equal => return Ok((c, false)),
         Ordering::Greater => {}
     }
-    for role in ["usr.img", "usr.verity", "uki-a", "uki-b"] {
+    for role in herd_contract::payload::REQUIRED {
         let p = c
             .release
             .payloads

@@ -23,6 +23,9 @@ fn sha(out: &Path, name: &str) -> String {
 /// A package cache in `dir`/cache holding only the test cache's .debs
 /// (no unpacked archives, no compressed blocks).
 fn fresh_cache(dir: &Path) -> std::path::PathBuf {
+    // The shared cache is filled by the first build (on a fresh machine this
+    // test may run before any other).
+    default_image();
     let cache = dir.join("cache");
     fs::create_dir(&cache).unwrap();
     for e in fs::read_dir(cache_dir()).unwrap() {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use herd_contract::payload;
 use herd_release::{Release, Repo, SigningKey};
 
 fn main() {
@@ -32,10 +33,10 @@ fn main() {
     }
     let tree = herd_verity::build(&data, &herd_verity::Params::new([7; 32], [9; 16])).unwrap();
     let files = [
-        ("usr.img", data.as_slice()),
-        ("usr.verity", tree.hash_area.as_slice()),
-        ("uki-a", b"uki of slot a".as_slice()),
-        ("uki-b", b"uki of slot b".as_slice()),
+        (payload::USR_IMG, data.as_slice()),
+        (payload::USR_VERITY, tree.hash_area.as_slice()),
+        (payload::UKI_A, b"uki of slot a".as_slice()),
+        (payload::UKI_B, b"uki of slot b".as_slice()),
     ];
     let key = SigningKey::generate().unwrap();
     let repo = Repo::at(&dir.join("repo"));
@@ -51,7 +52,7 @@ fn main() {
         payloads.insert(role.to_string(), repo.add_payload(&f).unwrap());
         std::fs::remove_file(&f).unwrap();
     }
-    let sha = payloads["usr.img"].sha256.clone();
+    let sha = payloads[payload::USR_IMG].sha256.clone();
     let rel = Release {
         image: "bench".into(),
         version: "1.0.0".into(),

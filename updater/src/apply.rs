@@ -7,11 +7,12 @@ use herd_gpt::{Guid, Table};
 use herd_release::{Envelope, NodeState, PayloadCheck, Release, Root, MAX_METADATA_BYTES};
 
 use crate::config::UpdateConfig;
-use crate::esp::{Esp, UKIS};
+use crate::esp::Esp;
 use crate::slots::Slots;
 use crate::state::{boot_id, Pending, State};
 use crate::{http, io, now, trust, Error};
-use herd_init::config::BOOT_GOOD;
+use herd_contract::paths::BOOT_GOOD;
+use herd_contract::{BootEntry, Slot};
 
 /// What a check found.
 #[derive(Debug)]
@@ -88,7 +89,7 @@ pub fn check(
         .as_ref()
         .filter(|p| p.version == c.release.version)
     {
-        return Ok(Found::Nothing(if p.slot == slots.running {
+        return Ok(Found::Nothing(if p.slot == slots.running.name() {
             format!(
                 "{} runs from slot {} and waits for herd-init to bless this boot",
                 p.version, p.slot
@@ -141,9 +142,9 @@ pub fn install(
     log: &dyn Fn(&str),
 ) -> Result<(), Error> {
     let base = cfg.repository.trim_end_matches('/');
-    let slot = &slots.other;
-    let usr = slots.part(&format!("usr-{slot}"))?;
-    let verity = slots.part(&format!("usr-{slot}-verity"))?;
+    let slot = slots.other;
+    let usr = slots.usr(slot)?;
+    let verity = slots.usr_verity(slot)?;
     log(&format!(
         "installing {} {} into slot {slot} ({}, {})",
         rel.image, rel.version, usr.dev, verity.dev
@@ -152,11 +153,11 @@ pub fn install(
     {
         let esp = Esp::mount(&slots.disk)?;
         for e in esp.entries() {
-            if e.name.starts_with(&format!("{}-{slot}", slots.image)) {
+            if e.boot_entry().is_some_and(|b| slots.boots(&b, slot)) {
                 esp.remove_entry(&e)?;
             }
         }
-        esp.remove_partial(&format!("{}-{slot}", slots.image))?;
+        esp.remove_partial(&slots.image, slot)?;
     }
     crate::download::write_slot(base, rel, &usr.dev, &verity.dev, state, state_dir, log)?;
     log(&format!(
@@ -166,20 +167,18 @@ pub fn install(
     let root = rel
         .root_hash()
         .ok_or_else(|| Error::Disk(format!("release {} has a malformed usrhash", rel.version)))?;
-    let role = format!("uki-{slot}");
-    if !rel.payloads.contains_key(&role) {
+    let role = herd_contract::payload::uki(slot);
+    if !rel.payloads.contains_key(role) {
         return Err(Error::Disk(format!(
             "release {} has no {role} payload: publish it with a herd that builds UKIs",
             rel.version
         )));
     }
-    let uki = fetch_small_payload(base, rel, &role)?;
+    let uki = fetch_small_payload(base, rel, role)?;
     check_uki(&uki, rel, slot)?;
 
     // The slot's partitions carry the root hash halves as PARTUUIDs (DPS).
-    let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
-    a.copy_from_slice(&root[..16]);
-    b.copy_from_slice(&root[16..]);
+    let (a, b) = herd_contract::partition::uuids_from_root_hash(&root);
     let dev = format!("/dev/{}", slots.disk);
     let mut d = OpenOptions::new()
         .read(true)
@@ -205,14 +204,14 @@ pub fn install(
     // install a power cut stopped before the entry was in place).
     state.pending = Some(Pending {
         version: rel.version.clone(),
-        slot: slot.clone(),
+        slot: slot.name().to_string(),
         boot_id: boot_id(),
     });
     state.last_error = None;
     state.save(state_dir)?;
     let (img, v) = (&slots.image, &rel.version);
     let written = Esp::mount(&slots.disk)
-        .and_then(|esp| esp.write(&format!("{UKIS}/{img}-{slot}+{}-0.efi", cfg.tries), &uki));
+        .and_then(|esp| esp.write(&BootEntry::fresh(img, slot, cfg.tries).path(), &uki));
     if let Err(e) = written {
         state.pending = None;
         state.save(state_dir)?;
@@ -227,7 +226,7 @@ pub fn install(
 
 /// The UKI must be for this release and this slot: its command line carries
 /// the release's `usrhash=` and `herd.slot=<slot>`.
-fn check_uki(uki: &[u8], rel: &Release, slot: &str) -> Result<(), Error> {
+fn check_uki(uki: &[u8], rel: &Release, slot: Slot) -> Result<(), Error> {
     let parts = herd_uki::UkiParts::from_uki(uki).map_err(|e| {
         Error::Disk(format!(
             "the uki-{slot} payload of {} is not a UKI: {e}",
@@ -235,7 +234,8 @@ fn check_uki(uki: &[u8], rel: &Release, slot: &str) -> Result<(), Error> {
         ))
     })?;
     let c = herd_init::cmdline::Cmdline::parse(&String::from_utf8_lossy(parts.cmdline));
-    if c.usrhash.as_deref() != Some(rel.usrhash.as_str()) || c.slot.as_deref() != Some(slot) {
+    if c.usrhash.as_deref() != Some(rel.usrhash.as_str()) || c.slot.as_deref() != Some(slot.name())
+    {
         return Err(Error::Disk(format!(
             "the uki-{slot} payload of {} boots usrhash={} slot {} instead of usrhash={} slot {slot}: the release is inconsistent",
             rel.version,
@@ -299,7 +299,7 @@ pub fn settle(
 ) -> Settle {
     if p.boot_id == this_boot {
         Settle::WaitsForReboot
-    } else if p.slot == slots.running && p.version == slots.version {
+    } else if p.slot == slots.running.name() && p.version == slots.version {
         if blessed {
             Settle::Running
         } else {
@@ -310,7 +310,7 @@ pub fn settle(
             PendingEntry::Absent => Settle::Interrupted,
             PendingEntry::Counted => Settle::FellBack,
             // Another version in the pending slot is a failed install, blessed or not.
-            PendingEntry::Blessed if p.slot == slots.running => Settle::FellBack,
+            PendingEntry::Blessed if p.slot == slots.running.name() => Settle::FellBack,
             PendingEntry::Blessed => Settle::PassedOver,
         }
     }
@@ -320,16 +320,21 @@ pub fn settle(
 /// and returns a line for the log.
 pub fn reconcile(slots: &Slots, state: &mut State, blessed: bool) -> Option<String> {
     let p = state.pending.clone()?;
-    let prefix = format!("{}-{}", slots.image, p.slot);
-    let blessed_names = [format!("{prefix}.efi"), format!("{prefix}.conf")];
+    // A pending slot name from an older state that is no slot: nothing of
+    // it can be on the ESP.
+    let pending_slot = Slot::parse(&p.slot);
     let entry = || {
         Esp::mount(&slots.disk)
             .map(|esp| {
-                let entries = esp.entries();
-                let mine = entries.iter().filter(|e| e.name.starts_with(&prefix));
-                if mine.clone().any(|e| blessed_names.contains(&e.name)) {
+                let mine: Vec<BootEntry> = esp
+                    .entries()
+                    .iter()
+                    .filter_map(|e| e.boot_entry())
+                    .filter(|b| pending_slot.is_some_and(|s| slots.boots(b, s)))
+                    .collect();
+                if mine.iter().any(BootEntry::is_blessed) {
                     PendingEntry::Blessed
-                } else if mine.count() > 0 {
+                } else if !mine.is_empty() {
                     PendingEntry::Counted
                 } else {
                     PendingEntry::Absent
@@ -407,7 +412,7 @@ pub fn rollback_refusal(
             "slot {other} has no boot entry to roll back to (it was never installed, or its install did not finish)"
         )));
     };
-    if herd_init::bootcount::parse_entry(entry).is_some_and(|c| c.left == 0) {
+    if BootEntry::parse(entry).is_some_and(|b| b.out_of_tries()) {
         return Err(Error::Disk(format!(
             "slot {other} ({entry}) has no boot tries left: it failed to come up before; refusing to roll back to it"
         )));
@@ -443,8 +448,8 @@ mod tests {
 
     fn slots(running: &str, version: &str) -> Slots {
         Slots {
-            running: running.into(),
-            other: if running == "a" { "b" } else { "a" }.into(),
+            running: Slot::parse(running).unwrap(),
+            other: Slot::parse(running).unwrap().other(),
             version: version.into(),
             image: "herd".into(),
             disk: "vda".into(),

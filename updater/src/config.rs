@@ -12,7 +12,7 @@ pub const LOCAL: &str = "/etc/herd/update.toml";
 /// The trusted root key set baked into the image.
 pub const TRUSTED_ROOT: &str = "/usr/lib/herd/update-root.json";
 /// The updater's state directory (on STATE).
-pub const STATE_DIR: &str = "/var/lib/herd/update";
+pub const STATE_DIR: &str = herd_contract::paths::UPDATE_STATE_DIR;
 
 /// When to reboot into a new release.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
+use herd_contract::payload::{USR_IMG, USR_VERITY};
 use herd_release::{PayloadCheck, Release};
 use herd_verity::StreamVerifier;
 
@@ -292,13 +293,13 @@ pub fn write_slot(
     let resuming_usr = state
         .partial
         .as_ref()
-        .is_some_and(|p| p.version == rel.version && p.role == "usr.img");
-    if !(resuming_usr && already_written(rel, "usr.verity", verity_dev)?) {
-        write_payload(&job("usr.verity", verity_dev), state, None)?;
+        .is_some_and(|p| p.version == rel.version && p.role == USR_IMG);
+    if !(resuming_usr && already_written(rel, USR_VERITY, verity_dev)?) {
+        write_payload(&job(USR_VERITY, verity_dev), state, None)?;
     }
-    let tree = read_prefix(verity_dev, rel.payloads["usr.verity"].size)?;
+    let tree = read_prefix(verity_dev, rel.payloads[USR_VERITY].size)?;
     let mut verifier = StreamVerifier::new(tree)?;
-    write_payload(&job("usr.img", usr_dev), state, Some(&mut verifier))?;
+    write_payload(&job(USR_IMG, usr_dev), state, Some(&mut verifier))?;
     verifier.finish(&root)?;
     state.partial = None;
     state.save(state_dir)?;

@@ -110,16 +110,20 @@ impl Esp {
             .map_err(io("syncing the ESP"))
     }
 
-    /// Removes files a power cut left half-written (`*.new`) whose names
-    /// start with `prefix`, in both entry directories.
-    pub fn remove_partial(&self, prefix: &str) -> Result<(), Error> {
+    /// Removes files a power cut left half-written (`*.new`, written
+    /// beside an entry of `slot` of `image`), in both entry directories.
+    pub fn remove_partial(&self, image: &str, slot: herd_contract::Slot) -> Result<(), Error> {
         for dir in [ENTRIES, UKIS] {
             let Ok(rd) = std::fs::read_dir(self.path(dir)) else {
                 continue;
             };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(prefix) && name.ends_with(".new") {
+                let partial = name
+                    .strip_suffix(".new")
+                    .and_then(|stem| herd_contract::BootEntry::parse(&format!("{stem}.efi")))
+                    .is_some_and(|b| b.boots(image, slot));
+                if partial {
                     std::fs::remove_file(e.path())
                         .map_err(io(format!("removing the partial file {dir}/{name}")))?;
                 }
@@ -151,9 +155,9 @@ impl Esp {
 }
 
 /// Boot Loader Specification type #1 entries.
-pub const ENTRIES: &str = "loader/entries";
+pub const ENTRIES: &str = herd_contract::esp::ENTRIES_DIR;
 /// Unified Kernel Images (type #2 entries).
-pub const UKIS: &str = "EFI/Linux";
+pub const UKIS: &str = herd_contract::esp::UKI_DIR;
 
 /// A boot entry or UKI on the ESP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +169,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The herd slot entry this file is, if it is one.
+    pub fn boot_entry(&self) -> Option<herd_contract::BootEntry> {
+        herd_contract::BootEntry::parse(&self.name)
+    }
+
     /// `.conf` or `.efi`.
     pub fn ext(&self) -> &'static str {
         if self.dir == UKIS {

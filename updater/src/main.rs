@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use herd_contract::{EntryKind, Tries};
 use herd_update::apply::{
     boot_is_good, check, install, install_blocked, reconcile, rollback_refusal, trusted_root, Found,
 };
@@ -267,14 +268,17 @@ fn trusted_keys(state: &State) -> String {
 
 fn rollback(slots: &Slots, state: &State) -> Result<()> {
     let esp = Esp::mount(&slots.disk)?;
-    let prefix = format!("{}-{}", slots.image, slots.running);
-    let other = format!("{}-{}", slots.image, slots.other);
     let entries = esp.entries();
+    let of = |slot| {
+        entries
+            .iter()
+            .filter_map(move |e| Some((e, e.boot_entry()?)))
+            .filter(move |(_, b)| slots.boots(b, slot))
+    };
     // The UKI (type #2) first: it is what this updater installs.
-    let target = entries
-        .iter()
-        .filter(|e| e.name.starts_with(&other))
-        .max_by_key(|e| e.dir == herd_update::esp::UKIS);
+    let target = of(slots.other)
+        .max_by_key(|(_, b)| b.kind == EntryKind::Uki)
+        .map(|(e, _)| e);
     let version = target.and_then(|e| esp.uki_version(e));
     rollback_refusal(
         slots,
@@ -282,9 +286,10 @@ fn rollback(slots: &Slots, state: &State) -> Result<()> {
         version.as_deref(),
         &state.bad,
     )?;
-    for e in entries.iter().filter(|e| e.name.starts_with(&prefix)) {
+    for (e, b) in of(slots.running) {
         // Zero tries left: the boot loader skips it and boots the other slot.
-        esp.rename_entry(e, &format!("{prefix}+0-1{}", e.ext()))?;
+        let spent = b.with_tries(Some(Tries { left: 0, done: 1 }));
+        esp.rename_entry(e, &spent.file_name())?;
     }
     drop(esp);
     log(&format!("slot {} will boot next", slots.other));

@@ -1,5 +1,6 @@
 //! The A/B slots on this node's disk.
 
+use herd_contract::{partition, BootEntry, Slot};
 use herd_init::cmdline::Cmdline;
 use herd_init::disks::{self, Part};
 use herd_init::os_release;
@@ -9,10 +10,10 @@ use crate::Error;
 /// The running slot and version and where the other slot lives.
 #[derive(Debug, Clone)]
 pub struct Slots {
-    /// Running slot name (`a` or `b`).
-    pub running: String,
+    /// The running slot.
+    pub running: Slot,
     /// The other slot.
-    pub other: String,
+    pub other: Slot,
     /// Running version (os-release IMAGE_VERSION).
     pub version: String,
     /// Image name (os-release IMAGE_ID).
@@ -27,9 +28,13 @@ impl Slots {
         let c = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
         let running = c
             .slot
-            .clone()
+            .as_deref()
             .ok_or_else(|| Error::Disk("no herd.slot= on the kernel command line".into()))?;
-        let other = if running == "a" { "b" } else { "a" }.to_string();
+        let running = Slot::parse(running).ok_or_else(|| {
+            Error::Disk(format!(
+                "herd.slot={running} on the kernel command line names no slot (a or b)"
+            ))
+        })?;
         let uuid = c
             .usr_partuuid
             .clone()
@@ -42,11 +47,26 @@ impl Slots {
             })?;
         Ok(Slots {
             running,
-            other,
+            other: running.other(),
             version: os_release::field("IMAGE_VERSION").unwrap_or_default(),
             image: os_release::field("IMAGE_ID").unwrap_or_else(|| "herd".into()),
             disk: usr.disk,
         })
+    }
+
+    /// A slot's /usr partition.
+    pub fn usr(&self, slot: Slot) -> Result<Part, Error> {
+        self.part(partition::usr(slot))
+    }
+
+    /// A slot's verity partition.
+    pub fn usr_verity(&self, slot: Slot) -> Result<Part, Error> {
+        self.part(partition::usr_verity(slot))
+    }
+
+    /// Whether `e` boots `slot` of this node's image.
+    pub fn boots(&self, e: &BootEntry, slot: Slot) -> bool {
+        e.boots(&self.image, slot)
     }
 
     /// The partition named `name` on the slots' disk.

@@ -104,7 +104,7 @@ mod tests {
     const DAY: u64 = 86_400;
 
     fn release(version: &str) -> Release {
-        let payloads = ["usr.img", "usr.verity", "uki-a", "uki-b"]
+        let payloads = herd_contract::payload::REQUIRED
             .iter()
             .map(|r| {
                 let p = Payload {

@@ -5,8 +5,9 @@ use sha2::{Digest, Sha256};
 use crate::{Error, UkiParts};
 
 /// Boot phases systemd-pcrphase extends into PCR 11 (as the plain string,
-/// no NUL), in order; herd-init extends the same words at the same points.
-pub const PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysinit", "ready"];
+/// no NUL), in order; herd-init extends the same words at the same points
+/// (the node's contract: [`herd_contract::pcr::PHASES`]).
+pub use herd_contract::pcr::PHASES;
 
 /// `PCR := SHA256(PCR || digest)`.
 pub fn extend(pcr: &mut [u8; 32], digest: &[u8; 32]) {
