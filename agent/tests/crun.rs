@@ -36,11 +36,8 @@ fn crun_runs_the_generated_spec() {
         "crun is missing: run scripts/setup.sh (it installs Debian's crun)"
     );
     // SAFETY: getuid(2) has no preconditions.
-    assert_eq!(
-        unsafe { libc::getuid() },
-        0,
-        "running containers needs root (CI runs as root)"
-    );
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(uid, 0, "running containers needs root (CI runs as root)");
     let t = tempfile::tempdir().unwrap();
     let rootfs = t.path().join("rootfs");
     for d in ["bin", "proc", "dev", "sys", "tmp", "data", "conf", "srv"] {

@@ -80,11 +80,8 @@ impl Drop for Agent {
 fn agent_runs_signed_pods_and_refuses_the_rest() {
     need("crun");
     // SAFETY: getuid(2) has no preconditions.
-    assert_eq!(
-        unsafe { libc::getuid() },
-        0,
-        "running containers needs root (CI runs as root)"
-    );
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(uid, 0, "running containers needs root (CI runs as root)");
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(t.path().join("registry")).unwrap();
     let reg = registry(&t.path().join("registry"));
