@@ -481,3 +481,30 @@ impl Registry {
         Ok(Digest::of(bytes))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_go_to_token_realms_over_https_or_loopback_only() {
+        for ok in [
+            "https://auth.example/token",
+            "http://127.0.0.1:5001/token",
+            "http://localhost/token?x=1",
+            "http://[::1]:8080/t",
+        ] {
+            assert!(realm_may_get_credentials(ok), "{ok}");
+        }
+        for bad in [
+            "http://auth.example/token",
+            "http://10.0.2.100:5001/token",
+            "http://127.0.0.1@evil.example/token",
+            "http://127.0.0.1.evil.example/t",
+            "ftp://127.0.0.1/t",
+            "http://[::2]/t",
+        ] {
+            assert!(!realm_may_get_credentials(bad), "{bad}");
+        }
+    }
+}
