@@ -104,11 +104,14 @@ struct Entry {
 
 /// The identity rule `key_id` has in `policy` now, as [`Entry`] keeps it.
 fn identity_rule(policy: &Policy, key_id: &str) -> Option<String> {
-    policy
-        .keys
-        .iter()
-        .find(|k| k.id() == key_id)
-        .map(|k| format!("{:?}", k.identity))
+    policy.keys.iter().find(|k| k.id() == key_id).map(|k| {
+        let unnamed = if k.bundle_without_identity {
+            ", bundle_without_identity"
+        } else {
+            ""
+        };
+        format!("{:?}{unnamed}", k.identity)
+    })
 }
 
 /// Why a cached entry may not be reused without a new pull: its signature's
@@ -128,6 +131,8 @@ fn stale_identity(e: &Entry, policy: &Policy) -> Option<String> {
 pub struct Images {
     root: PathBuf,
     layouts: Vec<PathBuf>,
+    /// Registry credentials files.
+    registries: PathBuf,
     store: Store,
     index: Mutex<BTreeMap<String, Entry>>,
 }
@@ -165,9 +170,19 @@ impl Images {
         Ok(Images {
             root: root.to_path_buf(),
             layouts,
+            registries: PathBuf::from(herd_oci::registry::CREDENTIALS_DIR),
             store,
             index: Mutex::new(index),
         })
+    }
+
+    /// The same cache, reading registry credentials from `dir`
+    /// (`<host[:port]>.toml`) instead of `/etc/herd/registries`.
+    pub fn with_registries(self, dir: &Path) -> Images {
+        Images {
+            registries: dir.to_path_buf(),
+            ..self
+        }
     }
 
     fn save(&self, index: &BTreeMap<String, Entry>) -> Result<(), ImageError> {
@@ -222,7 +237,8 @@ impl Images {
             (PullPolicy::Never | PullPolicy::IfNotPresent, Some(p)) => (p, false),
             (PullPolicy::Never, None) => return Err(ImageError::NotPresent(key)),
             (PullPolicy::Always, cached) | (PullPolicy::IfNotPresent, cached @ None) => {
-                let reg = Registry::with_plain_http(&r, policy.plain_http(&r.registry));
+                let reg = Registry::with_plain_http(&r, policy.plain_http(&r.registry))
+                    .with_credentials_dir(&self.registries);
                 match herd_oci::pull::pull_from(&reg, &r, &self.store, &policy.keys) {
                     Ok(p) => (p, true),
                     Err(e @ herd_oci::Error::Registry { .. }) => match cached {

@@ -33,7 +33,7 @@ struct Cli {
 enum Cmd {
     /// Run the pods in the pod directory, and follow its changes: a new
     /// file starts a pod, an edited one replaces it, a removed one stops it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the pods, their phase, restarts and containers.
     Ps {
         /// Print the agent's JSON.
@@ -75,6 +75,10 @@ struct RunArgs {
     /// Config maps, one directory per config map, one file per key.
     #[arg(long, default_value = "/etc/herd/configmaps")]
     configmaps: PathBuf,
+    /// Private registries' credentials, one `<host[:port]>.toml` each
+    /// (mode 0600, owned by root; see docs/PODS.md).
+    #[arg(long, default_value = herd_oci::registry::CREDENTIALS_DIR)]
+    registries: PathBuf,
     /// OCI image layouts holding `oci:NAME` images (signed in the layout
     /// with `herd sign-image oci:DIR:NAME`), searched in order.
     #[arg(long = "layout", default_values = ["/var/lib/herd/images", "/usr/share/herd/images"])]
@@ -120,7 +124,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Run(a) => run(a, &cli.socket),
+        Cmd::Run(a) => run(*a, &cli.socket),
         Cmd::Ps { json } => ps(&cli.socket, json),
         Cmd::Logs { pod, container } => logs_cmd(&cli.socket, &pod, container),
         Cmd::Events { json } => events(&cli.socket, json),
@@ -257,7 +261,8 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
     }
     let status = Status::default();
     let images = Images::open(&a.state.join("images"), a.layouts.clone())
-        .context("opening the image store")?;
+        .context("opening the image store")?
+        .with_registries(&a.registries);
     let mut env = Env::new(
         Runtime {
             bin: a.runtime.clone(),

@@ -15,6 +15,8 @@
 //!                  signed_identity = "remapIdentity"
 //!                  prefix = "10.0.2.100:5000/acme"
 //!                  signed_prefix = "ghcr.io/acme"
+//!                  [keys."cosign.pub"]
+//!                  bundle_without_identity = true
 //! ```
 //!
 //! `signed_identity` says which image names a key's signatures vouch for
@@ -22,6 +24,10 @@
 //! `docker-reference` names the repository asked for, and its tag if it has
 //! one), `matchRepoDigestOrExact`, `matchExact`, or `remapIdentity` with
 //! `prefix` and `signed_prefix`.
+//!
+//! `bundle_without_identity = true` accepts the key's cosign v3 bundles
+//! that name no image (cosign v3 signs the manifest digest only) for any
+//! image name; without it such a bundle is refused (`herd_oci::bundle`).
 //!
 //! A key file that does not parse is reported and skipped: the other keys
 //! keep working, and images signed only by the broken key do not run.
@@ -53,24 +59,28 @@ struct PolicyFile {
     keys: BTreeMap<String, KeyRule>,
 }
 
-/// A key's `signed_identity` (checked as it is read, so a mistake is
-/// reported at its line and column).
+/// A key's `signed_identity` and `bundle_without_identity` (checked as
+/// they are read, so a mistake is reported at its line and column).
 #[derive(Debug)]
-struct KeyRule(SignedIdentity);
+struct KeyRule(SignedIdentity, bool);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKeyRule {
-    signed_identity: String,
+    #[serde(default)]
+    signed_identity: Option<String>,
     prefix: Option<String>,
     signed_prefix: Option<String>,
+    #[serde(default)]
+    bundle_without_identity: bool,
 }
 
 impl<'de> Deserialize<'de> for KeyRule {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyRule, D::Error> {
         let r = RawKeyRule::deserialize(d)?;
-        SignedIdentity::from_parts(&r.signed_identity, r.prefix, r.signed_prefix)
-            .map(KeyRule)
+        let rule = r.signed_identity.as_deref().unwrap_or("matchRepository");
+        SignedIdentity::from_parts(rule, r.prefix, r.signed_prefix)
+            .map(|i| KeyRule(i, r.bundle_without_identity))
             .map_err(serde::de::Error::custom)
     }
 }
@@ -128,7 +138,9 @@ impl Policy {
             match std::fs::read_to_string(&f) {
                 Ok(text) => match TrustedKey::parse(&text, &what) {
                     Ok(k) => self.keys.push(match rule {
-                        Some(KeyRule(identity)) => k.with_identity(identity),
+                        Some(KeyRule(identity, unnamed)) => k
+                            .with_identity(identity)
+                            .with_bundle_without_identity(unnamed),
                         None => k,
                     }),
                     Err(e) => problems.push(format!("{what}: key skipped: {e}")),
@@ -209,7 +221,8 @@ mod tests {
             "[keys.\"b.pub\"]\nsigned_identity = \"matchRepoDigestOrExact\"\n\
              [keys.\"c.pub\"]\nsigned_identity = \"remapIdentity\"\n\
              prefix = \"10.0.2.100:5000/acme\"\nsigned_prefix = \"ghcr.io/acme\"\n\
-             [keys.\"gone.pub\"]\nsigned_identity = \"matchExact\"\n",
+             [keys.\"gone.pub\"]\nsigned_identity = \"matchExact\"\n\
+             [keys.\"a.pub\"]\nbundle_without_identity = true\n",
         )
         .unwrap();
         let (p, problems) = Policy::load(&[t.path().to_path_buf()]);
@@ -218,6 +231,8 @@ mod tests {
             rules,
             ["matchRepository", "matchRepoDigestOrExact", "remapIdentity"]
         );
+        let unnamed: Vec<bool> = p.keys.iter().map(|k| k.bundle_without_identity).collect();
+        assert_eq!(unnamed, [true, false, false]);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].contains("\"gone.pub\"] names no key file"),

@@ -146,6 +146,10 @@ struct SignImageArgs {
     /// For oci: layouts, the REGISTRY/REPOSITORY nodes will pull it as.
     #[arg(long, value_name = "REGISTRY/REPO")]
     name: Option<String>,
+    /// Sign in cosign v3's format: a Sigstore bundle attached as an OCI
+    /// referrer (tag `sha256-<hex>`), instead of the classic `.sig` tag.
+    #[arg(long)]
+    bundle: bool,
 }
 
 #[derive(Subcommand)]
@@ -739,7 +743,7 @@ fn main() -> ExitCode {
         }),
         Command::SignImage(a) => herd_release::SigningKey::load(&a.key)
             .map_err(anyhow::Error::from)
-            .and_then(|k| herd::sign_image::sign_image(&a.image, a.name.as_deref(), &k))
+            .and_then(|k| herd::sign_image::sign_image(&a.image, a.name.as_deref(), &k, a.bundle))
             .map(|d| {
                 println!("signed {} ({d})", a.image);
                 ExitCode::SUCCESS

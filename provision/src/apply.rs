@@ -9,6 +9,7 @@
 //! | `/etc/herd/pods/NAME.yaml` | each static pod's manifest, named by `metadata.name` |
 //! | `/etc/herd/policy/keys/NAME.pub` | each trusted image key, as given |
 //! | `/etc/herd/policy/policy.toml` | `insecure_registries` (herd-agent's policy file) |
+//! | `/etc/herd/registries/HOST.toml` | each registry's credentials, mode 0600 |
 //! | `/etc/herd/update.toml` | herd-update settings overriding the image's |
 //! | `/var/lib/herd/provisioned` | the marker: the configuration's sha256 and source |
 //!
@@ -32,6 +33,9 @@ pub const MARKER: &str = "var/lib/herd/provisioned";
 pub const PODS_DIR: &str = "etc/herd/pods";
 /// The image trust policy directory, relative to the node root.
 pub const POLICY_DIR: &str = "etc/herd/policy";
+/// Registry credentials (herd-agent's `--registries`), relative to the
+/// node root; files there are written mode 0600.
+pub const REGISTRIES_DIR: &str = "etc/herd/registries";
 /// herd-update's node settings, relative to the node root.
 pub const UPDATE: &str = "etc/herd/update.toml";
 const STAGING: &str = "etc/.herd-provision.new";
@@ -130,6 +134,13 @@ pub fn files(c: &Checked) -> Vec<(String, Vec<u8>)> {
         );
         out.push((format!("{POLICY_DIR}/policy.toml"), text.into_bytes()));
     }
+    for r in &cfg.images.registries {
+        let r = r.get_ref();
+        out.push((
+            format!("{REGISTRIES_DIR}/{}.toml", r.host),
+            r.file_text().into_bytes(),
+        ));
+    }
     if let Some(u) = &cfg.update {
         let text = format!(
             "# Written once by herd-provision; overrides /usr/lib/herd/update.toml key by key.\n{}",
@@ -140,11 +151,22 @@ pub fn files(c: &Checked) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ApplyError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(d) = path.parent() {
         fs::create_dir_all(d).map_err(err("create directory", d))?;
     }
-    let mut f = fs::File::create(path).map_err(err("create", path))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err("create", path))?;
+    // The mode given at creation is masked by the umask; a file that was
+    // there keeps its mode: set it either way, before anything is written.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err("chmod", path))?;
     f.write_all(bytes).map_err(err("write", path))?;
     f.sync_all().map_err(err("sync", path))
 }
@@ -167,7 +189,12 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
     let files = files(c);
     for (rel, bytes) in &files {
         let p = staging.join(rel.strip_prefix("etc/").unwrap_or(rel));
-        write_synced(&p, bytes)?;
+        let mode = if rel.starts_with(REGISTRIES_DIR) {
+            0o600
+        } else {
+            0o644
+        };
+        write_synced(&p, bytes, mode)?;
     }
     // Whole directories (pods, policy) replace what was there; single files
     // replace single files.
@@ -177,6 +204,8 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
             PODS_DIR.to_string()
         } else if rel.starts_with(POLICY_DIR) {
             POLICY_DIR.to_string()
+        } else if rel.starts_with(REGISTRIES_DIR) {
+            REGISTRIES_DIR.to_string()
         } else {
             rel.clone()
         };
@@ -192,6 +221,11 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
         }
         remove_any(&to)?;
         fs::rename(&from, &to).map_err(err("move into place", &to))?;
+        if unit == REGISTRIES_DIR {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o700))
+                .map_err(err("chmod", &to))?;
+        }
     }
     remove_any(&staging)?;
     let marker = root.join(MARKER);
@@ -203,6 +237,7 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
             c.sha256
         )
         .as_bytes(),
+        0o644,
     )?;
     fs::rename(&tmp, &marker).map_err(err("move into place", &marker))?;
     if let Some(d) = marker.parent() {
@@ -256,6 +291,31 @@ mod tests {
         let key = fs::read_to_string(r.join("etc/herd/policy/keys/ops.pub")).unwrap();
         assert!(policy.trusts(&TrustedKey::parse(&key, "ops").unwrap().id()));
         assert!(policy.plain_http("10.0.2.100:5000"));
+        // Registry credentials: 0600 in a 0700 directory, and herd-agent's
+        // reader takes them.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = r.join(REGISTRIES_DIR);
+            let f = dir.join("10.0.2.100:5000.toml");
+            assert_eq!(
+                fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+            let creds = herd_oci::credentials::load(&dir, "10.0.2.100:5000")
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                creds,
+                herd_oci::credentials::Credentials::Password {
+                    username: "robot".into(),
+                    password: "pw-Secret-123".into()
+                }
+            );
+        }
         let update = fs::read_to_string(r.join(UPDATE)).unwrap();
         let merged = format!("repository = \"http://x\"\n{update}");
         let u = herd_update::config::UpdateConfig::parse(&merged).unwrap();

@@ -14,6 +14,11 @@
 //! [images]
 //! insecure_registries = ["10.0.2.100:5000"]   # optional: registries reached over plain HTTP
 //!
+//! [[images.registry]]              # credentials for a private registry, written to
+//! host = "registry.example:5000"    # /etc/herd/registries/HOST.toml (mode 0600)
+//! username = "robot"               # username and password, or token
+//! password = "..."
+//!
 //! [[images.key]]                   # keys whose signatures make an image runnable
 //! name = "ops"
 //! key = "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----"   # or 64 hex digits
@@ -130,6 +135,61 @@ pub struct Images {
     /// HTTP; images from them must still be signed.
     #[serde(default)]
     pub insecure_registries: Vec<Spanned<String>>,
+    /// Private registries' credentials.
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<Spanned<RegistryCredentials>>,
+}
+
+/// `[[images.registry]]`: credentials herd-agent uses for one registry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    /// `host` or `host:port`, as image references name it.
+    pub host: String,
+    /// User name (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (with `username`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A Bearer token (instead of username and password).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RegistryCredentials {{ host: {:?}, username: {:?}, secret: <hidden> }}",
+            self.host, self.username
+        )
+    }
+}
+
+impl RegistryCredentials {
+    /// The credentials file herd-agent reads (`herd_oci::credentials`).
+    pub fn file_text(&self) -> String {
+        #[derive(Serialize)]
+        struct F<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            username: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            password: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            token: Option<&'a str>,
+        }
+        format!(
+            "# Written once by herd-provision: herd-agent's credentials for {}.\n{}",
+            self.host,
+            toml::to_string(&F {
+                username: self.username.as_deref(),
+                password: self.password.as_deref(),
+                token: self.token.as_deref(),
+            })
+            .expect("credentials serialise")
+        )
+    }
 }
 
 /// A trusted image signing key.
@@ -335,6 +395,30 @@ impl NodeConfig {
                 );
             }
         }
+        let mut hosts = BTreeSet::new();
+        for r in &config.images.registries {
+            let start = r.span().start;
+            let c = r.get_ref();
+            if !valid_registry(&c.host) {
+                at(
+                    start,
+                    format!(
+                        "images.registry host {:?} is not a registry host or host:port, e.g. \"10.0.2.100:5000\"",
+                        c.host
+                    ),
+                );
+            } else if !hosts.insert(c.host.as_str()) {
+                at(
+                    start,
+                    format!("images.registry {:?} is defined twice", c.host),
+                );
+            }
+            // herd-agent's own reader checks the file it will read; its
+            // messages never quote the secret.
+            if let Err(e) = herd_oci::credentials::parse(&c.file_text()) {
+                at(start, format!("images.registry {:?}: {e}", c.host));
+            }
+        }
         let mut names = BTreeSet::new();
         for k in &config.images.keys {
             let start = k.span().start;
@@ -505,6 +589,7 @@ pub(crate) mod tests {
         format!(
             "hostname = \"node-7\"\n[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n\
              [images]\ninsecure_registries = [\"10.0.2.100:5000\"]\n\
+             [[images.registry]]\nhost = \"10.0.2.100:5000\"\nusername = \"robot\"\npassword = \"pw-Secret-123\"\n\
              [[images.key]]\nname = \"ops\"\nkey = \"{KEY}\"\n\
              {}[update]\nchannel = \"beta\"\nreboot = \"window\"\nwindow = \"02:00-04:00\"\n",
             pod("web", "registry.example.com/team/web:1.0")
@@ -524,6 +609,37 @@ pub(crate) mod tests {
                 && s.contains("channel beta"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn registry_credentials_are_checked_without_quoting_them() {
+        let c = NodeConfig::parse(&good()).unwrap();
+        let r = c.config.images.registries[0].get_ref();
+        assert!(!format!("{r:?}").contains("pw-Secret-123"));
+        for (entry, says) in [
+            (
+                "host = \"r.example\"\nusername = \"robot\"\n",
+                "only one of username and password",
+            ),
+            (
+                "host = \"r.example\"\ntoken = \"pw-Secret-123\"\npassword = \"pw-Secret-123\"\n",
+                "both a token",
+            ),
+            (
+                "host = \"../x\"\ntoken = \"pw-Secret-123\"\n",
+                "not a registry host",
+            ),
+        ] {
+            let p = problems(&format!("[[images.registry]]\n{entry}"));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].contains(says), "{says}: {p:?}");
+            assert!(!p[0].contains("pw-Secret"), "{p:?}");
+        }
+        let p = problems(
+            "[[images.registry]]\nhost = \"r.example\"\ntoken = \"t\"\n\
+             [[images.registry]]\nhost = \"r.example\"\ntoken = \"t\"\n",
+        );
+        assert!(p[0].contains("defined twice"), "{p:?}");
     }
 
     fn problems(text: &str) -> Vec<String> {

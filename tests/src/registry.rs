@@ -140,14 +140,20 @@ pub fn make_image(layout: &Layout, name: &str, marker: &str) -> Digest {
 
 /// Copies image `name` of a layout to `dest` (`host:port/repo:tag`).
 pub fn skopeo_push(layout: &Path, name: &str, dest: &str) {
+    skopeo_push_as(layout, name, dest, None)
+}
+
+/// [`skopeo_push`] to a registry that wants `user:password`.
+pub fn skopeo_push_as(layout: &Path, name: &str, dest: &str, creds: Option<&str>) {
     need("skopeo");
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--insecure-policy",
-        ])
+    let mut cmd = Command::new("skopeo");
+    if let Some(c) = creds {
+        cmd.arg("copy").arg("--dest-creds").arg(c);
+    } else {
+        cmd.arg("copy");
+    }
+    let out = cmd
+        .args(["--quiet", "--dest-tls-verify=false", "--insecure-policy"])
         .arg(format!("oci:{}:{name}", layout.display()))
         .arg(format!("docker://{dest}"))
         .output()

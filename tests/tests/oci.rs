@@ -332,6 +332,9 @@ struct TokenServer {
     port: u16,
     asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When set, the `Authorization` value a token request must carry
+    /// (else 401), as a token service for private repositories wants.
+    want_auth: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 const SERVICE: &str = "herd-test-registry";
@@ -419,7 +422,8 @@ fn token_server(dir: &std::path::Path) -> (TokenServer, std::path::PathBuf) {
     let port = listener.local_addr().unwrap().port();
     let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (a, r) = (asked.clone(), refuse.clone());
+    let want_auth = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let (a, r, w) = (asked.clone(), refuse.clone(), want_auth.clone());
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -427,10 +431,16 @@ fn token_server(dir: &std::path::Path) -> (TokenServer, std::path::PathBuf) {
             if reader.read_line(&mut line).is_err() {
                 continue;
             }
+            let mut auth = None;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
                     break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        auth = Some(v.trim().to_string());
+                    }
                 }
             }
             let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
@@ -445,7 +455,13 @@ fn token_server(dir: &std::path::Path) -> (TokenServer, std::path::PathBuf) {
                 })
                 .unwrap_or_default();
             a.lock().unwrap().push(target.clone());
-            let (status, body) = if r.load(std::sync::atomic::Ordering::SeqCst) {
+            let wanted = w.lock().unwrap().clone();
+            let (status, body) = if wanted.is_some() && auth != wanted {
+                (
+                    "401 Unauthorized",
+                    "{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_string(),
+                )
+            } else if r.load(std::sync::atomic::Ordering::SeqCst) {
                 (
                     "403 Forbidden",
                     "{\"errors\":[{\"code\":\"DENIED\"}]}".to_string(),
@@ -469,6 +485,7 @@ fn token_server(dir: &std::path::Path) -> (TokenServer, std::path::PathBuf) {
             port,
             asked,
             refuse,
+            want_auth,
         },
         cert_pem,
     )
@@ -546,5 +563,535 @@ fn pulls_and_signs_through_a_registry_that_wants_bearer_tokens() {
     assert!(
         msg.contains(&format!("127.0.0.1:{}/token", tokens.port)) && msg.contains("403"),
         "{msg}"
+    );
+}
+
+/// A credentials file `dir/<host>.toml` with `text`, mode 0600.
+fn credentials_file(dir: &std::path::Path, host: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let f = herd_oci::credentials::file_for(dir, host);
+    std::fs::write(&f, text).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f
+}
+
+/// Everything herd-oci and herd-agent log (and the `log` records of the
+/// libraries under them), at every level, into a buffer.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        use tracing_subscriber::util::SubscriberInitExt;
+        let logs = Logs::default();
+        let l = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || l.clone())
+            .finish()
+            .try_init()
+            .expect("the only test of this binary that sets a subscriber");
+        logs
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+const PASSWORD: &str = "pw-Htpasswd-7c1e9";
+
+#[test]
+fn pulls_from_a_private_registry_with_credentials_from_a_0600_file() {
+    let logs = Logs::capture();
+    let t = tempfile::tempdir().unwrap();
+    let htpasswd = t.path().join("htpasswd");
+    herd_tests::registry::need("htpasswd");
+    let out = run_ok(Command::new("htpasswd").args(["-Bbn", "robot", PASSWORD]));
+    std::fs::write(&htpasswd, out.trim()).unwrap();
+    let reg = herd_tests::registry::registry_with(
+        t.path(),
+        &format!(
+            "auth:\n  htpasswd:\n    realm: herd-test\n    path: {}\n",
+            htpasswd.display()
+        ),
+    );
+    let host = format!("127.0.0.1:{}", reg.port);
+    let layout = Layout::create(&t.path().join("layout")).unwrap();
+    let web = make_image(&layout, "web", "web");
+    herd_tests::registry::skopeo_push_as(
+        &t.path().join("layout"),
+        "web",
+        &format!("{host}/herd/web:1"),
+        Some(&format!("robot:{PASSWORD}")),
+    );
+    let web_ref = Reference::parse(&format!("{host}/herd/web:1")).unwrap();
+    let signer = herd_release::SigningKey::generate().unwrap();
+    let dir = t.path().join("registries");
+    let mut errors = Vec::new();
+
+    // No credentials file: the error names the file to create.
+    std::fs::create_dir_all(&dir).unwrap();
+    let reg_client = || Registry::for_reference(&web_ref).with_credentials_dir(&dir);
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let e =
+        herd_oci::pull::pull_from(&reg_client(), &web_ref, &store, &[key_of(&signer)]).unwrap_err();
+    let Error::NeedsCredentials { registry, file } = &e else {
+        panic!("expected NeedsCredentials, got {e}");
+    };
+    assert_eq!(registry, &host);
+    assert_eq!(file, &dir.join(format!("{host}.toml")));
+    assert!(e.to_string().contains(&format!("{host}.toml")), "{e}");
+    errors.push(e.to_string());
+
+    // A wrong password: refused, and said so.
+    let f = credentials_file(
+        &dir,
+        &host,
+        "username = \"robot\"\npassword = \"pw-Wrong-0000\"\n",
+    );
+    let e =
+        herd_oci::pull::pull_from(&reg_client(), &web_ref, &store, &[key_of(&signer)]).unwrap_err();
+    assert!(
+        matches!(&e, Error::CredentialsRefused { file, .. } if file == &f),
+        "{e}"
+    );
+    errors.push(e.to_string());
+
+    // The right password in a file others may read: refused before use.
+    credentials_file(
+        &dir,
+        &host,
+        &format!("username = \"robot\"\npassword = \"{PASSWORD}\"\n"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let e =
+        herd_oci::pull::pull_from(&reg_client(), &web_ref, &store, &[key_of(&signer)]).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Credentials(herd_oci::credentials::CredentialsError::Exposed {
+                mode: 0o644,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    errors.push(e.to_string());
+
+    // 0600: signing (push) and pulling work, through herd-agent's cache too.
+    credentials_file(
+        &dir,
+        &host,
+        &format!("username = \"robot\"\npassword = \"{PASSWORD}\"\n"),
+    );
+    cosign::sign(&reg_client(), &web_ref, &web, &signer).unwrap();
+    let p = herd_oci::pull::pull_from(&reg_client(), &web_ref, &store, &[key_of(&signer)]).unwrap();
+    assert_eq!(p.reference.digest.as_ref(), Some(&web));
+    let images = herd_agent::images::Images::open(&t.path().join("agent"), Vec::new())
+        .unwrap()
+        .with_registries(&dir);
+    let policy = herd_agent::policy::Policy {
+        keys: vec![key_of(&signer)],
+        ..Default::default()
+    };
+    let ready = images
+        .get(&format!("{host}/herd/web:1"), Some("Always"), &policy)
+        .unwrap();
+    assert!(ready.fetched);
+    // Without the file, the agent's error names it.
+    let bare = herd_agent::images::Images::open(&t.path().join("agent2"), Vec::new())
+        .unwrap()
+        .with_registries(&t.path().join("none"));
+    let e = bare
+        .get(&format!("{host}/herd/web:1"), Some("Always"), &policy)
+        .unwrap_err();
+    assert!(e.to_string().contains("none/127.0.0.1:"), "{e}");
+    errors.push(e.to_string());
+
+    let logs = logs.text();
+    assert!(
+        logs.contains("127.0.0.1"),
+        "the capture saw no log line at all: {logs}"
+    );
+    for (what, text) in [("logs", &logs), ("errors", &errors.join("\n"))] {
+        assert!(!text.contains(PASSWORD), "the password is in the {what}");
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("robot:{PASSWORD}"));
+        assert!(
+            !text.contains(&b64),
+            "the Basic credentials are in the {what}"
+        );
+        assert!(
+            !text.contains("pw-Wrong"),
+            "the wrong password is in the {what}"
+        );
+    }
+}
+
+#[test]
+fn token_services_get_the_password_and_registries_get_the_token() {
+    let t = tempfile::tempdir().unwrap();
+    let (tokens, cert) = token_server(t.path());
+    let reg = herd_tests::registry::registry_with(
+        t.path(),
+        &format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            tokens.port,
+            cert.display()
+        ),
+    );
+    let host = format!("127.0.0.1:{}", reg.port);
+    let layout = Layout::create(&t.path().join("layout")).unwrap();
+    let web = make_image(&layout, "web", "web");
+    skopeo_push(
+        &t.path().join("layout"),
+        "web",
+        &format!("{host}/herd/web:1"),
+    );
+    let web_ref = Reference::parse(&format!("{host}/herd/web:1")).unwrap();
+    let signer = herd_release::SigningKey::generate().unwrap();
+    cosign::sign(&Registry::for_reference(&web_ref), &web_ref, &web, &signer).unwrap();
+
+    // The token service now wants robot's password.
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("robot:{PASSWORD}"))
+    );
+    *tokens.want_auth.lock().unwrap() = Some(basic);
+    let dir = t.path().join("registries");
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = || Registry::for_reference(&web_ref).with_credentials_dir(&dir);
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let e = herd_oci::pull::pull_from(&client(), &web_ref, &store, &[key_of(&signer)]).unwrap_err();
+    assert!(matches!(e, Error::NeedsCredentials { .. }), "{e}");
+    credentials_file(&dir, &host, "username = \"robot\"\npassword = \"nope\"\n");
+    let e = herd_oci::pull::pull_from(&client(), &web_ref, &store, &[key_of(&signer)]).unwrap_err();
+    assert!(matches!(e, Error::CredentialsRefused { .. }), "{e}");
+    credentials_file(
+        &dir,
+        &host,
+        &format!("username = \"robot\"\npassword = \"{PASSWORD}\"\n"),
+    );
+    let p = herd_oci::pull::pull_from(&client(), &web_ref, &store, &[key_of(&signer)]).unwrap();
+    assert_eq!(p.reference.digest.as_ref(), Some(&web));
+
+    // A token file: sent to the registry as the Bearer token, the token
+    // service is not asked (it refuses everything now).
+    let token = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", tokens.port)).unwrap();
+        write!(
+            s,
+            "GET /token?service={SERVICE}&scope=repository%3Aherd%2Fweb%3Apull HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+            tokens.want_auth.lock().unwrap().clone().unwrap()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap().to_string();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    tokens
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = tokens.asked.lock().unwrap().len();
+    credentials_file(&dir, &host, &format!("token = \"{token}\"\n"));
+    let fresh = Store::open(&t.path().join("fresh")).unwrap();
+    let p = herd_oci::pull::pull_from(&client(), &web_ref, &fresh, &[key_of(&signer)]).unwrap();
+    assert_eq!(p.reference.digest.as_ref(), Some(&web));
+    assert_eq!(tokens.asked.lock().unwrap().len(), before);
+    // A token the registry does not take.
+    credentials_file(&dir, &host, "token = \"not.a.jwt\"\n");
+    let e = herd_oci::pull::pull_from(&client(), &web_ref, &fresh, &[key_of(&signer)]).unwrap_err();
+    assert!(matches!(e, Error::CredentialsRefused { .. }), "{e}");
+}
+
+/// A cosign v3 bundle for `digest`, as cosign v3 writes it for `cosign sign
+/// --key` with a P-256 key: built here by hand from the published formats
+/// (the Sigstore bundle v0.3 protobuf-specs JSON, the DSSE v1 envelope and
+/// its PAE, the in-toto Statement v1, and cosign's sign.go/write.go for
+/// what goes where: the subject names the digest only, the predicate is
+/// empty, the referrer's artifactType is the bundle media type), with its
+/// own PAE and the p256 crate, not with herd's signing code. No
+/// independent signer with a local key installs here: the sigstore Python
+/// package signs keyless only, the Rust sigstore crate's bundle signing
+/// wants a Fulcio certificate, and there is no cosign in Debian 12.
+fn cosign_v3_bundle(digest: &Digest, key: &p256::ecdsa::SigningKey, name: Option<&str>) -> Vec<u8> {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let std = base64::engine::general_purpose::STANDARD;
+    let mut subject = serde_json::json!({
+        "digest": {"sha256": digest.hex()},
+        "annotations": {"team": "web"},
+    });
+    if let Some(n) = name {
+        subject["name"] = n.into();
+    }
+    let statement = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [subject],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    })
+    .to_string();
+    let payload_type = "application/vnd.in-toto+json";
+    let pae = format!(
+        "DSSEv1 {} {payload_type} {} {statement}",
+        payload_type.len(),
+        statement.len()
+    );
+    let sig: p256::ecdsa::Signature = key.sign(pae.as_bytes());
+    serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {
+            "publicKey": {"hint": "ZmFrZS1oaW50"},
+            "tlogEntries": [],
+        },
+        "dsseEnvelope": {
+            "payload": std.encode(&statement),
+            "payloadType": payload_type,
+            "signatures": [{"sig": std.encode(sig.to_der().as_bytes()), "keyid": ""}],
+        },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Attaches `bundle` to `subject` (an OCI manifest of `size` bytes) in
+/// `repo` as cosign does on a registry without the referrers API: a
+/// referrer manifest pushed by digest, listed in the `sha256-<hex>` index
+/// (written here from the OCI distribution spec, not by herd).
+fn attach_referrer(reg: &Registry, repo: &str, subject: &Digest, size: u64, bundle: &[u8]) {
+    let bt = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    reg.push_blob(repo, b"{}").unwrap();
+    let bd = reg.push_blob(repo, bundle).unwrap();
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": bt,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": Digest::of(b"{}").to_string(), "size": 2},
+        "layers": [{"mediaType": bt, "digest": bd.to_string(), "size": bundle.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.to_string(), "size": size},
+        "annotations": {"dev.sigstore.bundle.content": "dsse-envelope", "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"},
+    })
+    .to_string();
+    let md = reg
+        .push_manifest(
+            repo,
+            &Digest::of(m.as_bytes()).to_string(),
+            m.as_bytes(),
+            OCI_MANIFEST,
+        )
+        .unwrap();
+    let tag = format!("sha256-{}", subject.hex());
+    let mut index = match reg.manifest(repo, &tag) {
+        Ok((b, _, _)) => serde_json::from_slice::<serde_json::Value>(&b).unwrap(),
+        Err(_) => {
+            serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
+        }
+    };
+    index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": m.len(), "artifactType": bt,
+    }));
+    let ib = index.to_string();
+    reg.push_manifest(
+        repo,
+        &tag,
+        ib.as_bytes(),
+        "application/vnd.oci.image.index.v1+json",
+    )
+    .unwrap();
+}
+
+fn p256_key(seed: u8) -> (p256::ecdsa::SigningKey, TrustedKey) {
+    use p256::pkcs8::EncodePublicKey;
+    let sk = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+    let pem = sk
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .unwrap();
+    let k = TrustedKey::parse(&pem, "cosign.pub").unwrap();
+    (sk, k)
+}
+
+#[test]
+fn cosign_v3_bundles_found_through_the_referrers_tag_are_checked_like_sig() {
+    let t = tempfile::tempdir().unwrap();
+    let (reg, web, key) = web_pushed_and_key(t.path(), "team/web:1");
+    let host = format!("127.0.0.1:{}", reg.port);
+    let web_ref = Reference::parse(&format!("{host}/team/web:1")).unwrap();
+    let registry = Registry::for_reference(&web_ref);
+    let (mbytes, _, _) = registry.manifest("team/web", "1").unwrap();
+    let size = mbytes.len() as u64;
+    // Debian's docker-registry (distribution 2.8) has no referrers API:
+    // this test is of the tag schema.
+    assert!(registry.referrers("team/web", &web).unwrap().is_none());
+
+    // A bundle as cosign v3 makes it (P-256, no image name in it).
+    let (sk, cosign_pub) = p256_key(9);
+    attach_referrer(
+        &registry,
+        "team/web",
+        &web,
+        size,
+        &cosign_v3_bundle(&web, &sk, None),
+    );
+    let store = Store::open(&t.path().join("store")).unwrap();
+    // No name: refused unless the key's policy opts in.
+    let e = pull(&web_ref, &store, std::slice::from_ref(&cosign_pub)).unwrap_err();
+    assert!(
+        matches!(&e, Error::NoIdentity { image, key } if image == &web_ref.to_string() && key == &cosign_pub.id()),
+        "{e}"
+    );
+    assert!(e.to_string().contains("bundle_without_identity"), "{e}");
+    let opted = cosign_pub.clone().with_bundle_without_identity(true);
+    let p = pull(&web_ref, &store, std::slice::from_ref(&opted)).unwrap();
+    assert_eq!(p.reference.digest.as_ref(), Some(&web));
+    assert_eq!(p.signed_by, cosign_pub.id());
+
+    // Wrong key: the bundle's signature is by a key the node does not trust.
+    let (_, stranger) = p256_key(10);
+    let e = pull(
+        &web_ref,
+        &store,
+        &[stranger.with_bundle_without_identity(true)],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::Untrusted { message, .. } if message.contains("a bundle signed by a key this node does not trust")),
+        "{e}"
+    );
+
+    // `herd sign-image --bundle` (ed25519, names the image): accepted by
+    // the default rule, no opt-in needed.
+    let fresh = Store::open(&t.path().join("fresh")).unwrap();
+    let k = herd_release::SigningKey::load(&key).unwrap();
+    run_ok(
+        Command::new(herd())
+            .args([
+                "sign-image",
+                "--bundle",
+                &format!("{host}/team/web:1"),
+                "--key",
+            ])
+            .arg(&key),
+    );
+    // Not as a .sig: only the bundle signs it.
+    assert!(matches!(
+        registry.manifest("team/web", &cosign::signature_tag(&web)),
+        Err(Error::NotFound(_))
+    ));
+    let (index, mt, _) = registry
+        .manifest("team/web", &format!("sha256-{}", web.hex()))
+        .unwrap();
+    assert!(
+        mt.starts_with("application/vnd.oci.image.index.v1+json"),
+        "{mt}"
+    );
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    let p = pull(&web_ref, &fresh, &[key_of(&k)]).unwrap();
+    assert_eq!(p.signed_by, key_of(&k).id());
+
+    // Identity of another repository: the bundle and its referrer copied
+    // byte for byte to team/other (with the image) name team/web.
+    copy_image(reg.port, "team/web", "team/other", "1");
+    for d in index["manifests"].as_array().unwrap() {
+        copy_image(
+            reg.port,
+            "team/web",
+            "team/other",
+            d["digest"].as_str().unwrap(),
+        );
+    }
+    let tag = format!("sha256-{}", web.hex());
+    let (ib, mt, _) = registry.manifest("team/web", &tag).unwrap();
+    registry
+        .push_manifest("team/other", &tag, &ib, &mt)
+        .unwrap();
+    let other = Reference::parse(&format!("{host}/team/other:1")).unwrap();
+    let e = pull(&other, &fresh, &[key_of(&k)]).unwrap_err();
+    let Error::WrongIdentity(w) = &e else {
+        panic!("expected WrongIdentity, got {e}");
+    };
+    assert_eq!(w.signed, format!("{host}/team/web"));
+    // The nameless cosign bundle copied along vouches for team/other only
+    // for a key that opted in.
+    let e = pull(&other, &fresh, std::slice::from_ref(&cosign_pub)).unwrap_err();
+    assert!(matches!(e, Error::NoIdentity { .. }), "{e}");
+
+    // A bundle for another digest, attached to this image: the statement
+    // names the other manifest.
+    let layout = Layout::open(&t.path().join("layout")).unwrap();
+    let second = make_image(&layout, "second", "second");
+    skopeo_push(
+        &t.path().join("layout"),
+        "second",
+        &format!("{host}/team/second:1"),
+    );
+    let second_ref = Reference::parse(&format!("{host}/team/second:1")).unwrap();
+    let (sb, _, _) = registry.manifest("team/second", "1").unwrap();
+    attach_referrer(
+        &registry,
+        "team/second",
+        &second,
+        sb.len() as u64,
+        &cosign_v3_bundle(&web, &sk, Some(&format!("{host}/team/second"))),
+    );
+    let e = pull(&second_ref, &fresh, std::slice::from_ref(&opted)).unwrap_err();
+    let want = format!("a bundle signed for another manifest ({web})");
+    assert!(
+        matches!(&e, Error::Untrusted { message, .. } if message.contains(&want)),
+        "{e}"
+    );
+    // ... and a referrer whose subject is another manifest, listed in this
+    // image's index (web's referrer put in second's index): skipped.
+    let web_referrer = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    copy_image(reg.port, "team/web", "team/second", &web_referrer);
+    let tag = format!("sha256-{}", second.hex());
+    let (ib, _, _) = registry.manifest("team/second", &tag).unwrap();
+    let mut i: serde_json::Value = serde_json::from_slice(&ib).unwrap();
+    i["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(index["manifests"][0].clone());
+    registry
+        .push_manifest(
+            "team/second",
+            &tag,
+            i.to_string().as_bytes(),
+            "application/vnd.oci.image.index.v1+json",
+        )
+        .unwrap();
+    let e = pull(&second_ref, &fresh, &[opted]).unwrap_err();
+    assert!(
+        matches!(&e, Error::Untrusted { message, .. } if message.contains("a referrer of another manifest")),
+        "{e}"
+    );
+    assert!(
+        !fresh.has(&second),
+        "nothing of a refused image lands in the store"
     );
 }

@@ -1,8 +1,8 @@
 //! Registry token authentication (the distribution spec's "token" flow, which
 //! Docker Hub, GHCR, Quay and most others use even for anonymous pulls): a
 //! request answered 401 with `WWW-Authenticate: Bearer realm=..,service=..,
-//! scope=..` is retried with a token fetched from the realm. herd pulls
-//! anonymously: no credentials are sent anywhere.
+//! scope=..` is retried with a token fetched from the realm, anonymously or
+//! with the registry's credentials ([`crate::credentials`]).
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ pub struct Challenge {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// Not a Bearer challenge (e.g. Basic: the registry wants a password).
-    #[error("the registry asks for {0:?} authentication; herd-agent pulls anonymously and understands only Bearer tokens")]
+    #[error("the registry asks for {0:?} authentication; herd understands Basic and Bearer only")]
     NotBearer(String),
     /// A malformed header.
     #[error("malformed WWW-Authenticate header: {0}")]

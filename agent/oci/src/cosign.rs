@@ -90,6 +90,10 @@ pub struct TrustedKey {
     /// asked for ([`SignedIdentity::MatchRepository`] unless the policy
     /// says otherwise).
     pub identity: SignedIdentity,
+    /// Whether this key's cosign v3 bundles that name no image (cosign
+    /// signs the digest only) are accepted for any image name
+    /// ([`crate::bundle`]); off unless the policy opts in.
+    pub bundle_without_identity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +106,14 @@ impl TrustedKey {
     /// The same key with another identity rule.
     pub fn with_identity(self, identity: SignedIdentity) -> TrustedKey {
         TrustedKey { identity, ..self }
+    }
+
+    /// The same key, accepting (or not) its bundles that name no image.
+    pub fn with_bundle_without_identity(self, yes: bool) -> TrustedKey {
+        TrustedKey {
+            bundle_without_identity: yes,
+            ..self
+        }
     }
 
     /// Parses a PEM public key (P-256 or ed25519) or a herd public key
@@ -139,7 +151,7 @@ impl TrustedKey {
         Digest::of(&bytes).hex()[..16].to_string()
     }
 
-    fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+    pub(crate) fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         match &self.key {
             PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
                 .is_ok_and(|s| k.verify_strict(msg, &s).is_ok()),
@@ -158,6 +170,7 @@ impl From<PublicKey> for TrustedKey {
         TrustedKey {
             key,
             identity: SignedIdentity::default(),
+            bundle_without_identity: false,
         }
     }
 }
@@ -274,8 +287,43 @@ pub fn sign_layout(
     Ok(())
 }
 
-/// Finds a signature of the manifest `digest` by one of `keys`; returns
-/// the id of the key that signed. Refuses with what was found otherwise.
+/// Finds a signature of the manifest `digest` by one of `keys`, in the
+/// classic `.sig` tag or as a cosign v3 bundle ([`crate::bundle`]);
+/// returns the id of the key that signed. Refuses with the most telling
+/// of the two answers: a valid signature for another name
+/// ([`Error::WrongIdentity`], [`Error::NoIdentity`]) first, then what
+/// both found.
+pub fn verify_any(
+    registry: &Registry,
+    r: &Reference,
+    digest: &Digest,
+    keys: &[TrustedKey],
+) -> Result<String, Error> {
+    let sig = match verify(registry, r, digest, keys) {
+        Ok(k) => return Ok(k),
+        Err(e) if keys.is_empty() => return Err(e),
+        Err(e) => e,
+    };
+    let bundle = match crate::bundle::verify(registry, r, digest, keys) {
+        Ok(k) => return Ok(k),
+        Err(e) => e,
+    };
+    Err(match (sig, bundle) {
+        (e @ (Error::WrongIdentity(_) | Error::NoIdentity { .. }), _) => e,
+        (_, e @ (Error::WrongIdentity(_) | Error::NoIdentity { .. })) => e,
+        (Error::Untrusted { image, message: a }, Error::Untrusted { message: b, .. }) => {
+            Error::Untrusted {
+                image,
+                message: format!("{a}; {b}"),
+            }
+        }
+        (Error::Untrusted { .. }, e) | (e, _) => e,
+    })
+}
+
+/// Finds a signature of the manifest `digest` by one of `keys` in the
+/// classic `.sig` tag; returns the id of the key that signed. Refuses with
+/// what was found otherwise.
 pub fn verify(
     registry: &Registry,
     r: &Reference,

@@ -2,10 +2,14 @@
 //! client (HTTPS or loopback HTTP, anonymous Bearer tokens), a content-addressed blob store, layer unpacking with
 //! whiteouts, and image signatures in cosign's format (a simple-signing
 //! payload naming the manifest digest, stored in the registry under the tag
-//! `sha256-<hex>.sig`), signed with ed25519 or ECDSA P-256 keys.
+//! `sha256-<hex>.sig`) or cosign v3's Sigstore bundles (OCI referrers),
+//! signed with ed25519 or ECDSA P-256 keys; credentials for private
+//! registries.
 
 pub mod auth;
+pub mod bundle;
 pub mod cosign;
+pub mod credentials;
 pub mod digest;
 pub mod layout;
 pub mod manifest;
@@ -66,6 +70,27 @@ pub enum Error {
         /// what happened
         message: String,
     },
+    /// The registry wants credentials and the node has none for it.
+    #[error("registry {registry} wants credentials (it answered 401) and the node has none for it: put `username` and `password`, or `token`, in {} (mode 0600, owned by root), e.g. with [[images.registry]] in the node configuration (docs/PODS.md)", file.display())]
+    NeedsCredentials {
+        /// `host[:port]`
+        registry: String,
+        /// the file to create
+        file: std::path::PathBuf,
+    },
+    /// The registry (or its token service) refused the node's credentials.
+    #[error("registry {registry} refused the credentials in {} ({kind}): they are wrong, expired, or do not give access to this repository; fix the file", file.display())]
+    CredentialsRefused {
+        /// `host[:port]`
+        registry: String,
+        /// the credentials file
+        file: std::path::PathBuf,
+        /// what kind they are
+        kind: &'static str,
+    },
+    /// A credentials file that was refused.
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
     /// Not found in the registry or layout.
     #[error("{0}: not found")]
     NotFound(String),
@@ -76,6 +101,15 @@ pub enum Error {
         image: String,
         /// why
         message: String,
+    },
+    /// A valid cosign v3 bundle by a trusted key that names no image (cosign
+    /// signs the digest only), and the key's policy does not accept that.
+    #[error("image {image} is not trusted: its cosign bundle by key {key} names no image (cosign v3 signs the manifest digest only), so it could have been made for any repository holding these bytes; sign it with `herd sign-image --bundle {image}` (which names it), or, if every image that key signs may run under any name, set bundle_without_identity = true for that key in policy.toml (docs/PODS.md)")]
+    NoIdentity {
+        /// the reference asked for
+        image: String,
+        /// the id of the key that signed
+        key: String,
     },
     /// A valid signature by a trusted key, for an image of another name.
     #[error(transparent)]

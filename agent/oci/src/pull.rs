@@ -1,5 +1,6 @@
 //! Pulling an image the way the agent must: resolve the reference to a
-//! manifest digest, check its signature against the node's trusted keys
+//! manifest digest, check its signature (the classic `.sig` tag or a cosign
+//! v3 bundle referrer) against the node's trusted keys
 //! *before* anything else is fetched, then fetch the config and the layers
 //! into the store, each checked against its digest.
 
@@ -50,9 +51,9 @@ pub fn pull_from(
     };
     // The signature covers the platform manifest or, for a multi-platform
     // image, the index that names it (what `cosign sign` signs by default).
-    let signed_by = match (cosign::verify(reg, r, &digest, keys), &index) {
+    let signed_by = match (cosign::verify_any(reg, r, &digest, keys), &index) {
         (Ok(k), _) => k,
-        (Err(Error::Untrusted { .. }), Some(idx)) => cosign::verify(reg, r, idx, keys)?,
+        (Err(Error::Untrusted { .. }), Some(idx)) => cosign::verify_any(reg, r, idx, keys)?,
         (Err(e), _) => return Err(e),
     };
     info!("{r}: manifest {digest} signed by key {signed_by}");
