@@ -157,7 +157,7 @@ fn serve_one(mut s: UnixStream, status: &Status, log_dir: &Path) {
         Ok(Route::Health) => respond(&mut s, 200, "application/json", b"{\"ok\":true}"),
         Ok(Route::Measurements(nonce)) => {
             let r = nonce.and_then(|n| {
-                crate::measured::report(herd_tpm::DEVICE, herd_init::measure::LOG, n.as_deref())
+                crate::measured::report(herd_tpm::DEVICE, herd_node::measure::LOG, n.as_deref())
                     .map_err(|e| e.to_string())
             });
             match r {

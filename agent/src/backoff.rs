@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-pub use herd_init::backoff::{Backoff, Policy};
+pub use herd_node::backoff::{Backoff, Policy};
 
 /// The kubelet's numbers.
 pub const KUBELET: Policy = Policy {

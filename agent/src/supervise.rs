@@ -459,7 +459,7 @@ impl Worker {
                     .join("rootfs")
                     .join(&c.name);
                 let _ = std::fs::remove_dir_all(&copy);
-                if let Err(e) = herd_init::tree::copy(image_root, &copy) {
+                if let Err(e) = herd_node::tree::copy(image_root, &copy) {
                     return Err((
                         fail(format!("container {}: copying its root: {e}", c.name)),
                         started,

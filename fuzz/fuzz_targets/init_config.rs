@@ -2,6 +2,6 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = herd_init::config::Config::parse(s);
+        let _ = herd_node::config::Config::parse(s);
     }
 });

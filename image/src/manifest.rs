@@ -113,7 +113,7 @@ impl SlotMeasurements {
                 .map(|(n, v)| (n.to_string(), hex::encode(v)))
                 .collect(),
             pcr11: hex::encode(p.ready()),
-            pcr15: hex::encode(herd_init::measure::predict_pcr15(usrhash, slot)),
+            pcr15: hex::encode(herd_node::measure::predict_pcr15(usrhash, slot)),
         }
     }
 }

@@ -22,7 +22,7 @@ pub fn predict_uki(path: &Path, label: &str) -> Result<SlotMeasurements> {
     })?;
     let cmdline = std::str::from_utf8(parts.cmdline)
         .with_context(|| format!("{}: .cmdline is not UTF-8", path.display()))?;
-    let c = herd_init::cmdline::Cmdline::parse(cmdline);
+    let c = herd_contract::cmdline::Cmdline::parse(cmdline);
     let (Some(usrhash), Some(slot)) = (c.usrhash.as_deref(), c.slot.as_deref()) else {
         bail!(
             "{}: its command line has no usrhash= or herd.slot= ({cmdline:?}): it is not a herd UKI",
@@ -50,7 +50,7 @@ pub fn predict(path: &Path) -> Result<Vec<(String, SlotMeasurements)>> {
         Ok(out)
     } else {
         let m = predict_uki(path, &path.display().to_string())?;
-        let slot = herd_init::cmdline::Cmdline::parse(&m.cmdline)
+        let slot = herd_contract::cmdline::Cmdline::parse(&m.cmdline)
             .slot
             .unwrap_or_default();
         Ok(vec![(slot, m)])
@@ -92,7 +92,7 @@ pub fn verify(
     let slot = report
         .events
         .iter()
-        .find(|e| e.pcr == herd_init::measure::PCR_USR && e.kind == "slot")
+        .find(|e| e.pcr == herd_node::measure::PCR_USR && e.kind == "slot")
         .and_then(|e| e.data.strip_prefix("slot="))
         .context("the event log has no slot measurement: herd-init did not mount /usr (or the log is not herd-init's)")?;
     let (_, p) = predictions
@@ -108,7 +108,7 @@ pub fn verify(
             .with_context(|| format!("{s:?} is not a SHA-256 value"))
     };
     let mut start = std::collections::BTreeMap::new();
-    start.insert(herd_init::measure::PCR_UKI, hex32(&p.pcr11_stub)?);
+    start.insert(herd_node::measure::PCR_UKI, hex32(&p.pcr11_stub)?);
     let replayed = herd_tpm::replay(&start, &report.events).context("the event log")?;
     let reported = |i: u32| -> Result<&String> {
         report

@@ -103,7 +103,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let init_toml = match &cfg.init {
         Some(table) => {
             let text = toml::to_string(table).context("serialising [init]")?;
-            herd_init::config::Config::parse(&text).with_context(|| {
+            herd_node::config::Config::parse(&text).with_context(|| {
                 format!(
                     "{}: [init] is not a valid herd-init configuration",
                     opts.image_toml.display()

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Checked;
-use herd_init::config::Local;
+use herd_node::config::Local;
 
 /// The marker, relative to the node root.
 pub const MARKER: &str = "var/lib/herd/provisioned";

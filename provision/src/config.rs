@@ -51,7 +51,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use herd_agent::pod::Pod;
-use herd_init::config::{Local, Network};
+use herd_node::config::{Local, Network};
 use herd_oci::cosign::TrustedKey;
 use herd_update::config::{Reboot, UpdateConfig};
 

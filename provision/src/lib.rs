@@ -7,7 +7,7 @@
 
 pub mod apply;
 pub mod config;
-pub use herd_init::config_source as source;
+pub use herd_node::config_source as source;
 
 use std::path::{Path, PathBuf};
 

@@ -233,7 +233,7 @@ fn check_uki(uki: &[u8], rel: &Release, slot: Slot) -> Result<(), Error> {
             rel.version
         ))
     })?;
-    let c = herd_init::cmdline::Cmdline::parse(&String::from_utf8_lossy(parts.cmdline));
+    let c = herd_contract::cmdline::Cmdline::parse(&String::from_utf8_lossy(parts.cmdline));
     if c.usrhash.as_deref() != Some(rel.usrhash.as_str()) || c.slot.as_deref() != Some(slot.name())
     {
         return Err(Error::Disk(format!(

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use herd_gpt::types;
-use herd_init::disks;
+use herd_node::disks;
 
 use crate::{io, Error};
 
@@ -140,7 +140,7 @@ impl Esp {
         }
         let bytes = std::fs::read(self.path(e.dir).join(&e.name)).ok()?;
         let parts = herd_uki::UkiParts::from_uki(&bytes).ok()?;
-        herd_init::os_release::parse(&String::from_utf8_lossy(parts.osrel), "IMAGE_VERSION")
+        herd_node::os_release::parse(&String::from_utf8_lossy(parts.osrel), "IMAGE_VERSION")
     }
 
     /// Removes an entry.

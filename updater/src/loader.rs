@@ -3,7 +3,7 @@
 //! (`LoaderEntries`) and the one it booted (`LoaderEntrySelected`) as EFI
 //! variables.
 
-use herd_init::bootcount::{decode_efivar_utf16, decode_efivar_utf16_list, LOADER_GUID};
+use herd_node::efivar::{decode_efivar_utf16, decode_efivar_utf16_list, LOADER_GUID};
 
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 

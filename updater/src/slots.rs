@@ -1,9 +1,9 @@
 //! The A/B slots on this node's disk.
 
+use herd_contract::cmdline::Cmdline;
 use herd_contract::{partition, BootEntry, Slot};
-use herd_init::cmdline::Cmdline;
-use herd_init::disks::{self, Part};
-use herd_init::os_release;
+use herd_node::disks::{self, Part};
+use herd_node::os_release;
 
 use crate::Error;
 
