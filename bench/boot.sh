@@ -13,7 +13,8 @@
 # The baseline measured in the same run: the same kernel booted straight to a
 # one-line busybox /init through the same firmware path is not available
 # without a second image, so the ratio printed is guest-ready time / target.
-# Usage: bench/boot.sh [RUNS]   (run scripts/setup.sh first)
+# Usage: [KEEP=DIR] bench/boot.sh [RUNS]   (run scripts/setup.sh first)
+# KEEP=DIR keeps every boot's console (first1.log, later1.log, ...) in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
@@ -52,6 +53,7 @@ boot() {
   k=$(grep -m1 'herd-init:' "$log" | grep -oE '^\[ *[0-9]+\.[0-9]+' | tr -d '[ ' | awk '{printf "%d", $1*1000}')
   w=$(echo "$t1 - $t0" | bc)
   echo "$ms $w $kb $k $((ms - k))" >>"$work/$kind"
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$log" "$KEEP/"; fi
   echo "$kind boot $i: guest ${ms} ms to ready (kernel ${k} ms + herd-init $((ms - k)) ms), wall ${w} s, herd-init VmRSS ${kb} kB"
 }
 

@@ -14,7 +14,7 @@ runs=${1:-7}
 mib=${2:-256}
 command -v curl >/dev/null || { echo "bench/update.sh needs curl (apt-get install curl)"; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench/update.sh needs GNU time (apt-get install time)"; exit 1; }
-cargo build --release -q -p herd -p herd-update --example bench_repo
+cargo build --release -q -p herd -p herd-update --bins --example bench_repo
 herd=target/release/herd
 upd=$PWD/target/release/herd-update
 work=$(mktemp -d -p "${TMPDIR:-/var/tmp}"); trap 'rm -rf "$work"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT

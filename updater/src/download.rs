@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, TrySendError};
 use std::sync::Arc;
 
 use herd_contract::payload::{USR_IMG, USR_VERITY};
@@ -128,7 +128,22 @@ fn write_payload(
         state.save(state_dir)
     };
     let chatty = p.size >= 8 << 20;
+    // Resume points are saved on their own thread (flush the slot, then
+    // record the offset): the download does not wait for the disk.
+    let flusher = f
+        .try_clone()
+        .map_err(io(format!("opening {dev} a second time")))?;
     let streamed = std::thread::scope(|sc| -> Result<(), Error> {
+        let (to_saver, offsets) = sync_channel::<u64>(1);
+        let (save, state) = (&save, &mut *state);
+        let saver = sc.spawn(move || -> Result<(), Error> {
+            for offset in offsets {
+                // Everything before `offset` was written before it was sent.
+                flusher.sync_data().map_err(io(format!("flushing {dev}")))?;
+                save(state, offset)?;
+            }
+            Ok(())
+        });
         let (to_check, checks) = sync_channel::<Arc<Vec<u8>>>(4);
         let checker = sc.spawn(move || -> Result<PayloadCheck, Error> {
             for c in checks {
@@ -192,9 +207,15 @@ fn write_payload(
                         start_writeback(&f, offset);
                     }
                     if since_save >= SAVE_EVERY {
-                        f.sync_data().map_err(io(format!("flushing {dev}")))?;
-                        save(state, offset)?;
-                        since_save = 0;
+                        match to_saver.try_send(offset) {
+                            Ok(()) => since_save = 0,
+                            // Still saving the last one: try again next chunk.
+                            Err(TrySendError::Full(_)) => {}
+                            // The saver failed; its error is the one reported.
+                            Err(TrySendError::Disconnected(_)) => {
+                                return Err(Error::Disk("saving the resume point failed".into()))
+                            }
+                        }
                     }
                     if chatty && offset >= next_report && offset < p.size {
                         log(&format!(
@@ -218,11 +239,13 @@ fn write_payload(
             Ok(())
         };
         let r = run();
-        drop((to_check, to_verity));
+        drop((to_check, to_verity, to_saver));
+        let saved = saver.join().expect("the saver thread does not panic");
         if let Some(t) = tree {
             t.join().expect("the verity thread does not panic");
         }
         let check = checker.join().expect("the hash thread does not panic")?;
+        saved?;
         r?;
         check.finish()?;
         Ok(())

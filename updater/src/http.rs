@@ -53,10 +53,7 @@ impl<'a> Transfer<'a> {
     /// The error for `m`: [`Error::Deadline`] once the deadline is (all but) reached.
     fn err(&self, m: impl ToString) -> Error {
         if self.start.elapsed() + Duration::from_millis(100) >= self.deadline {
-            return Error::Deadline {
-                url: self.url.to_string(),
-                secs: self.deadline.as_secs_f64().ceil() as u64,
-            };
+            return deadline_error(self.url, self.deadline);
         }
         err(self.url, m)
     }
@@ -105,10 +102,10 @@ pub fn get_small_within(
 pub const CHUNK: usize = 1 << 20;
 
 /// Streams `url` from byte `offset` into `sink` in chunks of up to
-/// [`CHUNK`] bytes (the sink may hand a used buffer back for reuse), never more than `limit` bytes in total (one byte past
-/// it is passed on, so the caller sees an oversized payload); returns the
-/// bytes received. The transfer must end within the
-/// [`payload_deadline`] of the bytes left.
+/// [`CHUNK`] bytes (the sink may hand a used buffer back for reuse), never
+/// more than `limit` bytes in total (one byte past it is passed on, so the
+/// caller sees an oversized payload); returns the bytes received. The
+/// transfer must end within the [`payload_deadline`] of the bytes left.
 pub fn stream(
     url: &str,
     offset: u64,
@@ -119,7 +116,19 @@ pub fn stream(
     stream_within(url, offset, limit, deadline, sink)
 }
 
+/// What the reading thread hands over: a chunk, or why it stopped.
+type Piece = Result<Vec<u8>, Error>;
+
 /// [`stream`] with its own deadline.
+///
+/// The GET runs on its own thread while `sink` runs on the caller's, so
+/// the network and the disk overlap. The thread's request has no ureq
+/// overall timeout: with one, ureq sets the socket's timeouts again before
+/// every 8 KiB read (two `setsockopt` calls each, ~65000 for 256 MiB). The
+/// deadline is kept here instead: the caller stops waiting at the deadline
+/// whatever the thread is doing, and the thread checks it between reads and
+/// stops too (a server that stalls completely is left by ureq's read
+/// timeout).
 pub fn stream_within(
     url: &str,
     offset: u64,
@@ -127,37 +136,140 @@ pub fn stream_within(
     deadline: Duration,
     sink: &mut dyn FnMut(Vec<u8>) -> Result<Option<Vec<u8>>, Error>,
 ) -> Result<u64, Error> {
-    let t = Transfer::new(url, deadline);
-    let mut req = t.get();
-    if offset > 0 {
-        req = req.set("Range", &format!("bytes={offset}-"));
-    }
-    let resp = req.call().map_err(|e| t.err(e))?;
-    if offset > 0 && resp.status() != 206 {
-        return Err(err(
-            url,
-            format!(
-                "asked for bytes from {offset}, got status {} (the server does not do Range requests)",
-                resp.status()
-            ),
-        ));
-    }
-    let mut r = resp.into_reader().take(limit.saturating_sub(offset) + 1);
+    let start = Instant::now();
+    let (to_sink, pieces) = std::sync::mpsc::sync_channel::<Piece>(2);
+    let (give_back, spares) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = Reader {
+        url: url.to_string(),
+        offset,
+        left: limit.saturating_sub(offset) + 1,
+        start,
+        deadline,
+    };
+    std::thread::Builder::new()
+        .name("herd-update-get".into())
+        .spawn(move || reader.run(&to_sink, &spares))
+        .map_err(|e| err(url, format!("starting the download thread: {e}")))?;
     let mut got = 0u64;
-    let mut spare: Option<Vec<u8>> = None;
     loop {
-        // Reuse a buffer the sink handed back: no fresh pages per chunk.
-        let mut buf = spare.take().unwrap_or_else(|| Vec::with_capacity(CHUNK));
-        buf.clear();
-        (&mut r)
-            .take(CHUNK as u64)
-            .read_to_end(&mut buf)
-            .map_err(|e| t.err(e))?;
-        if buf.is_empty() {
-            return Ok(got);
+        let left = deadline.saturating_sub(start.elapsed());
+        match pieces.recv_timeout(left) {
+            Ok(Ok(chunk)) => {
+                got += chunk.len() as u64;
+                if let Some(spare) = sink(chunk)? {
+                    // The reader may be gone already; the buffer is then freed.
+                    let _ = give_back.send(spare);
+                }
+            }
+            Ok(Err(e)) => return Err(e),
+            // The reader ends the transfer by hanging up.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(got),
+            // Dropping the channels tells the reader to stop.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(deadline_error(url, deadline))
+            }
         }
-        got += buf.len() as u64;
-        spare = sink(buf)?;
+    }
+}
+
+fn deadline_error(url: &str, deadline: Duration) -> Error {
+    Error::Deadline {
+        url: url.to_string(),
+        secs: deadline.as_secs_f64().ceil() as u64,
+    }
+}
+
+/// The payload GET, on its own thread.
+struct Reader {
+    url: String,
+    offset: u64,
+    /// Bytes still wanted (one past the limit, to see an oversized payload).
+    left: u64,
+    start: Instant,
+    deadline: Duration,
+}
+
+impl Reader {
+    /// Sends chunks until the body ends, an error, the deadline, or the
+    /// receiver hanging up (it gave up, or the sink failed).
+    fn run(
+        mut self,
+        to_sink: &std::sync::mpsc::SyncSender<Piece>,
+        spares: &std::sync::mpsc::Receiver<Vec<u8>>,
+    ) {
+        let mut r = match self.open() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = to_sink.send(Err(e));
+                return;
+            }
+        };
+        loop {
+            // Reuse a buffer the sink handed back: no fresh pages per chunk.
+            let mut buf = spares.try_recv().unwrap_or_default();
+            // Full length up front (zeroed once per buffer, not per chunk);
+            // cut to what was read below.
+            buf.resize(CHUNK, 0);
+            let want = (CHUNK as u64).min(self.left) as usize;
+            let mut n = 0;
+            while n < want {
+                if self.start.elapsed() >= self.deadline {
+                    let _ = to_sink.send(Err(deadline_error(&self.url, self.deadline)));
+                    return;
+                }
+                match r.read(&mut buf[n..want]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = to_sink.send(Err(self.err(e)));
+                        return;
+                    }
+                }
+            }
+            if n == 0 {
+                return;
+            }
+            buf.truncate(n);
+            self.left -= n as u64;
+            if to_sink.send(Ok(buf)).is_err() || self.left == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Sends the GET and checks the answer; returns the body.
+    fn open(&self) -> Result<Box<dyn Read + Send + Sync + 'static>, Error> {
+        let mut req = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(30).min(self.deadline))
+            .timeout_write(Duration::from_secs(30).min(self.deadline))
+            .build()
+            .get(&self.url)
+            .set("Connection", "close");
+        if self.offset > 0 {
+            req = req.set("Range", &format!("bytes={}-", self.offset));
+        }
+        let resp = req.call().map_err(|e| self.err(e))?;
+        if self.offset > 0 && resp.status() != 206 {
+            return Err(err(
+                &self.url,
+                format!(
+                    "asked for bytes from {}, got status {} (the server does not do Range requests)",
+                    self.offset,
+                    resp.status()
+                ),
+            ));
+        }
+        Ok(resp.into_reader())
+    }
+
+    /// The error for `m`: [`Error::Deadline`] once the deadline is (all but) reached.
+    fn err(&self, m: impl ToString) -> Error {
+        if self.start.elapsed() + Duration::from_millis(100) >= self.deadline {
+            return deadline_error(&self.url, self.deadline);
+        }
+        err(&self.url, m)
     }
 }
 
@@ -218,6 +330,29 @@ mod tests {
         .unwrap_err();
         assert_deadline(e, &url, started);
         assert!(got < 100_000);
+    }
+
+    /// A server that sends the headers of a long body, then nothing.
+    fn staller() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/payloads/stalled", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nxyz");
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        url
+    }
+
+    #[test]
+    fn a_stalled_payload_server_hits_the_deadline() {
+        let url = staller();
+        let started = Instant::now();
+        let e = super::stream_within(&url, 0, 100_000, Duration::from_secs(1), &mut |_| Ok(None))
+            .unwrap_err();
+        assert_deadline(e, &url, started);
     }
 
     #[test]
