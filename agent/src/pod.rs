@@ -642,6 +642,16 @@ impl Pod {
                 );
             }
             if let Some(caps) = &sc.capabilities {
+                if caps
+                    .add
+                    .iter()
+                    .any(|c| c.trim_start_matches("CAP_") == "ALL")
+                {
+                    return fail(
+                        format!("{f}.securityContext.capabilities.add"),
+                        "ALL cannot be added on herd (it would mean every capability, which herd does not grant); name the capabilities the container needs".into(),
+                    );
+                }
                 for (which, list) in [("add", &caps.add), ("drop", &caps.drop)] {
                     if let Some(bad) = list
                         .iter()
@@ -844,6 +854,11 @@ spec:
             ("add: [NET_BIND_SERVICE]", "add: [SYS_ADMIN]"),
             "capabilities.add",
             "SYS_ADMIN",
+        );
+        refused(
+            ("add: [NET_BIND_SERVICE]", "add: [ALL]"),
+            "capabilities.add",
+            "ALL cannot be added",
         );
         refused(
             ("- name: sidecar", "- name: httpd"),

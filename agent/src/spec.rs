@@ -3,7 +3,7 @@
 //! Every container gets its own mount and PID namespaces; the pod's
 //! containers share network, IPC and UTS namespaces (the first container
 //! creates them, the others join); no_new_privs always; a default
-//! capability set; a default seccomp profile; cgroup limits; a read-only
+//! capability set; the RuntimeDefault seccomp profile (see [`crate::seccomp`]); cgroup limits; a read-only
 //! root unless the manifest asks otherwise.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use herd_oci::manifest::ImageConfig;
 use serde_json::{json, Value};
 
 use crate::pod::{Container, Pod};
-use crate::quantity;
+use crate::{quantity, seccomp};
 
 /// The capabilities a container has unless its manifest changes them
 /// (the set container runtimes have long used, without NET_RAW and MKNOD).
@@ -30,42 +30,6 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "SYS_CHROOT",
     "KILL",
     "AUDIT_WRITE",
-];
-
-/// System calls the default seccomp profile refuses (EPERM): kernel
-/// modules, kexec, reboot, swap, clocks, accounting, keyrings, BPF, perf,
-/// userfaultfd, handle-based opens, raw I/O ports, and new user namespaces.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "kexec_load",
-    "kexec_file_load",
-    "reboot",
-    "swapon",
-    "swapoff",
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    "adjtimex",
-    "acct",
-    "add_key",
-    "request_key",
-    "keyctl",
-    "bpf",
-    "perf_event_open",
-    "userfaultfd",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "iopl",
-    "ioperm",
-    "lookup_dcookie",
-    "quotactl",
-    "pivot_root",
-    "mount",
-    "umount2",
-    "unshare",
-    "setns",
 ];
 
 /// A resolved volume: where its content lives on the node.
@@ -157,6 +121,7 @@ fn caps(c: &Container) -> Vec<String> {
         }
         for a in &k.add {
             let a = a.trim_start_matches("CAP_").to_string();
+            // ALL is refused in manifests (pod.rs).
             if a != "ALL" && !set.contains(&a) {
                 set.push(a);
             }
@@ -275,11 +240,7 @@ pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &Spec
             "namespaces": namespaces,
             "cgroupsPath": inputs.cgroup,
             "resources": resources,
-            "seccomp": {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-                "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
-            },
+            "seccomp": seccomp::runtime_default().oci(&caps),
             "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                 "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
             "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]

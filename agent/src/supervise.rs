@@ -20,6 +20,7 @@ use crate::logs::{self, LogFile};
 use crate::net::{self, NetNs, PortForward};
 use crate::pod::{Pod, Probe, RestartPolicy};
 use crate::policy::Policy;
+use crate::rootfs;
 use crate::runtime::{self, Runtime};
 use crate::spec::{self, SpecInputs, VolumeSource};
 use crate::status::{ContainerStatus, Phase, PodStatus, Status};
@@ -447,28 +448,6 @@ impl Worker {
                 self.env.runtime.kill(&id, "KILL");
                 self.env.runtime.delete(&id);
             }
-            let bundle = self.env.bundles.join(&id);
-            let _ = std::fs::remove_dir_all(&bundle);
-            let image_root = &prep.images[i].rootfs;
-            let rootfs = if c.security_context.read_only_root_filesystem == Some(false) {
-                let copy = self
-                    .env
-                    .sources
-                    .pods_state
-                    .join(&name)
-                    .join("rootfs")
-                    .join(&c.name);
-                let _ = std::fs::remove_dir_all(&copy);
-                if let Err(e) = herd_node::tree::copy(image_root, &copy) {
-                    return Err((
-                        fail(format!("container {}: copying its root: {e}", c.name)),
-                        started,
-                    ));
-                }
-                copy
-            } else {
-                image_root.clone()
-            };
             if c.resources.limits.has_io() && self.env.io_device.is_none() {
                 return Err((
                     fail(format!(
@@ -479,6 +458,31 @@ impl Worker {
                     started,
                 ));
             }
+            let bundle = self.env.bundles.join(&id);
+            rootfs::remove_bundle(&bundle);
+            // The image root is only ever the overlay's lower layer; the
+            // container writes (if it may) into its own upper layer.
+            let layers = rootfs::Layers {
+                image: prep.images[i].rootfs.clone(),
+                scratch: if c.security_context.read_only_root_filesystem == Some(false) {
+                    self.env
+                        .sources
+                        .pods_state
+                        .join(&name)
+                        .join("rootfs")
+                        .join(&c.name)
+                } else {
+                    bundle.join("layer")
+                },
+                target: bundle.join("rootfs"),
+            };
+            if let Err(e) = rootfs::mount(&layers) {
+                return Err((
+                    fail(format!("container {}: making its root: {e}", c.name)),
+                    started,
+                ));
+            }
+            let rootfs = layers.target;
             let inputs = SpecInputs {
                 rootfs,
                 volumes: prep.volumes.clone(),
@@ -489,6 +493,7 @@ impl Worker {
             };
             let spec = spec::runtime_spec(&self.pod, c, &prep.images[i].pulled.config, &inputs);
             if let Err(e) = spec::write_bundle(&bundle, &spec) {
+                rootfs::remove_bundle(&bundle);
                 return Err((
                     fail(format!("container {}: writing its bundle: {e}", c.name)),
                     started,
@@ -497,18 +502,22 @@ impl Worker {
             let pid_file = bundle.join("pid");
             let (reader, writer) = match std::io::pipe() {
                 Ok(p) => p,
-                Err(e) => return Err((fail(format!("creating a pipe: {e}")), started)),
+                Err(e) => {
+                    rootfs::remove_bundle(&bundle);
+                    return Err((fail(format!("creating a pipe: {e}")), started));
+                }
             };
             let mut child = match self.env.runtime.run(&id, &bundle, &pid_file, writer) {
                 Ok(c) => c,
                 Err(e) => {
+                    rootfs::remove_bundle(&bundle);
                     return Err((
                         fail(format!(
                             "cannot run {}: {e}",
                             self.env.runtime.bin.display()
                         )),
                         started,
-                    ))
+                    ));
                 }
             };
             let label = format!("{name}/{}", c.name);
@@ -795,7 +804,7 @@ impl Worker {
         }
         for id in &s.ids {
             self.env.runtime.delete(id);
-            let _ = std::fs::remove_dir_all(self.env.bundles.join(id));
+            rootfs::remove_bundle(&self.env.bundles.join(id));
         }
         stop_asked
     }

@@ -89,12 +89,23 @@ pub fn registry_with(dir: &Path, extra: &str) -> Reg {
 
 /// A one-layer image with busybox in an OCI layout, named `name`.
 pub fn make_image(layout: &Layout, name: &str, marker: &str) -> Digest {
+    make_image_with(layout, name, marker, &[])
+}
+
+/// [`make_image`] with `extra` files (path in the image, content, mode).
+pub fn make_image_with(
+    layout: &Layout,
+    name: &str,
+    marker: &str,
+    extra: &[(&str, &[u8], u32)],
+) -> Digest {
     let mut tar = tar::Builder::new(Vec::new());
     let bb = std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup.sh installs it)");
-    for (path, data, mode) in [
+    let base: [(&str, &[u8], u32); 2] = [
         ("bin/busybox", bb.as_slice(), 0o755),
         ("etc/marker", marker.as_bytes(), 0o644),
-    ] {
+    ];
+    for &(path, data, mode) in base.iter().chain(extra) {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(mode);

@@ -16,7 +16,7 @@ use herd_oci::cosign;
 use herd_oci::layout::Layout;
 use herd_oci::registry::Registry;
 use herd_oci::Reference;
-use herd_tests::registry::{make_image, need, registry, skopeo_push};
+use herd_tests::registry::{make_image, make_image_with, need, registry, skopeo_push};
 use herd_tests::{bin_dir, free_port, http_get, run};
 
 fn wait_for<T>(what: &str, secs: u64, log: &Path, mut f: impl FnMut() -> Option<T>) -> T {
@@ -76,12 +76,45 @@ impl Drop for Agent {
     }
 }
 
+/// Starts herd-agent on the node directories under `d` (made here when
+/// missing), with the OCI layout `layout_dir`; its output goes to the
+/// returned log file.
+fn start_agent(d: &Path, layout_dir: &Path) -> (Agent, std::path::PathBuf) {
+    for sub in ["pods", "policy/keys", "secrets", "state", "run", "logs"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let agent_bin = bin_dir().join("herd-agent");
+    let socket = d.join("run/agent.sock");
+    let log = d.join("agent.log");
+    // This build host mixes cgroup v1 and v2, which crun refuses: the agent
+    // runs in a private mount namespace that sees only cgroup2, with the
+    // runtime's cgroups off (on a node they are on).
+    let script = format!(
+        "mount -t cgroup2 none /sys/fs/cgroup && exec {} --socket {} run --pods {} --policy {} --secrets {} --state {} --run {} --logs {} --layout {} --no-cgroups --host-ip 127.0.0.1",
+        agent_bin.display(),
+        socket.display(),
+        d.join("pods").display(),
+        d.join("policy").display(),
+        d.join("secrets").display(),
+        d.join("state").display(),
+        d.join("run").display(),
+        d.join("logs").display(),
+        layout_dir.display(),
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    (Agent { child, socket }, log)
+}
+
 #[test]
 fn agent_runs_signed_pods_and_refuses_the_rest() {
-    need("crun");
-    // SAFETY: getuid(2) has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    assert_eq!(uid, 0, "running containers needs root (CI runs as root)");
+    need_root();
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(t.path().join("registry")).unwrap();
     let reg = registry(&t.path().join("registry"));
@@ -159,33 +192,7 @@ spec:
     )
     .unwrap();
 
-    let agent_bin = bin_dir().join("herd-agent");
-    let socket = d.join("run/agent.sock");
-    let log = d.join("agent.log");
-    // This build host mixes cgroup v1 and v2, which crun refuses: the agent
-    // runs in a private mount namespace that sees only cgroup2, with the
-    // runtime's cgroups off (on a node they are on).
-    let script = format!(
-        "mount -t cgroup2 none /sys/fs/cgroup && exec {} --socket {} run --pods {} --policy {} --secrets {} --state {} --run {} --logs {} --layout {} --no-cgroups --host-ip 127.0.0.1",
-        agent_bin.display(),
-        socket.display(),
-        d.join("pods").display(),
-        d.join("policy").display(),
-        d.join("secrets").display(),
-        d.join("state").display(),
-        d.join("run").display(),
-        d.join("logs").display(),
-        layout_dir.display(),
-    );
-    let child = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let mut agent = Agent { child, socket };
+    let (mut agent, log) = start_agent(d, &layout_dir);
 
     // The signed pod serves through its host port.
     let page = wait_for("the web pod to answer on its host port", 90, &log, || {
@@ -297,4 +304,218 @@ spec:
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(out.contains("AgentStopping"), "{out}");
     eprintln!("agent output:\n{out}");
+}
+
+/// A static program that tries what the seccomp profile refuses and prints
+/// each result as `NAME ret=R errno=E`, then shows that ordinary calls
+/// (fork, wait) still work.
+const PROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void show(const char *name, long r) {
+    printf("%s ret=%ld errno=%d\n", name, r, r < 0 ? errno : 0);
+}
+
+int main(void) {
+    show("unshare-user", unshare(CLONE_NEWUSER));
+    show("unshare-mount", unshare(CLONE_NEWNS));
+    long c = syscall(SYS_clone, (long)(CLONE_NEWUSER | SIGCHLD), 0L, 0L, 0L, 0L);
+    if (c == 0) _exit(0);
+    show("clone-newuser", c);
+    unsigned char params[120];
+    memset(params, 0, sizeof params);
+    show("io_uring_setup", syscall(425 /* io_uring_setup */, 8L, params));
+    show("fsopen", syscall(430 /* fsopen */, "tmpfs", 0L));
+    show("open_tree", syscall(428 /* open_tree */, -100L, "/", 0L));
+    unsigned long long args[11];
+    memset(args, 0, sizeof args);
+    args[4] = SIGCHLD;
+    long c3 = syscall(435 /* clone3 */, args, 88L);
+    if (c3 == 0) _exit(0);
+    show("clone3", c3);
+    fflush(stdout);
+    pid_t p = fork();
+    if (p == 0) _exit(7);
+    int st = 0;
+    waitpid(p, &st, 0);
+    printf("fork ok=%d\n", p > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 7);
+    return 0;
+}
+"#;
+
+/// Builds [`PROBE_C`] statically in `dir`.
+fn build_probe(dir: &Path) -> Vec<u8> {
+    need("cc");
+    let src = dir.join("probe.c");
+    std::fs::write(&src, PROBE_C).unwrap();
+    let out = run(Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("probe"))
+        .arg(&src));
+    assert!(
+        out.status.success(),
+        "cc -static failed (scripts/setup.sh installs gcc and libc6-dev): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dir.join("probe")).unwrap()
+}
+
+/// A node with an OCI layout holding `images` (name, marker, extra files),
+/// each signed in the layout by a key the node trusts.
+/// An image of [`layout_node`]: name, marker, extra files.
+type TestImage<'a> = (&'a str, &'a str, &'a [(&'a str, &'a [u8], u32)]);
+
+fn layout_node(d: &Path, images: &[TestImage]) -> std::path::PathBuf {
+    let layout_dir = d.join("layout");
+    let layout = Layout::create(&layout_dir).unwrap();
+    let key = herd_release::SigningKey::generate().unwrap();
+    for (name, marker, extra) in images {
+        let digest = make_image_with(&layout, name, marker, extra);
+        cosign::sign_layout(
+            &layout,
+            &format!("registry.example/herd/{name}"),
+            &digest,
+            &key,
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(d.join("policy/keys")).unwrap();
+    std::fs::write(d.join("policy/keys/ops.pub"), &key.public().0).unwrap();
+    layout_dir
+}
+
+fn need_root() {
+    need("crun");
+    // SAFETY: getuid(2) has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(uid, 0, "running containers needs root (CI runs as root)");
+}
+
+/// The log of container `c` of pod `pod` once it contains `marker`.
+fn log_with(agent: &Agent, log: &Path, pod: &str, c: &str, marker: &str) -> String {
+    wait_for(&format!("{pod}/{c} to print {marker:?}"), 60, log, || {
+        let (ok, out) = agent.cli(&["logs", pod, c]);
+        (ok && out.contains(marker)).then_some(out)
+    })
+}
+
+#[test]
+fn pods_are_confined() {
+    need_root();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let probe = build_probe(d);
+    let layout_dir = layout_node(d, &[("confined", "confined", &[("probe", &probe, 0o755)])]);
+    std::fs::create_dir_all(d.join("pods")).unwrap();
+    std::fs::write(
+        d.join("pods/confined.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: confined}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: oci:confined\n    command: [/bin/busybox, sh, -c, '/probe; /bin/busybox unshare -U /bin/busybox true; echo unshare-cli exit=$?; echo probe done']\n",
+    )
+    .unwrap();
+    let (agent, log) = start_agent(d, &layout_dir);
+    let out = log_with(&agent, &log, "confined", "c", "probe done");
+    let result = |name: &str| -> (i64, i64) {
+        let line = out
+            .lines()
+            .find_map(|l| l.split_once(&format!("{name} ret=")).map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{out}"));
+        let (ret, errno) = line.split_once(" errno=").unwrap();
+        (ret.parse().unwrap(), errno.trim().parse().unwrap())
+    };
+    const EPERM: i64 = 1;
+    const ENOSYS: i64 = 38;
+    // New namespaces: refused, through unshare and clone alike.
+    assert_eq!(result("unshare-user"), (-1, EPERM), "{out}");
+    assert_eq!(result("unshare-mount"), (-1, EPERM), "{out}");
+    assert_eq!(result("clone-newuser"), (-1, EPERM), "{out}");
+    // io_uring and the new mount API: not in the allow-list.
+    assert_eq!(result("io_uring_setup"), (-1, EPERM), "{out}");
+    assert_eq!(result("fsopen"), (-1, EPERM), "{out}");
+    assert_eq!(result("open_tree"), (-1, EPERM), "{out}");
+    // clone3: ENOSYS, so C libraries fall back to clone.
+    assert_eq!(result("clone3"), (-1, ENOSYS), "{out}");
+    // Ordinary programs still work, and unshare(1) fails.
+    assert!(out.contains("fork ok=1"), "{out}");
+    assert!(
+        out.contains("Operation not permitted") && out.contains("unshare-cli exit=1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_pod_cannot_change_the_image_the_next_pod_runs() {
+    need_root();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let layout_dir = layout_node(d, &[("shared", "signed bytes", &[])]);
+    std::fs::create_dir_all(d.join("pods")).unwrap();
+    let pod = |name: &str, extra: &str, script: &str| {
+        std::fs::write(
+            d.join(format!("pods/{name}.yaml")),
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: oci:shared\n{extra}    command: [/bin/busybox, sh, -c, '{script}']\n"),
+        )
+        .unwrap();
+    };
+    // A read-only root refuses the write; a writable one takes it, into the
+    // pod's own layer; replacing the binary and planting a file too.
+    let tamper = "echo tampered > /etc/marker; echo marker now $(cat /etc/marker); /bin/busybox cp /bin/busybox /bin/planted && echo did-plant; /bin/busybox mount -o remount,rw / && echo did-remount; echo writer done; exec /bin/busybox sleep 100000";
+    pod("ro-writer", "", tamper);
+    pod(
+        "rw-writer",
+        "    securityContext: {readOnlyRootFilesystem: false}\n",
+        tamper,
+    );
+    let (agent, log) = start_agent(d, &layout_dir);
+    let ro = log_with(&agent, &log, "ro-writer", "c", "writer done");
+    assert!(ro.contains("Read-only file system"), "{ro}");
+    assert!(ro.contains("marker now signed bytes"), "{ro}");
+    assert!(
+        !ro.contains("did-plant") && !ro.contains("did-remount"),
+        "{ro}"
+    );
+    let rw = log_with(&agent, &log, "rw-writer", "c", "writer done");
+    assert!(
+        rw.contains("marker now tampered") && rw.contains("did-plant"),
+        "{rw}"
+    );
+    assert!(!rw.contains("did-remount"), "{rw}");
+
+    // While both writers still run, a new pod of the same image sees the
+    // verified bytes and nothing planted.
+    pod(
+        "reader",
+        "",
+        "echo reader sees $(cat /etc/marker); ls /bin; echo reader done",
+    );
+    let out = log_with(&agent, &log, "reader", "c", "reader done");
+    assert!(out.contains("reader sees signed bytes"), "{out}");
+    assert!(!out.contains("planted"), "{out}");
+    // On the node, the verified root holds exactly the image's files: not
+    // the writes, not the mount points crun made (/proc, /dev, ...).
+    let roots: Vec<_> = std::fs::read_dir(d.join("state/images/rootfs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    let root = roots[0].path();
+    let mut top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["bin", "etc"], "{}", root.display());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/marker")).unwrap(),
+        "signed bytes"
+    );
+    assert!(!root.join("bin/planted").exists());
 }

@@ -1,0 +1,179 @@
+//! A container's root filesystem: an overlay whose only lower layer is
+//! the verified image root (`images/rootfs/<hex>`, shared by every
+//! container of that image) and whose upper layer is the container's own.
+//! Whatever a container — or crun making its mount points — writes lands
+//! in the upper layer; the kernel's overlayfs never writes a lower layer,
+//! so the next pod of the image runs the bytes that were verified. A
+//! read-only container's upper layer is on the bundle's tmpfs and holds
+//! only mount points; a `readOnlyRootFilesystem: false` container's is on
+//! disk under the pod's state and starts empty at every start.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+/// A container root that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RootfsError(pub String);
+
+/// Where a container's root comes from.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    /// The verified image root (lower layer, never written).
+    pub image: PathBuf,
+    /// Holds the container's `upper` and `work` directories; emptied first.
+    pub scratch: PathBuf,
+    /// Where the overlay is mounted (the bundle's `rootfs`).
+    pub target: PathBuf,
+}
+
+fn c_path(p: &Path) -> Result<CString, RootfsError> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| RootfsError(format!("{}: NUL in path", p.display())))
+}
+
+/// A path as an overlayfs option value: the option string separates with
+/// `,` and `:`, so paths holding them (or `\`) are refused.
+fn option_path(p: &Path) -> Result<String, RootfsError> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| RootfsError(format!("{}: not UTF-8", p.display())))?;
+    if s.contains([',', ':', '\\']) {
+        return Err(RootfsError(format!(
+            "{s}: overlayfs cannot take a path with ',', ':' or '\\'; move the agent's state directory"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// Mounts the overlay of `l` at `l.target`, with an empty upper layer.
+pub fn mount(l: &Layers) -> Result<(), RootfsError> {
+    let io = |what: &str, p: &Path| {
+        let p = p.display().to_string();
+        let what = what.to_string();
+        move |e: std::io::Error| RootfsError(format!("{what} {p}: {e}"))
+    };
+    unmount(&l.target);
+    if l.scratch.exists() {
+        std::fs::remove_dir_all(&l.scratch).map_err(io("emptying", &l.scratch))?;
+    }
+    let (upper, work) = (l.scratch.join("upper"), l.scratch.join("work"));
+    for d in [&upper, &work, &l.target] {
+        std::fs::create_dir_all(d).map_err(io("creating", d))?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        option_path(&l.image)?,
+        option_path(&upper)?,
+        option_path(&work)?
+    );
+    let target = c_path(&l.target)?;
+    let opts = CString::new(opts).expect("paths checked for NUL");
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(RootfsError(format!(
+            "mounting the overlay of {} on {}: {} (herd needs overlayfs in the kernel)",
+            l.image.display(),
+            l.target.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Unmounts what [`mount`] put at `target`, if anything (detached: a
+/// process still inside lets go later).
+pub fn unmount(target: &Path) {
+    if let Ok(c) = c_path(target) {
+        // SAFETY: a valid NUL-terminated path; EINVAL (not a mount point)
+        // and ENOENT are fine.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Unmounts the root of the container whose bundle is `bundle` and
+/// removes the bundle.
+pub fn remove_bundle(bundle: &Path) {
+    unmount(&bundle.join("rootfs"));
+    let _ = std::fs::remove_dir_all(bundle);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_option_paths_are_checked() {
+        assert_eq!(option_path(Path::new("/var/lib/x")).unwrap(), "/var/lib/x");
+        for bad in ["/a,b", "/a:b", "/a\\b"] {
+            let e = option_path(Path::new(bad)).unwrap_err();
+            assert!(e.0.contains("overlayfs cannot take"), "{e}");
+        }
+    }
+
+    /// Needs root (mount); skipped otherwise, as the end-to-end tests
+    /// (tests/tests/agent.rs) cover it with crun.
+    #[test]
+    fn writes_land_in_the_upper_layer() {
+        // SAFETY: getuid(2) has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            eprintln!("not root: skipped");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let image = t.path().join("image");
+        std::fs::create_dir_all(image.join("etc")).unwrap();
+        std::fs::write(image.join("etc/marker"), "signed").unwrap();
+        let l = Layers {
+            image: image.clone(),
+            scratch: t.path().join("scratch"),
+            target: t.path().join("bundle/rootfs"),
+        };
+        // Mounted in a private mount namespace of this test's thread, so
+        // nothing leaks into the runner's.
+        // SAFETY: unshare(2) and mount(2) with valid arguments; they change
+        // only this thread's mount namespace.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0);
+            assert_eq!(
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null()
+                ),
+                0
+            );
+        }
+        mount(&l).unwrap();
+        std::fs::write(l.target.join("etc/marker"), "tampered").unwrap();
+        std::fs::create_dir(l.target.join("proc")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(l.target.join("etc/marker")).unwrap(),
+            "tampered"
+        );
+        remove_bundle(&t.path().join("bundle"));
+        assert_eq!(
+            std::fs::read_to_string(image.join("etc/marker")).unwrap(),
+            "signed"
+        );
+        assert!(!image.join("proc").exists());
+        // Mounted again: the upper layer starts empty.
+        mount(&l).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(l.target.join("etc/marker")).unwrap(),
+            "signed"
+        );
+        remove_bundle(&t.path().join("bundle"));
+    }
+}
