@@ -68,6 +68,24 @@ fn err(url: &str, m: impl ToString) -> Error {
     }
 }
 
+/// A document's body (a manifest, an index, a token answer), read up to
+/// [`MAX_DOCUMENT`] bytes: a larger one is refused as `TooLarge`, never
+/// held in memory.
+fn read_document(resp: ureq::Response, url: &str, what: &str) -> Result<Vec<u8>, Error> {
+    let mut body = Vec::new();
+    resp.into_reader()
+        .take(MAX_DOCUMENT + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| err(url, e))?;
+    if body.len() as u64 > MAX_DOCUMENT {
+        return Err(Error::TooLarge {
+            what: what.to_string(),
+            limit: MAX_DOCUMENT,
+        });
+    }
+    Ok(body)
+}
+
 // ureq's own error type, passed straight on to `outcome`.
 #[allow(clippy::result_large_err)]
 fn send_raw(req: ureq::Request, body: Option<&[u8]>) -> Result<ureq::Response, ureq::Error> {
@@ -286,17 +304,7 @@ impl Registry {
             (Err(ureq::Error::Status(401, _)), None) => return Err(self.needs_credentials()),
             (r, _) => outcome(r, &c.realm, "token")?,
         };
-        let mut body = Vec::new();
-        resp.into_reader()
-            .take(MAX_DOCUMENT + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| err(&c.realm, e))?;
-        if body.len() as u64 > MAX_DOCUMENT {
-            return Err(Error::TooLarge {
-                what: format!("token answer from {}", c.realm),
-                limit: MAX_DOCUMENT,
-            });
-        }
+        let body = read_document(resp, &c.realm, &format!("token answer from {}", c.realm))?;
         token_from_answer(&body).map_err(|e| err(&c.realm, e))
     }
 
@@ -318,17 +326,7 @@ impl Registry {
             &pull_scope(repo),
         )?;
         let mt = resp.content_type().to_string();
-        let mut body = Vec::new();
-        resp.into_reader()
-            .take(MAX_DOCUMENT + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| err(&url, e))?;
-        if body.len() as u64 > MAX_DOCUMENT {
-            return Err(Error::TooLarge {
-                what,
-                limit: MAX_DOCUMENT,
-            });
-        }
+        let body = read_document(resp, &url, &what)?;
         let digest = Digest::of(&body);
         if version.starts_with("sha256:") {
             Digest::parse(version)?.check(&body, &what)?;
@@ -365,17 +363,7 @@ impl Registry {
         if !resp.content_type().starts_with(OCI_INDEX) {
             return Ok(None);
         }
-        let mut body = Vec::new();
-        resp.into_reader()
-            .take(MAX_DOCUMENT + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| err(&url, e))?;
-        if body.len() as u64 > MAX_DOCUMENT {
-            return Err(Error::TooLarge {
-                what,
-                limit: MAX_DOCUMENT,
-            });
-        }
+        let body = read_document(resp, &url, &what)?;
         Ok(Some(body))
     }
 
