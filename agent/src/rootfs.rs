@@ -69,15 +69,27 @@ pub fn mount(l: &Layers) -> Result<(), RootfsError> {
     );
     let target = c_path(&l.target)?;
     let opts = CString::new(opts).expect("paths checked for NUL");
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            target.as_ptr(),
-            c"overlay".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            opts.as_ptr().cast(),
-        )
+    // At boot herd-init loads the overlay module from /usr while the agent
+    // already starts: an unknown file system type (ENODEV) is waited out
+    // for a few seconds before it counts as missing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rc = loop {
+        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"overlay".as_ptr(),
+                target.as_ptr(),
+                c"overlay".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                opts.as_ptr().cast(),
+            )
+        };
+        let unknown_fs =
+            rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENODEV);
+        if !unknown_fs || std::time::Instant::now() > deadline {
+            break rc;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
     if rc != 0 {
         return Err(RootfsError(format!(
