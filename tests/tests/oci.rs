@@ -491,12 +491,12 @@ fn token_server(dir: &std::path::Path) -> (TokenServer, std::path::PathBuf) {
     )
 }
 
-#[test]
-fn pulls_and_signs_through_a_registry_that_wants_bearer_tokens() {
-    let t = tempfile::tempdir().unwrap();
-    let (tokens, cert) = token_server(t.path());
+/// A docker-registry in `dir` that wants Bearer tokens from a token server
+/// of the test's own; returns both and the registry's host:port.
+fn token_registry(dir: &std::path::Path) -> (TokenServer, herd_tests::registry::Reg, String) {
+    let (tokens, cert) = token_server(dir);
     let reg = herd_tests::registry::registry_with(
-        t.path(),
+        dir,
         &format!(
             "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
             tokens.port,
@@ -504,6 +504,13 @@ fn pulls_and_signs_through_a_registry_that_wants_bearer_tokens() {
         ),
     );
     let host = format!("127.0.0.1:{}", reg.port);
+    (tokens, reg, host)
+}
+
+#[test]
+fn pulls_and_signs_through_a_registry_that_wants_bearer_tokens() {
+    let t = tempfile::tempdir().unwrap();
+    let (tokens, reg, host) = token_registry(t.path());
     // Without a token the registry refuses, as Docker Hub or GHCR do.
     let answer = {
         use std::io::{Read, Write};
@@ -746,16 +753,7 @@ fn pulls_from_a_private_registry_with_credentials_from_a_0600_file() {
 #[test]
 fn token_services_get_the_password_and_registries_get_the_token() {
     let t = tempfile::tempdir().unwrap();
-    let (tokens, cert) = token_server(t.path());
-    let reg = herd_tests::registry::registry_with(
-        t.path(),
-        &format!(
-            "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-            tokens.port,
-            cert.display()
-        ),
-    );
-    let host = format!("127.0.0.1:{}", reg.port);
+    let (tokens, _reg, host) = token_registry(t.path());
     let layout = Layout::create(&t.path().join("layout")).unwrap();
     let web = make_image(&layout, "web", "web");
     skopeo_push(
