@@ -24,38 +24,58 @@ pub fn payload_deadline(bytes: u64) -> Duration {
 }
 
 /// One transfer: its URL, start and deadline.
-struct Transfer<'a> {
-    url: &'a str,
+#[derive(Clone)]
+struct Transfer {
+    url: String,
     start: Instant,
     deadline: Duration,
 }
 
-impl<'a> Transfer<'a> {
-    fn new(url: &'a str, deadline: Duration) -> Self {
+impl Transfer {
+    fn new(url: &str, deadline: Duration) -> Self {
         Transfer {
-            url,
+            url: url.to_string(),
             start: Instant::now(),
             deadline,
         }
     }
 
-    fn get(&self) -> ureq::Request {
+    /// A GET whose connect, and each read and write, are bounded (never
+    /// past the deadline).
+    fn agent(&self) -> ureq::AgentBuilder {
         ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(30))
-            // The whole request, body included (ureq bounds every read by it).
-            .timeout(self.deadline)
-            .build()
-            .get(self.url)
-            .set("Connection", "close")
+            .timeout_read(Duration::from_secs(30).min(self.deadline))
+            .timeout_write(Duration::from_secs(30).min(self.deadline))
+    }
+
+    /// A GET bounded as a whole by the deadline (ureq checks it at every
+    /// read: fine for small bodies, see [`stream_within`] for payloads).
+    fn get(&self) -> ureq::Request {
+        self.request(self.agent().timeout(self.deadline))
+    }
+
+    fn request(&self, agent: ureq::AgentBuilder) -> ureq::Request {
+        agent.build().get(&self.url).set("Connection", "close")
+    }
+
+    fn passed(&self) -> bool {
+        self.start.elapsed() >= self.deadline
+    }
+
+    fn deadline_error(&self) -> Error {
+        Error::Deadline {
+            url: self.url.clone(),
+            secs: self.deadline.as_secs_f64().ceil() as u64,
+        }
     }
 
     /// The error for `m`: [`Error::Deadline`] once the deadline is (all but) reached.
     fn err(&self, m: impl ToString) -> Error {
         if self.start.elapsed() + Duration::from_millis(100) >= self.deadline {
-            return deadline_error(self.url, self.deadline);
+            return self.deadline_error();
         }
-        err(self.url, m)
+        err(&self.url, m)
     }
 }
 
@@ -136,15 +156,13 @@ pub fn stream_within(
     deadline: Duration,
     sink: &mut dyn FnMut(Vec<u8>) -> Result<Option<Vec<u8>>, Error>,
 ) -> Result<u64, Error> {
-    let start = Instant::now();
+    let t = Transfer::new(url, deadline);
     let (to_sink, pieces) = std::sync::mpsc::sync_channel::<Piece>(2);
     let (give_back, spares) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = Reader {
-        url: url.to_string(),
+        t: t.clone(),
         offset,
         left: limit.saturating_sub(offset) + 1,
-        start,
-        deadline,
     };
     std::thread::Builder::new()
         .name("herd-update-get".into())
@@ -152,7 +170,7 @@ pub fn stream_within(
         .map_err(|e| err(url, format!("starting the download thread: {e}")))?;
     let mut got = 0u64;
     loop {
-        let left = deadline.saturating_sub(start.elapsed());
+        let left = deadline.saturating_sub(t.start.elapsed());
         match pieces.recv_timeout(left) {
             Ok(Ok(chunk)) => {
                 got += chunk.len() as u64;
@@ -165,28 +183,17 @@ pub fn stream_within(
             // The reader ends the transfer by hanging up.
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(got),
             // Dropping the channels tells the reader to stop.
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                return Err(deadline_error(url, deadline))
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(t.deadline_error()),
         }
-    }
-}
-
-fn deadline_error(url: &str, deadline: Duration) -> Error {
-    Error::Deadline {
-        url: url.to_string(),
-        secs: deadline.as_secs_f64().ceil() as u64,
     }
 }
 
 /// The payload GET, on its own thread.
 struct Reader {
-    url: String,
+    t: Transfer,
     offset: u64,
     /// Bytes still wanted (one past the limit, to see an oversized payload).
     left: u64,
-    start: Instant,
-    deadline: Duration,
 }
 
 impl Reader {
@@ -213,8 +220,8 @@ impl Reader {
             let want = (CHUNK as u64).min(self.left) as usize;
             let mut n = 0;
             while n < want {
-                if self.start.elapsed() >= self.deadline {
-                    let _ = to_sink.send(Err(deadline_error(&self.url, self.deadline)));
+                if self.t.passed() {
+                    let _ = to_sink.send(Err(self.t.deadline_error()));
                     return;
                 }
                 match r.read(&mut buf[n..want]) {
@@ -222,7 +229,7 @@ impl Reader {
                     Ok(k) => n += k,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        let _ = to_sink.send(Err(self.err(e)));
+                        let _ = to_sink.send(Err(self.t.err(e)));
                         return;
                     }
                 }
@@ -240,20 +247,17 @@ impl Reader {
 
     /// Sends the GET and checks the answer; returns the body.
     fn open(&self) -> Result<Box<dyn Read + Send + Sync + 'static>, Error> {
-        let mut req = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(30).min(self.deadline))
-            .timeout_write(Duration::from_secs(30).min(self.deadline))
-            .build()
-            .get(&self.url)
-            .set("Connection", "close");
+        // No overall timeout (see [`stream_within`]): the deadline is kept
+        // by this thread and the caller.
+        let t = &self.t;
+        let mut req = t.request(t.agent());
         if self.offset > 0 {
             req = req.set("Range", &format!("bytes={}-", self.offset));
         }
-        let resp = req.call().map_err(|e| self.err(e))?;
+        let resp = req.call().map_err(|e| t.err(e))?;
         if self.offset > 0 && resp.status() != 206 {
             return Err(err(
-                &self.url,
+                &t.url,
                 format!(
                     "asked for bytes from {}, got status {} (the server does not do Range requests)",
                     self.offset,
@@ -262,14 +266,6 @@ impl Reader {
             ));
         }
         Ok(resp.into_reader())
-    }
-
-    /// The error for `m`: [`Error::Deadline`] once the deadline is (all but) reached.
-    fn err(&self, m: impl ToString) -> Error {
-        if self.start.elapsed() + Duration::from_millis(100) >= self.deadline {
-            return deadline_error(&self.url, self.deadline);
-        }
-        err(&self.url, m)
     }
 }
 
