@@ -529,19 +529,9 @@ pub fn check_bundle(
         return Ok(k.id());
     };
     match name {
-        Some(signed) => {
-            if let Err(why) = k.identity.check(signed, asked, digest) {
-                return Err(Refusal::Error(Error::WrongIdentity(Box::new(
-                    crate::WrongIdentity {
-                        asked: asked.to_string(),
-                        signed: signed.clone(),
-                        key: k.id(),
-                        rule: k.identity.name(),
-                        why,
-                    },
-                ))));
-            }
-        }
+        Some(signed) => k
+            .check_identity(signed, asked, digest)
+            .map_err(Refusal::Error)?,
         None if k.bundle_without_identity => {}
         None => {
             return Err(Refusal::Error(Error::NoIdentity {

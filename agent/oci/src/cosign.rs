@@ -151,6 +151,26 @@ impl TrustedKey {
         Digest::of(&bytes).hex()[..16].to_string()
     }
 
+    /// Whether a valid signature of this key naming `signed` may stand for
+    /// the image asked for as `asked` (manifest `digest`), by this key's
+    /// identity rule: the refusal names both references, the key and the rule.
+    pub(crate) fn check_identity(
+        &self,
+        signed: &str,
+        asked: &Reference,
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        self.identity.check(signed, asked, digest).map_err(|why| {
+            Error::WrongIdentity(Box::new(crate::WrongIdentity {
+                asked: asked.to_string(),
+                signed: signed.to_string(),
+                key: self.id(),
+                rule: self.identity.name(),
+                why,
+            }))
+        })
+    }
+
     pub(crate) fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         match &self.key {
             PublicKey::Ed25519(k) => ed25519_dalek::Signature::from_slice(sig)
@@ -448,16 +468,8 @@ fn check_signatures(
         }
         let signed = p.critical.identity.docker_reference;
         if let Some(asked) = asked {
-            if let Err(why) = k.identity.check(&signed, asked, digest) {
-                wrong_identity.get_or_insert(Error::WrongIdentity(Box::new(
-                    crate::WrongIdentity {
-                        asked: asked.to_string(),
-                        signed,
-                        key: k.id(),
-                        rule: k.identity.name(),
-                        why,
-                    },
-                )));
+            if let Err(e) = k.check_identity(&signed, asked, digest) {
+                wrong_identity.get_or_insert(e);
                 continue;
             }
         }
