@@ -8,9 +8,7 @@ pub mod images;
 pub mod logs;
 pub mod measured;
 pub mod net;
-pub mod pod;
 pub mod policy;
-pub mod quantity;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
@@ -19,3 +17,8 @@ pub mod status;
 pub mod supervise;
 pub mod volumes;
 pub mod watch;
+
+/// The pod manifest schema lives in its own crate (provisioning checks
+/// manifests with it without linking the agent).
+pub use herd_pod as pod;
+pub use herd_pod::quantity;

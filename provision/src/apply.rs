@@ -283,7 +283,7 @@ mod tests {
             Some("10.0.2.15/24")
         );
         let pod = fs::read_to_string(r.join("etc/herd/pods/web.yaml")).unwrap();
-        herd_agent::pod::Pod::parse(&pod, Path::new("web.yaml")).unwrap();
+        herd_pod::Pod::parse(&pod, Path::new("web.yaml")).unwrap();
         // herd-agent's own policy reader takes what was written.
         let (policy, skipped) = herd_agent::policy::Policy::load(&[r.join("etc/herd/policy")]);
         assert!(skipped.is_empty(), "{skipped:?}");
@@ -318,7 +318,7 @@ mod tests {
         }
         let update = fs::read_to_string(r.join(UPDATE)).unwrap();
         let merged = format!("repository = \"http://x\"\n{update}");
-        let u = herd_update::config::UpdateConfig::parse(&merged).unwrap();
+        let u = herd_update_config::UpdateConfig::parse(&merged).unwrap();
         assert_eq!(u.channel, "beta");
         assert!(!r.join(STAGING).exists());
         let m = provisioned(r).unwrap();

@@ -50,10 +50,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use herd_agent::pod::Pod;
 use herd_node::config::{Local, Network};
 use herd_oci::cosign::TrustedKey;
-use herd_update::config::{Reboot, UpdateConfig};
+use herd_pod::Pod;
+use herd_update_config::{Reboot, UpdateConfig};
 
 /// The largest configuration accepted (bytes).
 pub const MAX_SIZE: usize = 1 << 20;

@@ -19,8 +19,9 @@ pub use key::{KeyId, PublicKey, SigningKey};
 pub use metadata::{Channel, Payload, Release, Rollout, Root, SlotPcrs, Wave, SPEC};
 pub use repo::Repo;
 pub use verify::{
-    check_channel_keys, compare_versions, in_wave, update_root, verify_channel, verify_root_chain,
-    walk_root_chain, NodeState, PayloadCheck, MAX_METADATA_BYTES, MAX_ROOT_STEPS,
+    check_channel_keys, compare_versions, in_wave, parse_trusted_root, update_root, verify_channel,
+    verify_root_chain, walk_root_chain, NodeState, PayloadCheck, MAX_METADATA_BYTES,
+    MAX_ROOT_STEPS,
 };
 
 /// What can go wrong with keys and metadata. Every variant names one attack

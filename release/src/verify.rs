@@ -56,6 +56,15 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     Ordering::Equal
 }
 
+/// Parses a self-signed root key set (`root/1.json`, the start of a node's
+/// chain): signed by a threshold of its own keys.
+pub fn parse_trusted_root(bytes: &[u8]) -> Result<Root, Error> {
+    let env = Envelope::parse(bytes, "trusted root")?;
+    let root: Root = env.document("trusted root")?;
+    env.check(&root.keys, root.threshold, "trusted root")?;
+    Ok(root)
+}
+
 /// How many newer roots a node follows in one check.
 pub const MAX_ROOT_STEPS: u64 = 100;
 

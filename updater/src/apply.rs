@@ -4,7 +4,7 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use herd_gpt::{Guid, Table};
-use herd_release::{Envelope, NodeState, PayloadCheck, Release, Root, MAX_METADATA_BYTES};
+use herd_release::{NodeState, PayloadCheck, Release, Root, MAX_METADATA_BYTES};
 
 use crate::config::UpdateConfig;
 use crate::esp::Esp;
@@ -431,15 +431,7 @@ pub fn rollback_refusal(
 pub fn trusted_root(path: &Path) -> Result<Root, Error> {
     let bytes =
         std::fs::read(path).map_err(io(format!("reading the trusted keys {}", path.display())))?;
-    check_root_bytes(&bytes)
-}
-
-/// Parses a self-signed root key set (`root/1.json`).
-pub fn check_root_bytes(bytes: &[u8]) -> Result<Root, Error> {
-    let env = Envelope::parse(bytes, "trusted root")?;
-    let root: Root = env.document("trusted root")?;
-    env.check(&root.keys, root.threshold, "trusted root")?;
-    Ok(root)
+    Ok(herd_release::parse_trusted_root(&bytes)?)
 }
 
 #[cfg(test)]

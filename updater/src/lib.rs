@@ -9,7 +9,6 @@
 //! falls back after its tries and herd-update marks that version bad.
 
 pub mod apply;
-pub mod config;
 pub mod download;
 pub mod esp;
 pub mod http;
@@ -17,6 +16,10 @@ pub mod loader;
 pub mod slots;
 pub mod state;
 pub mod trust;
+
+/// The configuration schema lives in its own crate (the builder and
+/// provisioning check configurations with it without linking the updater).
+pub use herd_update_config as config;
 
 /// What can go wrong; every variant is one clear log line.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,14 @@ pub enum Error {
         /// the cause
         cause: std::io::Error,
     },
+}
+
+impl From<config::Error> for Error {
+    fn from(e: config::Error) -> Error {
+        match e {
+            config::Error::Config(m) => Error::Config(m),
+        }
+    }
 }
 
 /// Results of this crate.

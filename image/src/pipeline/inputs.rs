@@ -43,7 +43,7 @@ pub(super) fn update_files(table: &toml::Table, image_toml: &Path) -> Result<(St
         ),
     };
     let text = toml::to_string(&t).context("serialising [update]")?;
-    herd_update::config::UpdateConfig::parse(&text).with_context(|| {
+    herd_update_config::UpdateConfig::parse(&text).with_context(|| {
         format!(
             "{}: [update] is not a valid herd-update configuration",
             image_toml.display()
@@ -51,7 +51,7 @@ pub(super) fn update_files(table: &toml::Table, image_toml: &Path) -> Result<(St
     })?;
     let bytes = std::fs::read(&root)
         .with_context(|| format!("[update] root: cannot read {}", root.display()))?;
-    herd_update::apply::check_root_bytes(&bytes)
+    herd_release::parse_trusted_root(&bytes)
         .with_context(|| format!("[update] root {}", root.display()))?;
     Ok((text, bytes))
 }

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::quantity;
+pub mod host_path;
+pub mod quantity;
 
 /// A manifest that cannot run, and why.
 #[derive(Debug, thiserror::Error)]
@@ -514,7 +515,7 @@ impl Pod {
                 }
             }
             if let Some(h) = &v.host_path {
-                if let Err(why) = crate::volumes::host_path_rule(&h.path) {
+                if let Err(why) = host_path::host_path_rule(&h.path) {
                     return fail(format!("{f}.hostPath.path"), why);
                 }
                 if let Some(k) = &h.kind {

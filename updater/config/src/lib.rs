@@ -1,8 +1,17 @@
-//! `/usr/lib/herd/update.toml`.
+//! herd-update's configuration: `/usr/lib/herd/update.toml` from the image,
+//! with the node's `/etc/herd/update.toml` laid over it. Parsing and checks
+//! only, no I/O, so the builder and provisioning validate a configuration
+//! with the updater's own rules without linking the updater.
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+/// A configuration that does not parse or does not make sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// What is wrong, and how to write it instead.
+    #[error("configuration: {0}")]
+    Config(String),
+}
 
 /// Where the configuration lives in the image.
 pub const CONFIG: &str = "/usr/lib/herd/update.toml";
