@@ -397,6 +397,53 @@ pub fn flash_with(
 ) -> Result<Flashed, FlashError> {
     let show_image = image.display().to_string();
     let show_target = target.display().to_string();
+    let (mut src, im, size) = open_image(image)?;
+    let t = open_target(target, &im, size)?;
+    if !opts.yes {
+        let what = match t.kind {
+            TargetKind::Device => "destroying everything on it",
+            TargetKind::File { existed: true, .. } => "replacing the file",
+            TargetKind::File { existed: false, .. } => "a new file",
+        };
+        confirm(&format!(
+            "Write {show_image} ({} MiB) to {show_target}, {what}?",
+            size.div_ceil(1 << 20)
+        ))?;
+    }
+    let mut dst = match t.device {
+        Some(d) => d,
+        None => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(target)
+            .map_err(io(format!("creating {show_target}")))?,
+    };
+    let progress = Progress::new(opts.quiet);
+    let names = Names {
+        image: &show_image,
+        target: &show_target,
+    };
+    let (want, skipped) = write(&mut src, &mut dst, size, t.kind, &names, opts, &progress)?;
+    read_back(&mut dst, size, &want, &names, opts, &progress)?;
+    Ok(Flashed {
+        sha256: want,
+        bytes: size,
+        skipped,
+    })
+}
+
+/// The image and the target as the messages show them.
+struct Names<'a> {
+    image: &'a str,
+    target: &'a str,
+}
+
+/// Opens the image and checks it is something to flash (a non-empty raw
+/// file or device, not a qcow2): the file, its metadata and its size.
+fn open_image(image: &Path) -> Result<(File, Metadata, u64), FlashError> {
+    let show_image = image.display().to_string();
     let mut src = File::open(image).map_err(io(format!("opening {show_image}")))?;
     let im = src
         .metadata()
@@ -423,7 +470,29 @@ pub fn flash_with(
     if &magic == b"QFI\xfb" {
         return Err(FlashError::Qcow2(show_image));
     }
+    Ok((src, im, size))
+}
 
+/// What the target is.
+#[derive(Debug, Clone, Copy)]
+enum TargetKind {
+    /// A block device: every byte is written (its old contents are not zeros).
+    Device,
+    /// A regular file; `fresh` (new or empty) gets holes for zeros.
+    File { existed: bool, fresh: bool },
+}
+
+/// The checked target: a block device is open (exclusively) already, a
+/// file is created or truncated only once the user said yes.
+struct Target {
+    device: Option<File>,
+    kind: TargetKind,
+}
+
+/// Checks the target against the image (not the image itself, a device not
+/// in use and big enough, else a regular file or a new name).
+fn open_target(target: &Path, im: &Metadata, size: u64) -> Result<Target, FlashError> {
+    let show_target = target.display().to_string();
     let tmeta = match std::fs::metadata(target) {
         Ok(m) => Some(m),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -435,105 +504,110 @@ pub fn flash_with(
                 && im.file_type().is_block_device()
                 && m.rdev() == im.rdev())
     };
-    let (mut dst, is_block, fresh) = match &tmeta {
+    let m = match &tmeta {
         Some(m) if same(m) => return Err(FlashError::SameFile(show_target)),
-        Some(m) if m.file_type().is_block_device() => {
-            check_device(target, m)?;
-            // O_EXCL on a block device: the kernel refuses (EBUSY) while it
-            // or a partition is mounted or claimed, and keeps others from
-            // claiming it while we write.
-            let dst = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_EXCL)
-                .open(target)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::EBUSY) => FlashError::InUse {
-                        target: show_target.clone(),
-                        what: "the kernel reports it busy (mounted, swap, device-mapper \
-                               or opened exclusively by another program)"
-                            .into(),
-                    },
-                    _ => io(format!("opening {show_target}"))(e),
-                })?;
-            (Some(dst), true, false)
+        Some(m) if m.file_type().is_block_device() => m,
+        Some(m) if m.is_file() => {
+            return Ok(Target {
+                device: None,
+                kind: TargetKind::File {
+                    existed: true,
+                    fresh: m.len() == 0,
+                },
+            })
         }
-        Some(m) if m.is_file() => (None, false, m.len() == 0),
         Some(_) => return Err(FlashError::BadTarget(show_target)),
-        None => (None, false, true),
-    };
-    if let Some(d) = dst.as_mut() {
-        let have = d
-            .seek(SeekFrom::End(0))
-            .map_err(io(format!("sizing {show_target}")))?;
-        if have < size {
-            return Err(FlashError::TooSmall {
-                target: show_target,
-                have,
-                need: size,
-            });
+        None => {
+            return Ok(Target {
+                device: None,
+                kind: TargetKind::File {
+                    existed: false,
+                    fresh: true,
+                },
+            })
         }
-    }
-    if !opts.yes {
-        let what = if is_block {
-            "destroying everything on it"
-        } else if tmeta.is_some() {
-            "replacing the file"
-        } else {
-            "a new file"
-        };
-        confirm(&format!(
-            "Write {show_image} ({} MiB) to {show_target}, {what}?",
-            size.div_ceil(1 << 20)
-        ))?;
-    }
-    let mut dst = match dst {
-        Some(d) => d,
-        None => OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(target)
-            .map_err(io(format!("creating {show_target}")))?,
     };
+    check_device(target, m)?;
+    // O_EXCL on a block device: the kernel refuses (EBUSY) while it or a
+    // partition is mounted or claimed, and keeps others from claiming it
+    // while we write.
+    let mut dst = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(target)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => FlashError::InUse {
+                target: show_target.clone(),
+                what: "the kernel reports it busy (mounted, swap, device-mapper \
+                       or opened exclusively by another program)"
+                    .into(),
+            },
+            _ => io(format!("opening {show_target}"))(e),
+        })?;
+    let have = dst
+        .seek(SeekFrom::End(0))
+        .map_err(io(format!("sizing {show_target}")))?;
+    if have < size {
+        return Err(FlashError::TooSmall {
+            target: show_target,
+            have,
+            need: size,
+        });
+    }
+    Ok(Target {
+        device: Some(dst),
+        kind: TargetKind::Device,
+    })
+}
 
-    let progress = Progress::new(opts.quiet);
-    let step = progress.step(&format!("writing {show_image} to {show_target}"));
+/// Copies the image onto the target (holes for zero MiBs in a fresh file),
+/// fsyncs, and returns the image's sha256 and the bytes left as holes.
+fn write(
+    src: &mut File,
+    dst: &mut File,
+    size: u64,
+    kind: TargetKind,
+    names: &Names,
+    opts: FlashOptions,
+    progress: &Progress,
+) -> Result<(String, u64), FlashError> {
+    let fresh = matches!(kind, TargetKind::File { fresh: true, .. });
+    let step = progress.step(&format!("writing {} to {}", names.image, names.target));
     let mut meter = Meter::new(opts.quiet, "written", size);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     let mut skipped = 0u64;
     src.seek(SeekFrom::Start(0))
-        .map_err(io(format!("rewinding {show_image}")))?;
+        .map_err(io(format!("rewinding {}", names.image)))?;
     dst.seek(SeekFrom::Start(0))
-        .map_err(io(format!("seeking {show_target}")))?;
+        .map_err(io(format!("seeking {}", names.target)))?;
     while done < size {
         let n = (size - done).min(CHUNK as u64) as usize;
         src.read_exact(&mut buf[..n])
-            .map_err(io(format!("reading {show_image}")))?;
+            .map_err(io(format!("reading {}", names.image)))?;
         h.update(&buf[..n]);
         for piece in buf[..n].chunks(SPARSE) {
             if fresh && piece.iter().all(|&b| b == 0) {
                 dst.seek(SeekFrom::Current(piece.len() as i64))
-                    .map_err(io(format!("seeking {show_target}")))?;
+                    .map_err(io(format!("seeking {}", names.target)))?;
                 skipped += piece.len() as u64;
             } else {
                 dst.write_all(piece)
-                    .map_err(io(format!("writing {show_target}")))?;
+                    .map_err(io(format!("writing {}", names.target)))?;
             }
         }
         done += n as u64;
         meter.show(done, false);
     }
-    if !is_block {
+    if let TargetKind::File { .. } = kind {
         // A trailing hole, or a longer old file, needs the length set.
         dst.set_len(size)
-            .map_err(io(format!("sizing {show_target}")))?;
+            .map_err(io(format!("sizing {}", names.target)))?;
     }
     dst.sync_all()
-        .map_err(io(format!("flushing {show_target}")))?;
+        .map_err(io(format!("flushing {}", names.target)))?;
     meter.show(done, true);
     step.done(&format!(
         "{} MiB at {:.0} MB/s (fsynced{})",
@@ -545,23 +619,34 @@ pub fn flash_with(
             String::new()
         }
     ));
-    let want = hex::encode(h.finalize());
+    Ok((hex::encode(h.finalize()), skipped))
+}
 
-    // Read back what the device holds, not what the page cache remembers:
-    // the pages are clean after the fsync, so they can be dropped.
+/// Reads the target back from the device (not the page cache) and compares
+/// its sha256 with the image's.
+fn read_back(
+    dst: &mut File,
+    size: u64,
+    want: &str,
+    names: &Names,
+    opts: FlashOptions,
+    progress: &Progress,
+) -> Result<(), FlashError> {
+    // The pages are clean after the fsync, so they can be dropped.
     // SAFETY: posix_fadvise(2) on a descriptor we own, with plain integers;
     // it touches no memory of ours. Its result only affects speed.
     unsafe { libc::posix_fadvise(dst.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    let step = progress.step(&format!("reading {show_target} back"));
+    let step = progress.step(&format!("reading {} back", names.target));
     let mut meter = Meter::new(opts.quiet, "verified", size);
     dst.seek(SeekFrom::Start(0))
-        .map_err(io(format!("seeking {show_target}")))?;
+        .map_err(io(format!("seeking {}", names.target)))?;
     let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     while done < size {
         let n = (size - done).min(CHUNK as u64) as usize;
         dst.read_exact(&mut buf[..n])
-            .map_err(io(format!("reading back {show_target}")))?;
+            .map_err(io(format!("reading back {}", names.target)))?;
         h.update(&buf[..n]);
         done += n as u64;
         meter.show(done, false);
@@ -570,17 +655,13 @@ pub fn flash_with(
     let got = hex::encode(h.finalize());
     if got != want {
         return Err(FlashError::Mismatch {
-            target: show_target,
+            target: names.target.to_string(),
             got,
-            want,
+            want: want.to_string(),
         });
     }
     step.done(&format!("sha256 {want} matches ({:.0} MB/s)", meter.rate()));
-    Ok(Flashed {
-        sha256: want,
-        bytes: size,
-        skipped,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
