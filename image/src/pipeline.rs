@@ -18,15 +18,15 @@
 //! - commit them with the manifest ([`crate::output::Staging`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use herd_gpt::{guid_from_name, Guid};
 
-use crate::boot::EspContent;
 use crate::config::{human_bytes, ImageConfig};
-use crate::manifest::{KernelInfo, Manifest, UsrInfo};
+use crate::manifest::{
+    KernelInfo, Manifest, Measured, OutputInfo, PackageInfo, PartitionInfo, UsrInfo,
+};
 use crate::output::Staging;
 use crate::progress::Progress;
 
@@ -103,157 +103,62 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
     let name = cfg.image.name.as_str();
     let version = cfg.image.version.as_str();
 
-    // Configuration is checked before any time is spent.
-    let init_toml = inputs::init_config(&cfg, &opts.image_toml)?;
-    let update = match &cfg.update {
-        Some(table) => Some(inputs::update_files(table, &opts.image_toml)?),
-        None => None,
-    };
+    let inputs = inputs::Inputs::read(&cfg, opts, &progress)?;
     let staging = Staging::create(&opts.out)?;
-    let packages = inputs::Packages::open(&cfg, opts, &progress)?;
-    let boot = inputs::BootParts::read(&cfg, &packages, &progress)?;
-
-    let step = progress.step("assembling /usr");
-    let bins = inputs::read_binaries(&opts.bin_dir, &cfg.usr.binaries)?;
-    let usr = usr::assemble(usr::UsrInputs {
-        cfg: &cfg,
-        image_toml: &opts.image_toml,
-        bins: &bins,
-        boot: &boot,
-        packages: &packages,
-        init_toml,
-        update: update.as_ref(),
-        mtime,
-    })?;
-    let usr_files = usr.walk().len() as u64;
-    let usr_file_bytes = usr.file_bytes();
-    step.done(&format!(
-        "{usr_files} entries, {}",
-        human_bytes(usr_file_bytes)
-    ));
-
-    let step = progress.step("writing the initramfs");
-    let initrd = usr::initramfs(&bins, &boot.initrd_modules, &boot.kernel.version, mtime)?;
-    step.done(&human_bytes(initrd.len() as u64));
-
-    // STATE's ext4 is made by mke2fs while /usr is compressed.
+    // STATE's ext4 is made by mke2fs while /usr is assembled and compressed.
     let early_disk = disk::EarlyDisk::create(&cfg, &staging, epoch)?;
+    let usr = usr::assemble(&cfg, &opts.image_toml, &inputs, mtime, &progress)?;
+    let initrd = usr::initramfs(&inputs, mtime, &progress)?;
+    let mut slot = usr_image::make(usr, &cfg, opts, mtime, &progress)?;
 
-    let block_cache = opts
-        .block_cache
-        .then(|| crate::block_cache::in_package_cache(&opts.cache_dir));
-    let usr_image::Compressed { squashfs, prune } =
-        usr_image::compress(&usr, &cfg, &opts.image_toml, block_cache, mtime, &progress)?;
-    drop(usr);
-    let verity = usr_image::verity(name, &squashfs, &progress)?;
-    let squashfs = Arc::new(squashfs);
-    let hash_area = Arc::new(verity.hash_area);
-    let usrhash = verity.usrhash;
-
-    let (usr_a_uuid, usr_a_verity_uuid) = usr_partition_uuids(&verity.root_hash);
-    let table = disk::table(&cfg, (usr_a_uuid, usr_a_verity_uuid), &usrhash)?;
+    let (usr_a_uuid, usr_a_verity_uuid) = usr_partition_uuids(&slot.root_hash);
+    let table = disk::table(&cfg, (usr_a_uuid, usr_a_verity_uuid), &slot.usrhash)?;
     early_disk.check_layout(&table)?;
-
     let ukis = ukis::assemble(
         &cfg,
         &opts.image_toml,
-        &boot,
+        &inputs.boot,
         &initrd,
-        &usrhash,
+        &slot.usrhash,
         &usr_a_uuid.to_string(),
         &progress,
     )?;
+    let content = disk::DiskContent::new(&cfg, &inputs.boot, ukis.a(), &slot, mtime);
+    let written_disk = disk::write(early_disk, &table, content, &progress)?;
 
-    let step = progress.step(&format!(
-        "writing {} ({})",
-        names::DISK,
-        human_bytes(early_disk.bytes())
-    ));
-    let written_disk = disk::write(
-        early_disk,
-        &table,
-        disk::DiskContent {
-            esp: EspContent {
-                image: name,
-                systemd_boot: &boot.systemd_boot,
-                uki_a: ukis.a(),
-                tries: cfg.bootloader.tries,
-                timeout: cfg.bootloader.timeout,
-            },
-            squashfs: squashfs.clone(),
-            hash_area: hash_area.clone(),
-            mtime,
-        },
-    )?;
-    step.done(&format!("{} partitions", table.partitions.len()));
-
+    let boot = &inputs.boot;
     let payloads = outputs::Payloads {
-        usr: &squashfs,
-        usr_verity: &hash_area,
+        usr: &slot.squashfs,
+        usr_verity: &slot.hash_area,
         kernel: &boot.kernel.vmlinuz,
         initrd: &initrd,
         bootloader: &boot.systemd_boot,
         uki_a: ukis.a(),
         uki_b: ukis.b(),
     };
-    let written = outputs::write(
-        &staging,
-        &payloads,
-        &outputs::SbomInput {
-            name,
-            version,
-            usrhash: &usrhash,
-            epoch,
-            packages: &packages.infos,
-            bins: &bins,
-        },
-        opts.qcow2,
-        &progress,
-    )?;
-    let step = progress.step("hashing outputs");
-    let mut output_infos = outputs::hash(&staging, &written, &payloads)?;
-    output_infos.insert(0, written_disk.finish()?);
-    step.done(&format!("{} files", output_infos.len()));
-
-    let cmdline = ukis.measured.slots["a"].cmdline.clone();
-    let manifest = Manifest {
-        name: name.to_string(),
-        version: version.to_string(),
-        source_date_epoch: epoch,
-        kernel: KernelInfo {
-            package: cfg.kernel.package.clone(),
-            release: boot.kernel.version.clone(),
-            initrd_modules: boot
-                .initrd_modules
-                .load_order
-                .iter()
-                .map(|m| m.name.clone())
-                .collect(),
-            usr_modules: boot
-                .usr_modules
-                .load_order
-                .iter()
-                .map(|m| m.name.clone())
-                .collect(),
-        },
-        usr: UsrInfo {
-            usrhash,
-            verity_salt: hex::encode(verity.salt),
-            verity_data_blocks: verity.data_blocks,
-            squashfs_bytes: squashfs.len() as u64,
-            verity_bytes: hash_area.len() as u64,
-            files: usr_files,
-            file_bytes: usr_file_bytes,
-        },
-        cmdline,
-        measured: ukis.measured,
-        partitions: disk::partition_infos(&table),
-        outputs: output_infos,
-        packages: packages.infos,
+    let sbom = outputs::SbomInput {
+        name,
+        version,
+        usrhash: &slot.usrhash,
+        epoch,
+        packages: &inputs.packages.infos,
+        bins: &inputs.bins,
     };
+    let written = outputs::write(&staging, &payloads, &sbom, opts.qcow2, &progress)?;
+    let output_infos = outputs::hash(&staging, &written, &payloads, written_disk, &progress)?;
+    let manifest = manifest(
+        &cfg,
+        epoch,
+        boot,
+        slot.info(),
+        ukis.measured,
+        disk::partition_infos(&table),
+        output_infos,
+        inputs.packages.infos.clone(),
+    );
     let json = serde_json::to_vec_pretty(&manifest)?;
     staging.commit(&written.names, &json)?;
-    if let Some(p) = prune {
+    if let Some(p) = slot.prune.take() {
         let _ = p.join();
     }
     progress.info(&format!(
@@ -265,6 +170,39 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest> {
         human_bytes(manifest.usr.verity_bytes),
     ));
     Ok(manifest)
+}
+
+/// What the build made, as `build.json` says it.
+#[allow(clippy::too_many_arguments)]
+fn manifest(
+    cfg: &ImageConfig,
+    epoch: u64,
+    boot: &inputs::BootParts,
+    usr: UsrInfo,
+    measured: Measured,
+    partitions: Vec<PartitionInfo>,
+    outputs: Vec<OutputInfo>,
+    packages: Vec<PackageInfo>,
+) -> Manifest {
+    let names =
+        |m: &herd_buildroot::ModuleSet| m.load_order.iter().map(|m| m.name.clone()).collect();
+    Manifest {
+        name: cfg.image.name.clone(),
+        version: cfg.image.version.clone(),
+        source_date_epoch: epoch,
+        kernel: KernelInfo {
+            package: cfg.kernel.package.clone(),
+            release: boot.kernel.version.clone(),
+            initrd_modules: names(&boot.initrd_modules),
+            usr_modules: names(&boot.usr_modules),
+        },
+        usr,
+        cmdline: measured.slots["a"].cmdline.clone(),
+        measured,
+        partitions,
+        outputs,
+        packages,
+    }
 }
 
 /// Where the block size of dm-verity's data and hash blocks is used.

@@ -14,11 +14,14 @@ use anyhow::{Context, Result};
 use herd_contract::partition;
 use herd_gpt::{attrs, guid_from_name, types, Guid};
 
+use super::inputs::BootParts;
+use super::usr_image::UsrSlot;
 use super::{named_guid, names, round_up, MIB, VERITY_BLOCK};
 use crate::boot::{EspContent, Slot};
-use crate::config::ImageConfig;
+use crate::config::{human_bytes, ImageConfig};
 use crate::manifest::{OutputInfo, PartitionInfo};
 use crate::output::Staging;
+use crate::progress::Progress;
 use crate::state::MakeExt4;
 
 /// Partition indexes in the table [`table`] makes.
@@ -177,11 +180,6 @@ impl EarlyDisk {
         })
     }
 
-    /// The disk's size in bytes.
-    pub(super) fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// The final table must keep the early one's layout.
     pub(super) fn check_layout(&self, table: &herd_gpt::Table) -> Result<()> {
         if table.partition_offset(STATE_INDEX) != self.state || table.disk_bytes() != self.bytes {
@@ -201,6 +199,30 @@ pub(super) struct DiskContent<'a> {
     pub mtime: u32,
 }
 
+impl<'a> DiskContent<'a> {
+    /// The ESP with systemd-boot and slot A's UKI, and slot A's /usr.
+    pub(super) fn new(
+        cfg: &'a ImageConfig,
+        boot: &'a BootParts,
+        uki_a: &'a [u8],
+        slot: &UsrSlot,
+        mtime: u32,
+    ) -> DiskContent<'a> {
+        DiskContent {
+            esp: EspContent {
+                image: &cfg.image.name,
+                systemd_boot: &boot.systemd_boot,
+                uki_a,
+                tries: cfg.bootloader.tries,
+                timeout: cfg.bootloader.timeout,
+            },
+            squashfs: slot.squashfs.clone(),
+            hash_area: slot.hash_area.clone(),
+            mtime,
+        }
+    }
+}
+
 /// disk.raw being hashed and flushed on threads of their own.
 pub(super) struct WrittenDisk {
     bytes: u64,
@@ -216,7 +238,13 @@ pub(super) fn write(
     disk: EarlyDisk,
     table: &herd_gpt::Table,
     c: DiskContent,
+    progress: &Progress,
 ) -> Result<WrittenDisk> {
+    let step = progress.step(&format!(
+        "writing {} ({})",
+        names::DISK,
+        human_bytes(disk.bytes)
+    ));
     let part = |i: usize| table.partition_offset(i);
     let (usr_off, _) = part(USR_A_INDEX);
     let (vy_off, vy_len) = part(USR_A_INDEX + 1);
@@ -277,6 +305,7 @@ pub(super) fn write(
     write_nonzero_at(&file, &esp_bytes, esp_off).context("writing the ESP into the disk image")?;
     drop(esp_bytes);
     let flush = std::thread::spawn(move || file.sync_all());
+    step.done(&format!("{} partitions", table.partitions.len()));
     Ok(WrittenDisk {
         bytes: disk_bytes,
         hash,

@@ -15,9 +15,48 @@ use crate::config::ImageConfig;
 use crate::manifest::PackageInfo;
 use crate::progress::Progress;
 
+/// Everything the build reads besides the description: checked
+/// configuration, the packages, the kernel and boot loader, herd's binaries.
+pub(super) struct Inputs {
+    /// herd-init's configuration text (`lib/herd/init.toml`).
+    pub init_toml: String,
+    /// herd-update's configuration text and its root key set, if any.
+    pub update: Option<(String, Vec<u8>)>,
+    pub packages: Packages,
+    pub boot: BootParts,
+    pub bins: Vec<(String, Arc<[u8]>)>,
+}
+
+impl Inputs {
+    /// Checks the configuration first (before any time is spent), then
+    /// opens the packages and reads the kernel, the boot loader and herd's
+    /// binaries.
+    pub(super) fn read(
+        cfg: &ImageConfig,
+        opts: &BuildOptions,
+        progress: &Progress,
+    ) -> Result<Inputs> {
+        let init_toml = init_config(cfg, &opts.image_toml)?;
+        let update = match &cfg.update {
+            Some(table) => Some(update_files(table, &opts.image_toml)?),
+            None => None,
+        };
+        let packages = Packages::open(cfg, opts, progress)?;
+        let boot = BootParts::read(cfg, &packages, progress)?;
+        let bins = read_binaries(&opts.bin_dir, &cfg.usr.binaries)?;
+        Ok(Inputs {
+            init_toml,
+            update,
+            packages,
+            boot,
+            bins,
+        })
+    }
+}
+
 /// `[init]` as herd-init's configuration text, validated with herd-init's
 /// own type: a typo there would only show at boot otherwise.
-pub(super) fn init_config(cfg: &ImageConfig, image_toml: &Path) -> Result<String> {
+fn init_config(cfg: &ImageConfig, image_toml: &Path) -> Result<String> {
     let Some(table) = &cfg.init else {
         return Ok(String::new());
     };
@@ -33,7 +72,7 @@ pub(super) fn init_config(cfg: &ImageConfig, image_toml: &Path) -> Result<String
 
 /// The `[update]` table: herd-update's config text (checked with
 /// herd-update's own type) and the trusted root key set it names.
-pub(super) fn update_files(table: &toml::Table, image_toml: &Path) -> Result<(String, Vec<u8>)> {
+fn update_files(table: &toml::Table, image_toml: &Path) -> Result<(String, Vec<u8>)> {
     let mut t = table.clone();
     let root = match t.remove("root") {
         Some(toml::Value::String(r)) => image_toml.parent().unwrap_or(Path::new(".")).join(r),
@@ -57,7 +96,7 @@ pub(super) fn update_files(table: &toml::Table, image_toml: &Path) -> Result<(St
 }
 
 /// herd's own binaries from `bin_dir`; herd-init must be static.
-pub(super) fn read_binaries(bin_dir: &Path, names: &[String]) -> Result<Vec<(String, Arc<[u8]>)>> {
+fn read_binaries(bin_dir: &Path, names: &[String]) -> Result<Vec<(String, Arc<[u8]>)>> {
     let mut out = Vec::new();
     for bin in names {
         let path = bin_dir.join(bin);

@@ -94,10 +94,24 @@ pub(super) fn write(
     Ok(Written { names, sbom })
 }
 
-/// sha256 and size of every output after disk.raw (`written.names[1..]`):
+/// sha256 and size of every output, disk.raw's from its hashing thread:
 /// payload files from the bytes still in memory, disk images from their
 /// files (holes fed from a zero buffer).
-pub(super) fn hash(staging: &Staging, written: &Written, p: &Payloads) -> Result<Vec<OutputInfo>> {
+pub(super) fn hash(
+    staging: &Staging,
+    written: &Written,
+    p: &Payloads,
+    disk: super::disk::WrittenDisk,
+    progress: &Progress,
+) -> Result<Vec<OutputInfo>> {
+    let step = progress.step("hashing outputs");
+    let mut infos = hash_files(staging, written, p)?;
+    infos.insert(0, disk.finish()?);
+    step.done(&format!("{} files", infos.len()));
+    Ok(infos)
+}
+
+fn hash_files(staging: &Staging, written: &Written, p: &Payloads) -> Result<Vec<OutputInfo>> {
     use rayon::prelude::*;
     let in_memory: [(&str, &[u8]); 8] = [
         (names::SBOM, &written.sbom),

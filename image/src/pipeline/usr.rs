@@ -3,37 +3,28 @@
 //! files taken from packages and the image's own files.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use herd_buildroot::ModuleSet;
 use herd_fstree::{Meta, Node, Tree};
 
-use super::inputs::{BootParts, Packages};
+use super::inputs::Inputs;
 use super::os_release;
-use crate::config::ImageConfig;
-
-/// What goes into `/usr` besides the packages' files.
-pub(super) struct UsrInputs<'a> {
-    pub cfg: &'a ImageConfig,
-    pub image_toml: &'a Path,
-    pub bins: &'a [(String, Arc<[u8]>)],
-    pub boot: &'a BootParts,
-    pub packages: &'a Packages,
-    /// herd-init's configuration text (`lib/herd/init.toml`).
-    pub init_toml: String,
-    /// herd-update's configuration text and its root key set, if any.
-    pub update: Option<&'a (String, Vec<u8>)>,
-    pub mtime: u32,
-}
+use crate::config::{human_bytes, ImageConfig};
+use crate::progress::Progress;
 
 /// The `/usr` tree, every mtime set to `mtime`.
-pub(super) fn assemble(i: UsrInputs) -> Result<Tree> {
-    let cfg = i.cfg;
+pub(super) fn assemble(
+    cfg: &ImageConfig,
+    image_toml: &Path,
+    i: &Inputs,
+    mtime: u32,
+    progress: &Progress,
+) -> Result<Tree> {
+    let step = progress.step("assembling /usr");
     let name = cfg.image.name.as_str();
     let mut usr = Tree::new();
-    for (bin, data) in i.bins {
+    for (bin, data) in &i.bins {
         usr.insert_file(&format!("bin/{bin}"), data.clone(), 0o755)?;
     }
     let modules_dir = format!("lib/modules/{}", i.boot.kernel.version);
@@ -51,8 +42,12 @@ pub(super) fn assemble(i: UsrInputs) -> Result<Tree> {
         os_release(name, &cfg.image.version).into_bytes(),
         0o644,
     )?;
-    usr.insert_file("lib/herd/init.toml", i.init_toml.into_bytes(), 0o644)?;
-    if let Some((config, root)) = i.update {
+    usr.insert_file(
+        "lib/herd/init.toml",
+        i.init_toml.clone().into_bytes(),
+        0o644,
+    )?;
+    if let Some((config, root)) = &i.update {
         usr.insert_file("lib/herd/update.toml", config.clone().into_bytes(), 0o644)?;
         usr.insert_file("lib/herd/update-root.json", root.clone(), 0o644)?;
     }
@@ -81,7 +76,7 @@ pub(super) fn assemble(i: UsrInputs) -> Result<Tree> {
         let bytes = match (&f.content, &f.source) {
             (Some(c), None) => c.clone().into_bytes(),
             (None, Some(src)) => {
-                let src = i.image_toml.parent().unwrap_or(Path::new(".")).join(src);
+                let src = image_toml.parent().unwrap_or(Path::new(".")).join(src);
                 std::fs::read(&src).with_context(|| {
                     format!(
                         "[[usr.file]] {}: cannot read its source {}",
@@ -92,25 +87,28 @@ pub(super) fn assemble(i: UsrInputs) -> Result<Tree> {
             }
             _ => bail!(
                 "{}: [[usr.file]] {} needs exactly one of content = \"...\" or source = \"path\"",
-                i.image_toml.display(),
+                image_toml.display(),
                 f.path
             ),
         };
         usr.insert_file(&f.path, bytes, f.mode)?;
     }
-    usr.set_mtime_all(i.mtime);
+    usr.set_mtime_all(mtime);
+    step.done(&format!(
+        "{} entries, {}",
+        usr.walk().len(),
+        human_bytes(usr.file_bytes())
+    ));
     Ok(usr)
 }
 
-/// The initramfs: /init (herd-init from `bins`), /dev/console, the modules
-/// to reach /usr and their load list.
-pub(super) fn initramfs(
-    bins: &[(String, Arc<[u8]>)],
-    modules: &ModuleSet,
-    kver: &str,
-    mtime: u32,
-) -> Result<Vec<u8>> {
-    let init = bins
+/// The initramfs: /init (herd-init), /dev/console, the modules to reach
+/// /usr and their load list.
+pub(super) fn initramfs(i: &Inputs, mtime: u32, progress: &Progress) -> Result<Vec<u8>> {
+    let step = progress.step("writing the initramfs");
+    let (modules, kver) = (&i.boot.initrd_modules, &i.boot.kernel.version);
+    let init = i
+        .bins
         .iter()
         .find(|(b, _)| b == "herd-init")
         .map(|(_, d)| d.clone())
@@ -139,5 +137,6 @@ pub(super) fn initramfs(
     t.set_mtime_all(mtime);
     let mut out = Vec::new();
     herd_cpio::write_newc(&t, &mut out)?;
+    step.done(&human_bytes(out.len() as u64));
     Ok(out)
 }

@@ -3,6 +3,7 @@
 //! release.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Result};
@@ -10,20 +11,82 @@ use sha2::{Digest, Sha256};
 
 use herd_fstree::Tree;
 
-use super::VERITY_BLOCK;
+use super::{BuildOptions, VERITY_BLOCK};
 use crate::block_cache::DirCache;
 use crate::config::{human_bytes, ImageConfig};
+use crate::manifest::UsrInfo;
 use crate::progress::Progress;
+
+/// A slot's bytes: the squashfs and its dm-verity hash area, with what the
+/// manifest says of them.
+pub(super) struct UsrSlot {
+    pub squashfs: Arc<Vec<u8>>,
+    pub hash_area: Arc<Vec<u8>>,
+    pub root_hash: [u8; 32],
+    /// The root hash in hex: the `usrhash=` of the command line.
+    pub usrhash: String,
+    salt: [u8; 32],
+    data_blocks: u64,
+    files: u64,
+    file_bytes: u64,
+    /// The thread trimming the block cache, joined at the end of the build.
+    pub prune: Option<JoinHandle<()>>,
+}
+
+impl UsrSlot {
+    /// The manifest's view.
+    pub(super) fn info(&self) -> UsrInfo {
+        UsrInfo {
+            usrhash: self.usrhash.clone(),
+            verity_salt: hex::encode(self.salt),
+            verity_data_blocks: self.data_blocks,
+            squashfs_bytes: self.squashfs.len() as u64,
+            verity_bytes: self.hash_area.len() as u64,
+            files: self.files,
+            file_bytes: self.file_bytes,
+        }
+    }
+}
+
+/// Compresses `usr` (through the package cache's block cache when `opts`
+/// say so) and hashes it into its dm-verity tree.
+pub(super) fn make(
+    usr: Tree,
+    cfg: &ImageConfig,
+    opts: &BuildOptions,
+    mtime: u32,
+    progress: &Progress,
+) -> Result<UsrSlot> {
+    let cache = opts
+        .block_cache
+        .then(|| crate::block_cache::in_package_cache(&opts.cache_dir));
+    let (files, file_bytes) = (usr.walk().len() as u64, usr.file_bytes());
+    let Compressed { squashfs, prune } =
+        compress(&usr, cfg, &opts.image_toml, cache, mtime, progress)?;
+    drop(usr);
+    let v = verity(&cfg.image.name, &squashfs, progress)?;
+    Ok(UsrSlot {
+        squashfs: Arc::new(squashfs),
+        hash_area: Arc::new(v.hash_area),
+        root_hash: v.root_hash,
+        usrhash: v.usrhash,
+        salt: v.salt,
+        data_blocks: v.data_blocks,
+        files,
+        file_bytes,
+        prune,
+    })
+}
 
 /// The compressed `/usr`, and the thread trimming the block cache if this
 /// build added to it (joined at the end of the build).
-pub(super) struct Compressed {
+struct Compressed {
     pub squashfs: Vec<u8>,
     pub prune: Option<JoinHandle<()>>,
 }
 
 /// Compresses `usr` into a squashfs that must fit the slot.
-pub(super) fn compress(
+fn compress(
     usr: &Tree,
     cfg: &ImageConfig,
     image_toml: &Path,
@@ -91,7 +154,7 @@ pub(super) fn compress(
 }
 
 /// The dm-verity tree of a slot's squashfs.
-pub(super) struct UsrVerity {
+struct UsrVerity {
     pub salt: [u8; 32],
     pub root_hash: [u8; 32],
     /// The root hash in hex: the `usrhash=` of the command line.
@@ -103,7 +166,7 @@ pub(super) struct UsrVerity {
 /// Hashes `squashfs` into its dm-verity tree. The salt and the superblock's
 /// UUID derive from the image name and the content, so the same /usr gives
 /// the same tree.
-pub(super) fn verity(name: &str, squashfs: &[u8], progress: &Progress) -> Result<UsrVerity> {
+fn verity(name: &str, squashfs: &[u8], progress: &Progress) -> Result<UsrVerity> {
     let step = progress.step("hashing /usr into a dm-verity tree (sha256, 4 KiB blocks)");
     let content_hash = Sha256::digest(squashfs);
     let salt: [u8; 32] = Sha256::new()
