@@ -17,5 +17,6 @@ pub mod seccomp;
 pub mod spec;
 pub mod status;
 pub mod supervise;
+pub mod userns;
 pub mod volumes;
 pub mod watch;

@@ -77,6 +77,11 @@ pub struct PodSpec {
     /// Use the node's network namespace.
     #[serde(default)]
     pub host_network: bool,
+    /// Run in the node's user namespace (root in the pod is root on the
+    /// node). Default false: the pod gets its own user namespace and range
+    /// of host ids (see [`crate::userns`]).
+    #[serde(default)]
+    pub host_users: Option<bool>,
     /// Seconds between SIGTERM and SIGKILL when stopping (default 30).
     #[serde(default)]
     pub termination_grace_period_seconds: Option<u64>,
@@ -432,6 +437,12 @@ const CAPS: &[&str] = &[
 ];
 
 impl Pod {
+    /// Whether the pod runs in a user namespace of its own (`hostUsers`
+    /// is not true).
+    pub fn user_namespace(&self) -> bool {
+        self.spec.host_users != Some(true)
+    }
+
     /// Parses and checks a manifest; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Pod, PodError> {
         let file_s = file.display().to_string();

@@ -13,6 +13,7 @@ use herd_oci::manifest::ImageConfig;
 use serde_json::{json, Value};
 
 use crate::pod::{Container, Pod};
+use crate::userns::{IdRange, SIZE};
 use crate::{quantity, seccomp};
 
 /// The capabilities a container has unless its manifest changes them
@@ -56,6 +57,9 @@ pub struct SpecInputs {
     /// The disk (major, minor) I/O limits apply to: the one holding the
     /// node's state.
     pub io_device: Option<(u64, u64)>,
+    /// The pod's host ids when it has a user namespace (the first
+    /// container creates it with this mapping, the others join it).
+    pub userns: Option<IdRange>,
 }
 
 /// argv as Kubernetes defines it: `command` replaces the entrypoint and
@@ -188,6 +192,9 @@ pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &Spec
     if !pod.spec.host_network {
         namespaces.push(shared("network"));
     }
+    if inputs.userns.is_some() {
+        namespaces.insert(0, shared("user"));
+    }
     let mut resources = json!({"pids": {"limit": 1024}});
     if let Some(m) = c
         .resources
@@ -248,6 +255,11 @@ pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &Spec
     });
     if inputs.join.is_none() {
         spec["hostname"] = json!(pod.metadata.name);
+    }
+    if let Some(r) = inputs.userns {
+        let map = json!([{"containerID": 0, "hostID": r.first, "size": SIZE}]);
+        spec["linux"]["uidMappings"] = map.clone();
+        spec["linux"]["gidMappings"] = map;
     }
     spec
 }
