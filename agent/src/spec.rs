@@ -379,5 +379,35 @@ mod tests {
             .unwrap()
             .contains(&json!({"type": "network", "path": "/proc/42/ns/net"})));
         assert!(joined.get("hostname").is_none());
+        assert!(joined["linux"].get("uidMappings").is_none());
+    }
+
+    #[test]
+    fn a_user_namespace_maps_the_pod_to_its_range() {
+        let p = pod("");
+        let inputs = SpecInputs {
+            rootfs: "/r".into(),
+            userns: Some(IdRange { first: 0x30000 }),
+            ..Default::default()
+        };
+        let s = runtime_spec(&p, &p.spec.containers[0], &image(), &inputs);
+        let map = json!([{"containerID": 0, "hostID": 0x30000, "size": 65536}]);
+        assert_eq!(s["linux"]["uidMappings"], map);
+        assert_eq!(s["linux"]["gidMappings"], map);
+        assert_eq!(s["linux"]["namespaces"][0], json!({"type": "user"}));
+        // The pod's other containers join the first one's namespace.
+        let joined = runtime_spec(
+            &p,
+            &p.spec.containers[0],
+            &image(),
+            &SpecInputs {
+                join: Some(42),
+                ..inputs
+            },
+        );
+        assert_eq!(
+            joined["linux"]["namespaces"][0],
+            json!({"type": "user", "path": "/proc/42/ns/user"})
+        );
     }
 }

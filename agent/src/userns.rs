@@ -44,7 +44,9 @@ pub enum UsernsError {
         message: String,
     },
     /// Every range is held.
-    #[error("all {SLOTS} user-namespace ranges are held by pods; remove a pod or set hostUsers: true")]
+    #[error(
+        "all {SLOTS} user-namespace ranges are held by pods; remove a pod or set hostUsers: true"
+    )]
     Exhausted,
     /// A system call failed.
     #[error("{what}: {source}")]
@@ -239,7 +241,9 @@ fn c_path(p: &Path) -> Result<CString, UsernsError> {
 pub fn idmapped_clone(source: &Path, target: &Path, userns: &OwnedFd) -> Result<(), UsernsError> {
     let src = c_path(source)?;
     let dst = c_path(target)?;
-    let what = |w: &str| format!("{w} {} (idmapped mounts need Linux 5.12+ and a file system that supports them, e.g. ext4)", source.display());
+    let what = |w: &str| {
+        format!("{w} {} (idmapped mounts need Linux 5.12+ and a file system that supports them, e.g. ext4)", source.display())
+    };
     // SAFETY: a valid NUL-terminated path; returns a new descriptor or -1.
     let fd = unsafe {
         libc::syscall(

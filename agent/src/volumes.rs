@@ -509,7 +509,12 @@ mod tests {
 
         let v = prepare(&pod_with("/var/real", "Directory"), &src, None).unwrap();
         assert_eq!(v["data"].path, src.host_root.join("var/real"));
-        let v = prepare(&pod_with("/var/real/new/dir", "DirectoryOrCreate"), &src, None).unwrap();
+        let v = prepare(
+            &pod_with("/var/real/new/dir", "DirectoryOrCreate"),
+            &src,
+            None,
+        )
+        .unwrap();
         assert!(v["data"].path.is_dir());
         let e = prepare(&pod_with("/var/missing", "Directory"), &src, None).unwrap_err();
         assert!(e.0.contains("is not a directory (type Directory)"), "{e}");
