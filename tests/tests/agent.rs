@@ -574,7 +574,7 @@ fn root_in_a_pod_is_not_root_on_the_node() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let script = "id; ls -ln /; echo in-pod > /scratch/f && echo wrote-scratch; ls -ln /scratch; cat /h/node-file; ls -ln /h; echo x >> /h/node-file && echo wrote-host-file; touch /h/new && echo made-host-file; echo ids done; exec /bin/busybox sleep 100000";
+    let script = "id; ls -ln /; echo in-pod > /scratch/f && echo wrote-scratch; ls -ln /scratch; cat /h/node-file; ls -ln /h; echo x >> /h/node-file && echo wrote-host-file; touch /h/new && echo made-host-file; /bin/busybox httpd -p 127.0.0.1:99 -h /tmp && echo bound-port-99; echo ids done; exec /bin/busybox sleep 100000";
     let pod = |name: &str, host_users: &str| {
         std::fs::write(
             d.join(format!("pods/{name}.yaml")),
@@ -585,9 +585,10 @@ fn root_in_a_pod_is_not_root_on_the_node() {
     pod("alpha", "");
     pod("beta", "");
     pod("opted-out", "  hostUsers: true\n");
+    pod("host-net", "  hostNetwork: true\n");
     let (agent, log) = start_agent(d, &layout_dir);
     let mut ranges = Vec::new();
-    for name in ["alpha", "beta"] {
+    for name in ["alpha", "beta", "host-net"] {
         let out = log_with(&agent, &log, name, "c", "ids done");
         // Inside: root, owning the image's files and its emptyDir.
         assert!(out.contains("uid=0 gid=0"), "{out}");
@@ -603,6 +604,9 @@ fn root_in_a_pod_is_not_root_on_the_node() {
             "{out}"
         );
         assert!(out.contains("Permission denied"), "{out}");
+        // A port below 1024 needs CAP_NET_BIND_SERVICE over the network
+        // namespace: the pod's own, yes; the node's (hostNetwork), no.
+        assert_eq!(out.contains("bound-port-99"), name != "host-net", "{out}");
         // On the node: the container's process is an unprivileged uid.
         let p = agent.pod(name).unwrap();
         let pid = p["containers"][0]["pid"].as_u64().unwrap();
