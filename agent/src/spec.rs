@@ -2,7 +2,9 @@
 //! pod: what the runtime (crun, shipped in the image) is told to create.
 //! Every container gets its own mount and PID namespaces; the pod's
 //! containers share network, IPC and UTS namespaces (the first container
-//! creates them, the others join); no_new_privs always; a default
+//! creates them, the others join); unless the pod sets `hostUsers: true`,
+//! a user namespace per pod too, mapping its ids 0..65535 to the pod's
+//! host-id range ([`crate::userns`]); no_new_privs always; a default
 //! capability set; the RuntimeDefault seccomp profile (see [`crate::seccomp`]); cgroup limits; a read-only
 //! root unless the manifest asks otherwise.
 
