@@ -578,7 +578,7 @@ fn root_in_a_pod_is_not_root_on_the_node() {
     let pod = |name: &str, host_users: &str| {
         std::fs::write(
             d.join(format!("pods/{name}.yaml")),
-            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{host_users}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: oci:plain\n    command: [/bin/busybox, sh, -c, '{script}']\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: h, mountPath: /h}}]\n  volumes:\n  - {{name: scratch, emptyDir: {{}}}}\n  - {{name: h, hostPath: {{path: {}}}}}\n", host_dir.display()),
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{host_users}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: oci:plain\n    command: [/bin/busybox, sh, -c, '{script}']\n    livenessProbe: {{exec: {{command: [/bin/busybox, sh, -c, 'echo probed > /scratch/probed']}}, periodSeconds: 1, failureThreshold: 1}}\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: h, mountPath: /h}}]\n  volumes:\n  - {{name: scratch, emptyDir: {{}}}}\n  - {{name: h, hostPath: {{path: {}}}}}\n", host_dir.display()),
         )
         .unwrap();
     };
@@ -636,6 +636,18 @@ fn root_in_a_pod_is_not_root_on_the_node() {
         .as_u64()
         .unwrap();
     assert_eq!(host_ids(pid).0, [0, 0, 0, 0]);
+
+    // exec probes (crun exec) run in the pod's user namespace too: the
+    // file they write is the pod root's, and none failed.
+    for (name, (first, _)) in ["alpha", "beta"].iter().zip(&ranges) {
+        let probed = d.join(format!("state/pods/{name}/volumes/scratch/probed"));
+        let uid = wait_for("an exec probe to run", 30, &log, || {
+            std::fs::metadata(&probed).ok().map(|m| m.uid())
+        });
+        assert_eq!(uid, *first, "{name}");
+    }
+    let (_, events) = agent.cli(&["events"]);
+    assert!(!events.contains("Unhealthy"), "{events}");
 
     // A pod keeps its range when the agent restarts.
     drop(agent);
