@@ -6,7 +6,10 @@
 //! so the next pod of the image runs the bytes that were verified. A
 //! read-only container's upper layer is on the bundle's tmpfs and holds
 //! only mount points; a `readOnlyRootFilesystem: false` container's is on
-//! disk under the pod's state and starts empty at every start.
+//! disk under the pod's state and starts empty at every start. For a pod
+//! with a user namespace the lower layer is an idmapped, read-only view of
+//! the image root (host id h shows as the pod's h) and the upper layer's
+//! root belongs to the pod's root ([`crate::userns`]).
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
