@@ -15,6 +15,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod status;
 pub mod supervise;
+pub mod userns;
 pub mod volumes;
 pub mod watch;
 

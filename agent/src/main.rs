@@ -283,6 +283,7 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
         a.log_max,
         status.clone(),
         a.host_ip,
+        herd_agent::userns::Ranges::load(&a.state.join("userns.json"))?,
     );
     env.io_device = herd_agent::disk::whole_disk_of(&a.state);
     let env = Arc::new(env);
@@ -352,10 +353,18 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
         for (p, h) in done {
             let name = h.name.clone();
             h.join();
+            let again = start_after_stop.remove(&p) && p.exists();
             if !running.values().any(|r| r.name == name) {
                 status.remove(&name);
+                // Its manifest went: the pod's host ids are free again (a
+                // pod that only stops with the agent keeps them).
+                if !again {
+                    if let Err(e) = env.ranges.release(&name) {
+                        status.event(&name, "Warning", e.to_string());
+                    }
+                }
             }
-            if start_after_stop.remove(&p) && p.exists() {
+            if again {
                 start_pod(&env, &status, &mut running, p);
             }
         }

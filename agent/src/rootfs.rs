@@ -6,10 +6,17 @@
 //! so the next pod of the image runs the bytes that were verified. A
 //! read-only container's upper layer is on the bundle's tmpfs and holds
 //! only mount points; a `readOnlyRootFilesystem: false` container's is on
-//! disk under the pod's state and starts empty at every start.
+//! disk under the pod's state and starts empty at every start. For a pod
+//! with a user namespace the lower layer is an idmapped, read-only view of
+//! the image root (host id h shows as the pod's h) and the upper layer's
+//! root belongs to the pod's root ([`crate::userns`]).
 
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::userns::{self, IdRange};
 
 /// A container root that could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +32,10 @@ pub struct Layers {
     pub scratch: PathBuf,
     /// Where the overlay is mounted (the bundle's `rootfs`).
     pub target: PathBuf,
+    /// The pod's user namespace, if it has one: the lower layer is then an
+    /// idmapped mount of the image root (see [`crate::userns`]) and the
+    /// upper layer belongs to the range's root.
+    pub userns: Option<(IdRange, Arc<OwnedFd>)>,
 }
 
 fn c_path(p: &Path) -> Result<CString, RootfsError> {
@@ -54,6 +65,7 @@ pub fn mount(l: &Layers) -> Result<(), RootfsError> {
         move |e: std::io::Error| RootfsError(format!("{what} {p}: {e}"))
     };
     unmount(&l.target);
+    unmount(&l.scratch.join("lower"));
     if l.scratch.exists() {
         std::fs::remove_dir_all(&l.scratch).map_err(io("emptying", &l.scratch))?;
     }
@@ -61,11 +73,34 @@ pub fn mount(l: &Layers) -> Result<(), RootfsError> {
     for d in [&upper, &work, &l.target] {
         std::fs::create_dir_all(d).map_err(io("creating", d))?;
     }
+    // With a user namespace the lower layer is the image root seen through
+    // an idmapped mount (read-only), attached beside the target until the
+    // overlay holds it.
+    let lower = match &l.userns {
+        Some((range, ns)) => {
+            let lower = l.scratch.join("lower");
+            std::fs::create_dir_all(&lower).map_err(io("creating", &lower))?;
+            userns::idmapped_clone(&l.image, &lower, ns)
+                .map_err(|e| RootfsError(format!("the pod's view of the image: {e}")))?;
+            userns::chown_to(&upper, *range).map_err(|e| RootfsError(e.to_string()))?;
+            Some(lower)
+        }
+        None => None,
+    };
+    let result = mount_overlay(l, lower.as_deref().unwrap_or(&l.image), &upper, &work);
+    // The overlay keeps its own reference to the lower layer.
+    if let Some(lower) = &lower {
+        unmount(lower);
+    }
+    result
+}
+
+fn mount_overlay(l: &Layers, lower: &Path, upper: &Path, work: &Path) -> Result<(), RootfsError> {
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        option_path(&l.image)?,
-        option_path(&upper)?,
-        option_path(&work)?
+        option_path(lower)?,
+        option_path(upper)?,
+        option_path(work)?
     );
     let target = c_path(&l.target)?;
     let opts = CString::new(opts).expect("paths checked for NUL");
@@ -149,6 +184,7 @@ mod tests {
             image: image.clone(),
             scratch: t.path().join("scratch"),
             target: t.path().join("bundle/rootfs"),
+            userns: None,
         };
         // Mounted in a private mount namespace of this test's thread, so
         // nothing leaks into the runner's.

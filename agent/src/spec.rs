@@ -2,7 +2,9 @@
 //! pod: what the runtime (crun, shipped in the image) is told to create.
 //! Every container gets its own mount and PID namespaces; the pod's
 //! containers share network, IPC and UTS namespaces (the first container
-//! creates them, the others join); no_new_privs always; a default
+//! creates them, the others join); unless the pod sets `hostUsers: true`,
+//! a user namespace per pod too, mapping its ids 0..65535 to the pod's
+//! host-id range ([`crate::userns`]); no_new_privs always; a default
 //! capability set; the RuntimeDefault seccomp profile (see [`crate::seccomp`]); cgroup limits; a read-only
 //! root unless the manifest asks otherwise.
 
@@ -13,6 +15,7 @@ use herd_oci::manifest::ImageConfig;
 use serde_json::{json, Value};
 
 use crate::pod::{Container, Pod};
+use crate::userns::{IdRange, SIZE};
 use crate::{quantity, seccomp};
 
 /// The capabilities a container has unless its manifest changes them
@@ -56,6 +59,9 @@ pub struct SpecInputs {
     /// The disk (major, minor) I/O limits apply to: the one holding the
     /// node's state.
     pub io_device: Option<(u64, u64)>,
+    /// The pod's host ids when it has a user namespace (the first
+    /// container creates it with this mapping, the others join it).
+    pub userns: Option<IdRange>,
 }
 
 /// argv as Kubernetes defines it: `command` replaces the entrypoint and
@@ -188,6 +194,9 @@ pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &Spec
     if !pod.spec.host_network {
         namespaces.push(shared("network"));
     }
+    if inputs.userns.is_some() {
+        namespaces.insert(0, shared("user"));
+    }
     let mut resources = json!({"pids": {"limit": 1024}});
     if let Some(m) = c
         .resources
@@ -248,6 +257,11 @@ pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &Spec
     });
     if inputs.join.is_none() {
         spec["hostname"] = json!(pod.metadata.name);
+    }
+    if let Some(r) = inputs.userns {
+        let map = json!([{"containerID": 0, "hostID": r.first, "size": SIZE}]);
+        spec["linux"]["uidMappings"] = map.clone();
+        spec["linux"]["gidMappings"] = map;
     }
     spec
 }
@@ -367,5 +381,35 @@ mod tests {
             .unwrap()
             .contains(&json!({"type": "network", "path": "/proc/42/ns/net"})));
         assert!(joined.get("hostname").is_none());
+        assert!(joined["linux"].get("uidMappings").is_none());
+    }
+
+    #[test]
+    fn a_user_namespace_maps_the_pod_to_its_range() {
+        let p = pod("");
+        let inputs = SpecInputs {
+            rootfs: "/r".into(),
+            userns: Some(IdRange { first: 0x30000 }),
+            ..Default::default()
+        };
+        let s = runtime_spec(&p, &p.spec.containers[0], &image(), &inputs);
+        let map = json!([{"containerID": 0, "hostID": 0x30000, "size": 65536}]);
+        assert_eq!(s["linux"]["uidMappings"], map);
+        assert_eq!(s["linux"]["gidMappings"], map);
+        assert_eq!(s["linux"]["namespaces"][0], json!({"type": "user"}));
+        // The pod's other containers join the first one's namespace.
+        let joined = runtime_spec(
+            &p,
+            &p.spec.containers[0],
+            &image(),
+            &SpecInputs {
+                join: Some(42),
+                ..inputs
+            },
+        );
+        assert_eq!(
+            joined["linux"]["namespaces"][0],
+            json!({"type": "user", "path": "/proc/42/ns/user"})
+        );
     }
 }

@@ -24,6 +24,7 @@ use crate::rootfs;
 use crate::runtime::{self, Runtime};
 use crate::spec::{self, SpecInputs, VolumeSource};
 use crate::status::{ContainerStatus, Phase, PodStatus, Status};
+use crate::userns::{self, IdRange, Ranges};
 use crate::volumes::{self, Sources};
 
 /// What every pod worker shares.
@@ -52,6 +53,8 @@ pub struct Env {
     /// The disk I/O limits apply to (the one holding the agent's state);
     /// None when that is not a block device.
     pub io_device: Option<(u64, u64)>,
+    /// The host-id ranges of pods with user namespaces.
+    pub ranges: Ranges,
     policy_problems: Mutex<Vec<String>>,
 }
 
@@ -68,6 +71,7 @@ impl Env {
         log_max: u64,
         status: Status,
         host_ip: std::net::IpAddr,
+        ranges: Ranges,
     ) -> Env {
         Env {
             runtime,
@@ -81,6 +85,7 @@ impl Env {
             host_ip,
             preparing: AtomicUsize::new(0),
             io_device: None,
+            ranges,
             policy_problems: Mutex::new(Vec::new()),
         }
     }
@@ -171,6 +176,9 @@ pub fn spawn(env: Arc<Env>, pod: Pod, file: PathBuf) -> Handle {
 }
 
 struct Prepared {
+    /// The pod's user namespace: its host ids and a descriptor of a
+    /// namespace with that mapping (for idmapped mounts).
+    userns: Option<(IdRange, Arc<std::os::fd::OwnedFd>)>,
     images: Vec<Ready>,
     env: Vec<BTreeMap<String, String>>,
     volumes: BTreeMap<String, VolumeSource>,
@@ -412,11 +420,28 @@ impl Worker {
                 })?,
             );
         }
-        let volumes = volumes::prepare(&self.pod, &self.env.sources).map_err(|e| Failure {
+        let userns = if self.pod.user_namespace() {
+            let failure = |e: userns::UsernsError| Failure {
+                reason: "UserNamespace",
+                message: format!("the pod's user namespace: {e}"),
+            };
+            let range = self.env.ranges.assign(self.name()).map_err(failure)?;
+            let ns = userns::namespace(range).map_err(failure)?;
+            Some((range, Arc::new(ns)))
+        } else {
+            None
+        };
+        let volumes = volumes::prepare(
+            &self.pod,
+            &self.env.sources,
+            userns.as_ref().map(|(r, _)| *r),
+        )
+        .map_err(|e| Failure {
             reason: "ConfigError",
             message: e.0,
         })?;
         Ok(Prepared {
+            userns,
             images,
             env,
             volumes,
@@ -475,6 +500,7 @@ impl Worker {
                     bundle.join("layer")
                 },
                 target: bundle.join("rootfs"),
+                userns: prep.userns.clone(),
             };
             if let Err(e) = rootfs::mount(&layers) {
                 return Err((
@@ -490,6 +516,7 @@ impl Worker {
                 join: first_pid,
                 cgroup: format!("/herd/pods/{name}/{}", c.name),
                 io_device: self.env.io_device,
+                userns: prep.userns.as_ref().map(|(r, _)| *r),
             };
             let spec = spec::runtime_spec(&self.pod, c, &prep.images[i].pulled.config, &inputs);
             if let Err(e) = spec::write_bundle(&bundle, &spec) {

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use crate::pod::{Container, Pod};
 use crate::quantity;
 use crate::spec::VolumeSource;
+use crate::userns::{self, IdRange};
 
 /// Where the node keeps what pods refer to.
 #[derive(Debug, Clone)]
@@ -207,8 +208,16 @@ fn keys_volume(
     Ok(to.to_path_buf())
 }
 
-/// Makes every volume of `pod`; returns volume name → host path.
-pub fn prepare(pod: &Pod, src: &Sources) -> Result<BTreeMap<String, VolumeSource>, VolumeError> {
+/// Makes every volume of `pod`; returns volume name → host path. With a
+/// user namespace (`userns`, the pod's host ids) the pod's own volumes —
+/// emptyDir, and the copies of secrets and config maps — belong to the
+/// range's root; a hostPath keeps its owners (ids outside the range show
+/// as nobody in the pod).
+pub fn prepare(
+    pod: &Pod,
+    src: &Sources,
+    userns: Option<IdRange>,
+) -> Result<BTreeMap<String, VolumeSource>, VolumeError> {
     let name = &pod.metadata.name;
     let disk = src.pods_state.join(name).join("volumes");
     let mem = src.pods_run.join(name).join("volumes");
@@ -269,6 +278,23 @@ pub fn prepare(pod: &Pod, src: &Sources) -> Result<BTreeMap<String, VolumeSource
         } else {
             continue;
         };
+        if let Some(range) = userns {
+            // An emptyDir's content is the pod's own already (it may have
+            // other owners in the pod); the copies are fresh and root's.
+            let given = if v.empty_dir.is_some() {
+                userns::chown_to(&path, range)
+            } else if v.host_path.is_none() {
+                userns::chown_tree(&path, range)
+            } else {
+                Ok(())
+            };
+            given.map_err(|e| {
+                VolumeError(format!(
+                    "volume {}: giving it to the pod's user namespace: {e}",
+                    v.name
+                ))
+            })?;
+        }
         out.insert(v.name.clone(), VolumeSource { path });
     }
     Ok(out)
@@ -327,7 +353,7 @@ mod tests {
         let pod = Pod::parse(yaml, Path::new("web.yaml")).unwrap();
         let env = env_from(&pod.spec.containers[0], &src).unwrap();
         assert_eq!(env["PW"], "hunter2");
-        let v = prepare(&pod, &src).unwrap();
+        let v = prepare(&pod, &src, None).unwrap();
         assert!(v["scratch"].path.starts_with(&src.pods_state));
         assert!(host.is_dir());
         assert_eq!(v["data"].path, host);
@@ -350,7 +376,7 @@ mod tests {
             e.0.contains("env PW of container c: secret db/password"),
             "{e}"
         );
-        let e = prepare(&pod, &src).unwrap_err();
+        let e = prepare(&pod, &src, None).unwrap_err();
         assert!(e.0.contains("volume creds (secret db)"), "{e}");
     }
 
@@ -431,7 +457,7 @@ mod tests {
             ("/var/data/sub", "DirectoryOrCreate"),
             ("/var/data/sub", "Directory"),
         ] {
-            let e = prepare(&pod_with(path, kind), &src).unwrap_err();
+            let e = prepare(&pod_with(path, kind), &src, None).unwrap_err();
             assert_eq!(
                 e.0,
                 format!("volume data: hostPath {path:?}: a symlink on the way; hostPath is resolved without following symlinks (openat2 RESOLVE_NO_SYMLINKS), use the real directory"),
@@ -443,11 +469,16 @@ mod tests {
             "nothing created through the link"
         );
 
-        let v = prepare(&pod_with("/var/real", "Directory"), &src).unwrap();
+        let v = prepare(&pod_with("/var/real", "Directory"), &src, None).unwrap();
         assert_eq!(v["data"].path, src.host_root.join("var/real"));
-        let v = prepare(&pod_with("/var/real/new/dir", "DirectoryOrCreate"), &src).unwrap();
+        let v = prepare(
+            &pod_with("/var/real/new/dir", "DirectoryOrCreate"),
+            &src,
+            None,
+        )
+        .unwrap();
         assert!(v["data"].path.is_dir());
-        let e = prepare(&pod_with("/var/missing", "Directory"), &src).unwrap_err();
+        let e = prepare(&pod_with("/var/missing", "Directory"), &src, None).unwrap_err();
         assert!(e.0.contains("is not a directory (type Directory)"), "{e}");
     }
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use herd_agent::pod::Pod;
 use herd_agent::spec::{runtime_spec, write_bundle, SpecInputs};
+use herd_agent::userns::{self, IdRange};
 use herd_oci::cosign;
 use herd_oci::layout::Layout;
 use herd_oci::registry::Registry;
@@ -158,7 +159,9 @@ fn main() {
     wait_line("pod warm: Stopped", 30);
 
     // The same bundle for crun alone: the agent's runtime config for the
-    // same pod, on the agent's unpacked image root.
+    // same pod (with its user namespace: a range the agent does not give
+    // out while the bench runs), on the agent's unpacked image root; and
+    // that config without the user namespace, for comparison.
     let root = std::fs::read_dir(d.join("state/images/rootfs"))
         .unwrap()
         .flatten()
@@ -167,21 +170,49 @@ fn main() {
         .expect("the agent unpacked the image");
     let pod = Pod::parse(&pod_yaml("base", "true", "Never"), Path::new("base.yaml")).unwrap();
     let img: herd_oci::manifest::ImageConfig = Default::default();
-    let spec = runtime_spec(
-        &pod,
-        &pod.spec.containers[0],
-        &img,
-        &SpecInputs {
-            rootfs: root,
-            cgroup: "/herd/bench".into(),
-            ..Default::default()
-        },
-    );
+    let inputs = SpecInputs {
+        rootfs: root,
+        cgroup: "/herd/bench".into(),
+        userns: Some(IdRange {
+            first: userns::FIRST + (userns::SLOTS - 1) * userns::SIZE,
+        }),
+        ..Default::default()
+    };
     let bundle = d.join("bundle");
-    write_bundle(&bundle, &spec).unwrap();
+    write_bundle(
+        &bundle,
+        &runtime_spec(&pod, &pod.spec.containers[0], &img, &inputs),
+    )
+    .unwrap();
+    let plain_bundle = d.join("bundle-plain");
+    let plain = SpecInputs {
+        userns: None,
+        ..inputs
+    };
+    write_bundle(
+        &plain_bundle,
+        &runtime_spec(&pod, &pod.spec.containers[0], &img, &plain),
+    )
+    .unwrap();
 
-    let (mut base, mut mine) = (Vec::new(), Vec::new());
+    let (mut base, mut mine, mut plain) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
+        let began = Instant::now();
+        let st = Command::new("crun")
+            .arg("--cgroup-manager=disabled")
+            .arg("--root")
+            .arg(d.join("crun-state"))
+            .args(["run", "--bundle"])
+            .arg(&plain_bundle)
+            .arg(format!("plain{i}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        plain.push(began.elapsed().as_secs_f64() * 1000.0);
+        assert!(st.success(), "crun run (no user namespace) failed: {st}");
+
         let began = Instant::now();
         let st = Command::new("crun")
             .arg("--cgroup-manager=disabled")
@@ -205,16 +236,18 @@ fn main() {
         std::fs::remove_file(d.join("pods").join(format!("{name}.yaml"))).unwrap();
         wait_line(&format!("pod {name}: Stopped"), 30);
         eprintln!(
-            "run {}: crun run {:.1} ms, herd-agent pod start to exit {:.1} ms",
+            "run {}: crun run {:.1} ms (no user namespace {:.1} ms), herd-agent pod start to exit {:.1} ms",
             i + 1,
             base[i],
+            plain[i],
             mine[i]
         );
     }
-    let (b, m) = (median(&mut base), median(&mut mine));
+    let (b, m, p) = (median(&mut base), median(&mut mine), median(&mut plain));
     println!(
-        "start latency (busybox true, cached verified image), median of {runs}: crun run {b:.1} ms, herd-agent {m:.1} ms -> {:.2}x (target <= 1.20x)",
-        m / b
+        "start latency (busybox true, cached verified image, user namespace), median of {runs}: crun run {b:.1} ms, herd-agent {m:.1} ms -> {:.2}x (target <= 1.20x); crun run without a user namespace {p:.1} ms ({:.2}x)",
+        m / b,
+        m / p
     );
 
     // Ten long-running pods.

@@ -519,3 +519,147 @@ fn a_pod_cannot_change_the_image_the_next_pod_runs() {
     );
     assert!(!root.join("bin/planted").exists());
 }
+
+/// The `Uid:` and `Gid:` lines of `/proc/PID/status` as seen from the
+/// node: (real, effective, saved, filesystem) each.
+fn host_ids(pid: u64) -> (Vec<u32>, Vec<u32>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status:\n{status}"));
+        line.split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    (ids("Uid:"), ids("Gid:"))
+}
+
+/// The owner and group `ls -ln /` (busybox) shows for entry `name`.
+fn owner_in_listing(listing: &str, name: &str) -> (u32, u32) {
+    let line = listing
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in:\n{listing}"));
+    // ... owner group size month day time name (logs prefix a timestamp).
+    let f: Vec<&str> = line.split_whitespace().rev().collect();
+    (f[6].parse().unwrap(), f[5].parse().unwrap())
+}
+
+#[test]
+fn root_in_a_pod_is_not_root_on_the_node() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    need_root();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let layout_dir = layout_node(d, &[("plain", "plain", &[])]);
+    std::fs::create_dir_all(d.join("pods")).unwrap();
+    // A hostPath with a file of the node's root: the pod sees it owned by
+    // nobody and cannot change it (hostPath is not idmapped).
+    let host_dir =
+        std::path::PathBuf::from(format!("/var/tmp/herd-userns-test-{}", std::process::id()));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(host_dir.clone());
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(host_dir.join("node-file"), "node's\n").unwrap();
+    std::fs::set_permissions(
+        host_dir.join("node-file"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let script = "id; ls -ln /; echo in-pod > /scratch/f && echo wrote-scratch; ls -ln /scratch; cat /h/node-file; ls -ln /h; echo x >> /h/node-file && echo wrote-host-file; touch /h/new && echo made-host-file; /bin/busybox httpd -p 127.0.0.1:99 -h /tmp && echo bound-port-99; echo ids done; exec /bin/busybox sleep 100000";
+    let pod = |name: &str, host_users: &str| {
+        std::fs::write(
+            d.join(format!("pods/{name}.yaml")),
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{host_users}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: oci:plain\n    command: [/bin/busybox, sh, -c, '{script}']\n    livenessProbe: {{exec: {{command: [/bin/busybox, sh, -c, 'echo probed > /scratch/probed']}}, periodSeconds: 1, failureThreshold: 1}}\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: h, mountPath: /h}}]\n  volumes:\n  - {{name: scratch, emptyDir: {{}}}}\n  - {{name: h, hostPath: {{path: {}}}}}\n", host_dir.display()),
+        )
+        .unwrap();
+    };
+    pod("alpha", "");
+    pod("beta", "");
+    pod("opted-out", "  hostUsers: true\n");
+    pod("host-net", "  hostNetwork: true\n");
+    let (agent, log) = start_agent(d, &layout_dir);
+    let mut ranges = Vec::new();
+    for name in ["alpha", "beta", "host-net"] {
+        let out = log_with(&agent, &log, name, "c", "ids done");
+        // Inside: root, owning the image's files and its emptyDir.
+        assert!(out.contains("uid=0 gid=0"), "{out}");
+        assert_eq!(owner_in_listing(&out, "bin"), (0, 0), "{out}");
+        assert_eq!(owner_in_listing(&out, "etc"), (0, 0), "{out}");
+        assert!(out.contains("wrote-scratch"), "{out}");
+        assert_eq!(owner_in_listing(&out, "f"), (0, 0), "{out}");
+        // The node's file: readable, owned by nobody, not writable.
+        assert!(out.contains("node's"), "{out}");
+        assert_eq!(owner_in_listing(&out, "node-file"), (65534, 65534), "{out}");
+        assert!(
+            !out.contains("wrote-host-file") && !out.contains("made-host-file"),
+            "{out}"
+        );
+        assert!(out.contains("Permission denied"), "{out}");
+        // A port below 1024 needs CAP_NET_BIND_SERVICE over the network
+        // namespace: the pod's own, yes; the node's (hostNetwork), no.
+        assert_eq!(out.contains("bound-port-99"), name != "host-net", "{out}");
+        // On the node: the container's process is an unprivileged uid.
+        let p = agent.pod(name).unwrap();
+        let pid = p["containers"][0]["pid"].as_u64().unwrap();
+        let (uid, gid) = host_ids(pid);
+        let first = uid[0];
+        assert!(first >= 0x2_0000, "{name}: host uids {uid:?}");
+        assert!(uid.iter().all(|u| *u == first), "{name}: {uid:?}");
+        assert!(gid.iter().all(|g| *g == first), "{name}: {gid:?}");
+        // The emptyDir's file on the node belongs to the same host id.
+        let f = d.join(format!("state/pods/{name}/volumes/scratch/f"));
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), first);
+        ranges.push((first, pid));
+    }
+    // Two pods, disjoint ranges of 65536 ids.
+    assert!(ranges[0].0.abs_diff(ranges[1].0) >= 65536, "{ranges:?}");
+
+    // hostUsers: true is the explicit opt-out: root in the pod is root, and
+    // the only write to the node's file is that pod's.
+    let out = log_with(&agent, &log, "opted-out", "c", "ids done");
+    assert!(out.contains("wrote-host-file"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("node-file")).unwrap(),
+        "node's\nx\n"
+    );
+    assert_eq!(std::fs::metadata(host_dir.join("new")).unwrap().uid(), 0);
+    let pid = agent.pod("opted-out").unwrap()["containers"][0]["pid"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(host_ids(pid).0, [0, 0, 0, 0]);
+
+    // exec probes (crun exec) run in the pod's user namespace too: the
+    // file they write is the pod root's, and none failed.
+    for (name, (first, _)) in ["alpha", "beta"].iter().zip(&ranges) {
+        let probed = d.join(format!("state/pods/{name}/volumes/scratch/probed"));
+        let uid = wait_for("an exec probe to run", 30, &log, || {
+            std::fs::metadata(&probed).ok().map(|m| m.uid())
+        });
+        assert_eq!(uid, *first, "{name}");
+    }
+    let (_, events) = agent.cli(&["events"]);
+    assert!(!events.contains("Unhealthy"), "{events}");
+
+    // A pod keeps its range when the agent restarts.
+    drop(agent);
+    let (agent, log) = start_agent(d, &layout_dir);
+    let pid = wait_for("alpha's new pid", 60, &log, || {
+        // The socket of the killed agent is there before the new one listens.
+        let (ok, out) = agent.cli(&["ps", "--json"]);
+        let pods: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let alpha = pods.as_array()?.iter().find(|p| p["name"] == "alpha")?;
+        alpha["containers"][0]["pid"]
+            .as_u64()
+            .filter(|p| *p != ranges[0].1)
+    });
+    assert_eq!(host_ids(pid).0[0], ranges[0].0);
+}

@@ -3,7 +3,8 @@
 //! busybox "chaos" service. The node pulls from a real registry on the
 //! host's loopback (reached only through a QEMU guestfwd) and:
 //! - runs the signed pod, reachable from the host through a forward to its
-//!   hostPort, with its cgroup v2 limits (cpu, memory, io) applied;
+//!   hostPort, with its cgroup v2 limits (cpu, memory, io) applied, its
+//!   root an unprivileged uid of the node (a user namespace per pod);
 //! - refuses the unsigned pod beside it, saying why;
 //! - restarts the signed pod after the chaos service kills its process.
 
@@ -31,6 +32,7 @@ done
 echo "memory.max $($bb cat /sys/fs/cgroup/herd/pods/web/httpd/memory.max 2>&1)"
 echo "cpu.max $($bb cat /sys/fs/cgroup/herd/pods/web/httpd/cpu.max 2>&1)"
 echo "vda $($bb cat /sys/block/vda/dev)"
+echo "host $($bb grep Uid: /proc/$pid/status)"
 echo "io.max $($bb cat /sys/fs/cgroup/herd/pods/web/httpd/io.max 2>&1)"
 $bb sleep 20
 echo "killing httpd pid $pid"
@@ -165,6 +167,19 @@ fn node_runs_a_signed_pod_refuses_an_unsigned_one_and_restarts_a_killed_one() {
         refused.contains("is not signed") && refused.contains("nothing of it runs"),
         "{refused}"
     );
+
+    // Root in the pod is an unprivileged uid of the node (the pod's own
+    // user namespace, on the node's kernel and ext4 STATE).
+    let uid = vm.wait_for("chaos: host Uid:", BOOT).unwrap();
+    let ids: Vec<u32> = uid
+        .split("Uid:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "{uid}");
+    assert!(ids.iter().all(|u| *u >= 0x2_0000), "{uid}");
 
     // Its limits are the node's cgroup v2 settings.
     vm.wait_for("chaos: memory.max 67108864", BOOT).unwrap();

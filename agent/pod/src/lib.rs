@@ -78,6 +78,11 @@ pub struct PodSpec {
     /// Use the node's network namespace.
     #[serde(default)]
     pub host_network: bool,
+    /// Run in the node's user namespace (root in the pod is root on the
+    /// node). Default false: the pod gets its own user namespace and range
+    /// of host ids (see [`crate::userns`]).
+    #[serde(default)]
+    pub host_users: Option<bool>,
     /// Seconds between SIGTERM and SIGKILL when stopping (default 30).
     #[serde(default)]
     pub termination_grace_period_seconds: Option<u64>,
@@ -433,6 +438,12 @@ const CAPS: &[&str] = &[
 ];
 
 impl Pod {
+    /// Whether the pod runs in a user namespace of its own (`hostUsers`
+    /// is not true).
+    pub fn user_namespace(&self) -> bool {
+        self.spec.host_users != Some(true)
+    }
+
     /// Parses and checks a manifest; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Pod, PodError> {
         let file_s = file.display().to_string();
@@ -630,6 +641,21 @@ impl Pod {
                 }
             }
             let sc = &c.security_context;
+            for (key, id) in [
+                ("runAsUser", sc.run_as_user),
+                ("runAsGroup", sc.run_as_group),
+            ] {
+                if self.user_namespace() && id.is_some_and(|id| id >= crate::userns::SIZE) {
+                    return fail(
+                        format!("{f}.securityContext.{key}"),
+                        format!(
+                            "{} is not in the pod's user namespace (ids 0-{}); use a smaller id, or hostUsers: true",
+                            id.unwrap_or_default(),
+                            crate::userns::SIZE - 1
+                        ),
+                    );
+                }
+            }
             if sc.privileged == Some(true) {
                 return fail(
                     format!("{f}.securityContext.privileged"),
@@ -765,6 +791,25 @@ spec:
         assert_eq!(e.file, "/etc/herd/pods/web.yaml");
         assert!(e.field.contains(field), "field {:?} in {e}", field);
         assert!(e.message.contains(msg), "{msg:?} in {e}");
+    }
+
+    #[test]
+    fn ids_outside_the_user_namespace_are_refused() {
+        let with = |sc: &str, host_users: &str| {
+            parse(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{host_users}  containers:\n  - name: c\n    image: 127.0.0.1:5000/x:1\n    securityContext: {sc}\n"))
+        };
+        let e = with("{runAsUser: 65536}", "").unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].securityContext.runAsUser");
+        assert!(
+            e.message
+                .contains("not in the pod's user namespace (ids 0-65535)"),
+            "{e}"
+        );
+        let e = with("{runAsGroup: 100000}", "  hostUsers: false\n").unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].securityContext.runAsGroup");
+        assert!(with("{runAsUser: 65535}", "").unwrap().user_namespace());
+        let opted_out = with("{runAsUser: 100000}", "  hostUsers: true\n").unwrap();
+        assert!(!opted_out.user_namespace());
     }
 
     #[test]
