@@ -28,7 +28,7 @@ use std::sync::Mutex;
 /// 100000.. range distributions give to `/etc/subuid`'s first user).
 pub const FIRST: u32 = 0x2_0000;
 /// Ids per pod: a whole 16-bit id space, as images expect (nobody = 65534).
-pub const SIZE: u32 = 0x1_0000;
+pub const SIZE: u32 = herd_pod::USER_NAMESPACE_IDS;
 /// How many pods can hold a range at once.
 pub const SLOTS: u32 = 4096;
 

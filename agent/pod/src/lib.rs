@@ -11,6 +11,11 @@ use serde::Deserialize;
 pub mod host_path;
 pub mod quantity;
 
+/// Ids in a pod's user namespace (unless `hostUsers: true`): a whole 16-bit
+/// id space, as images expect (nobody = 65534); the agent maps each pod's to
+/// a range of this many host ids.
+pub const USER_NAMESPACE_IDS: u32 = 0x1_0000;
+
 /// A manifest that cannot run, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {field}: {message}")]
@@ -645,13 +650,13 @@ impl Pod {
                 ("runAsUser", sc.run_as_user),
                 ("runAsGroup", sc.run_as_group),
             ] {
-                if self.user_namespace() && id.is_some_and(|id| id >= crate::userns::SIZE) {
+                if self.user_namespace() && id.is_some_and(|id| id >= USER_NAMESPACE_IDS) {
                     return fail(
                         format!("{f}.securityContext.{key}"),
                         format!(
                             "{} is not in the pod's user namespace (ids 0-{}); use a smaller id, or hostUsers: true",
                             id.unwrap_or_default(),
-                            crate::userns::SIZE - 1
+                            USER_NAMESPACE_IDS - 1
                         ),
                     );
                 }
