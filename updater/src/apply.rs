@@ -159,7 +159,25 @@ pub fn install(
         }
         esp.remove_partial(&slots.image, slot)?;
     }
-    crate::download::write_slot(base, rel, &usr.dev, &verity.dev, state, state_dir, log)?;
+    // The running slot is where a delta update finds the chunks it has.
+    let (from_usr, from_verity) = (
+        slots.usr(slots.running).ok(),
+        slots.usr_verity(slots.running).ok(),
+    );
+    let sources = crate::download::Sources {
+        usr: from_usr.as_ref().map(|p| p.dev.as_str()),
+        verity: from_verity.as_ref().map(|p| p.dev.as_str()),
+    };
+    crate::download::write_slot(
+        base,
+        rel,
+        &usr.dev,
+        &verity.dev,
+        state,
+        state_dir,
+        sources,
+        log,
+    )?;
     log(&format!(
         "slot {slot} verified against usrhash {}",
         rel.usrhash
