@@ -76,6 +76,73 @@ impl DeltaStats {
     }
 }
 
+/// Where copied chunks are read from: a slot partition, or bytes in memory.
+pub trait ReadAt {
+    /// Fills `b` from byte `offset`.
+    fn read_at(&self, b: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, b: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_exact_at(b, offset)
+    }
+}
+
+impl ReadAt for &[u8] {
+    fn read_at(&self, b: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.get(o..o.checked_add(b.len())?))
+            .ok_or_else(|| std::io::Error::other("past the end of the source"))?;
+        b.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// A writer for [`execute`] into `f` at absolute offsets.
+pub fn write_into(f: &File) -> impl FnMut(u64, &[u8]) -> std::io::Result<()> + '_ {
+    move |off, b| f.write_all_at(b, off)
+}
+
+/// Assembles payload `p` in memory from `source` (the running slot's copy
+/// of the same role, e.g. its UKI) and Range requests; the result's sha256
+/// is checked against the signed one. `Ok(None)`: no delta (no index, no
+/// Range, too little found); the caller downloads in full.
+pub fn assemble(
+    base: &str,
+    role: &str,
+    p: &Payload,
+    source: &[u8],
+) -> Result<Option<(Vec<u8>, DeltaStats)>, Error> {
+    let Some(r) = p.chunks.as_ref() else {
+        return Ok(None);
+    };
+    let Some(idx) = fetch_index(base, role, p, r)? else {
+        return Ok(None);
+    };
+    let chunks = herd_release::chunk_reader(source, idx.min, idx.avg, idx.max)
+        .map_err(io(format!("chunking the running {role}")))?;
+    let found = chunks.into_iter().map(|c| (c.sha256, c.offset)).collect();
+    let plan = plan(&idx, &[], &found);
+    if plan.reuse_bytes(&idx) * 100 < p.size * MIN_REUSE_PERCENT {
+        return Ok(None);
+    }
+    let url = format!("{base}/payloads/{}", p.sha256);
+    let mut out = vec![0u8; p.size as usize];
+    let mut put = |off: u64, b: &[u8]| -> std::io::Result<()> {
+        out[off as usize..off as usize + b.len()].copy_from_slice(b);
+        Ok(())
+    };
+    let Some(mut st) = execute(&url, &idx, &plan, Some(&source), &mut put, role)? else {
+        return Ok(None);
+    };
+    st.network += r.size;
+    let mut check = PayloadCheck::new(role, p);
+    check.update(&out)?;
+    check.finish()?;
+    Ok(Some((out, st)))
+}
+
 /// What to do for one chunk of the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -195,8 +262,8 @@ pub fn execute(
     url: &str,
     idx: &ChunkIndex,
     plan: &Plan,
-    source: Option<&File>,
-    target: &File,
+    source: Option<&dyn ReadAt>,
+    target: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
     dev: &str,
 ) -> Result<Option<DeltaStats>, Error> {
     let mut st = DeltaStats {
@@ -212,16 +279,14 @@ pub fn execute(
             Step::Copy(from) => {
                 let b = &mut buf[..c.len as usize];
                 let read = source
-                    .map(|f| f.read_exact_at(b, from))
+                    .map(|f| f.read_at(b, from))
                     .unwrap_or_else(|| Err(std::io::Error::other("no source")));
                 if read.is_err() || sha(b) != c.sha256 {
                     fetch[i] = true;
                     st.refetched += 1;
                     continue;
                 }
-                target
-                    .write_all_at(b, c.offset)
-                    .map_err(io(format!("writing {dev}")))?;
+                target(c.offset, b).map_err(io(format!("writing {dev}")))?;
                 st.local += u64::from(c.len);
             }
         }
@@ -251,9 +316,7 @@ pub fn execute(
                 });
             }
         }
-        target
-            .write_all_at(&body, start)
-            .map_err(io(format!("writing {dev}")))?;
+        target(start, &body).map_err(io(format!("writing {dev}")))?;
         st.network += end - start;
     }
     Ok(Some(st))
@@ -474,9 +537,16 @@ mod tests {
         src.write_all_at(b"corrupted", off + 100).unwrap();
         let url = server(new.clone(), true);
         let (_t, target) = file_with(&[]);
-        let st = execute(&url, &idx, &p, Some(&src), &target, "target")
-            .unwrap()
-            .unwrap();
+        let st = execute(
+            &url,
+            &idx,
+            &p,
+            Some(&src),
+            &mut write_into(&target),
+            "target",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(st.refetched, 1);
         assert_eq!(
             st.network,
@@ -498,7 +568,15 @@ mod tests {
         new[c.offset as usize + 7] ^= 0x40;
         let url = server(new, true);
         let (_t, target) = file_with(&[]);
-        let e = execute(&url, &idx, &p, Some(&src), &target, "target").unwrap_err();
+        let e = execute(
+            &url,
+            &idx,
+            &p,
+            Some(&src),
+            &mut write_into(&target),
+            "target",
+        )
+        .unwrap_err();
         assert!(
             matches!(&e, Error::ChunkHash { offset, end, .. } if *offset == c.offset && *end == c.end()),
             "{e}"
@@ -514,8 +592,15 @@ mod tests {
         let p = plan(&idx, &vec![false; idx.chunks.len()], &found);
         let url = server(new, false);
         let (_t, target) = file_with(&[]);
-        assert!(execute(&url, &idx, &p, Some(&src), &target, "target")
-            .unwrap()
-            .is_none());
+        assert!(execute(
+            &url,
+            &idx,
+            &p,
+            Some(&src),
+            &mut write_into(&target),
+            "target"
+        )
+        .unwrap()
+        .is_none());
     }
 }

@@ -154,7 +154,15 @@ fn try_delta(
         return Ok(None);
     }
     let url = format!("{}/payloads/{}", job.base, p.sha256);
-    let Some(mut st) = delta::execute(&url, &idx, &plan, source.as_ref(), f, job.dev)? else {
+    let Some(mut st) = delta::execute(
+        &url,
+        &idx,
+        &plan,
+        source.as_ref().map(|s| s as &dyn delta::ReadAt),
+        &mut delta::write_into(f),
+        job.dev,
+    )?
+    else {
         log(&format!(
             "{role}: the server does not answer Range requests with 206: full download"
         ));
