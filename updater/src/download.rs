@@ -254,7 +254,22 @@ fn write_payload(
     save(state, start)?;
     let mut f = open_target(dev, p.size, role)?;
     let delta = match try_delta(job, p, &f) {
-        Ok(None) => return write_payload_full(job, state, verifier, start),
+        Ok(None) => {
+            write_payload_full(job, state, verifier, start)?;
+            // Counted too, so the totals say what the update cost.
+            let st = crate::delta::DeltaStats {
+                version: rel.version.clone(),
+                in_place: start,
+                network: p.size - start,
+                total: p.size,
+                ..Default::default()
+            };
+            match &mut state.delta {
+                Some(d) if d.version == st.version => d.add(&st),
+                d => *d = Some(st),
+            }
+            return state.save(state_dir);
+        }
         Ok(Some(st)) => {
             let mut check = PayloadCheck::new(role, p);
             verify_written(&mut f, dev, p.size, &mut check, verifier)
