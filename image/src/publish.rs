@@ -20,6 +20,16 @@ pub const ROLES: [(&str, &str); 6] = [
     (payload::INITRD, crate::pipeline::names::INITRD),
 ];
 
+/// The payloads a node may update with a delta (see docs/UPDATES.md): each
+/// gets a chunk index in the repository. `linux` and `initrd` are for tools
+/// and recovery, never fetched by nodes.
+pub const CHUNKED: [&str; 4] = [
+    payload::USR_IMG,
+    payload::USR_VERITY,
+    payload::UKI_A,
+    payload::UKI_B,
+];
+
 /// Parses `SECS:PERCENT,SECS:PERCENT` (e.g. `0:10,3600:100`).
 pub fn parse_rollout(s: &str, start: u64) -> Result<Rollout> {
     let mut waves = Vec::new();
@@ -79,6 +89,18 @@ pub fn publish(
                 p.sha256,
                 out.sha256
             );
+        }
+        let mut p = p;
+        if CHUNKED.contains(&role) {
+            let (r, idx) = repo.add_chunk_index(&image_out.join(file))?;
+            tracing::info!(
+                "{role}: {} chunks, index {} bytes ({:.3} % of {} bytes)",
+                idx.chunks.len(),
+                r.size,
+                r.size as f64 * 100.0 / p.size.max(1) as f64,
+                p.size
+            );
+            p.chunks = Some(r);
         }
         payloads.insert(role.to_string(), p);
     }

@@ -8,15 +8,19 @@
 //! signed, plus ed25519 signatures over its bytes, so no canonical-JSON
 //! rules are needed.
 
+mod chunks;
 mod envelope;
 mod key;
 mod metadata;
 mod repo;
 mod verify;
 
+pub use chunks::{
+    chunk_reader, Chunk, ChunkIndex, AVG_CHUNK, MAX_CHUNK, MAX_INDEX_BYTES, MIN_CHUNK,
+};
 pub use envelope::{Envelope, Signature};
 pub use key::{KeyId, PublicKey, SigningKey};
-pub use metadata::{Channel, Payload, Release, Rollout, Root, SlotPcrs, Wave, SPEC};
+pub use metadata::{Channel, IndexRef, Payload, Release, Rollout, Root, SlotPcrs, Wave, SPEC};
 pub use repo::Repo;
 pub use verify::{
     check_channel_keys, compare_versions, in_wave, parse_trusted_root, update_root, verify_channel,

@@ -56,6 +56,21 @@ pub struct Payload {
     pub sha256: String,
     /// Exact size in bytes: downloads stop there.
     pub size: u64,
+    /// Its chunk index (see [`crate::ChunkIndex`]), for delta updates;
+    /// absent in repositories made before them and for small payloads.
+    /// Nodes that do not know the field pass over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<IndexRef>,
+}
+
+/// Where a payload's chunk index is: a content-addressed file under
+/// `payloads/` like the payloads themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexRef {
+    /// sha256, hex; also its file name under `payloads/`.
+    pub sha256: String,
+    /// Exact size in bytes.
+    pub size: u64,
 }
 
 /// One wave of a phased rollout.

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::{verify_root_chain, Channel, Envelope, Error, Payload, Release, Root, SigningKey};
+use crate::{
+    verify_root_chain, Channel, ChunkIndex, Envelope, Error, IndexRef, Payload, Release, Root,
+    SigningKey,
+};
 
 /// A repository directory.
 pub struct Repo {
@@ -173,7 +176,29 @@ impl Repo {
             .map_err(io(format!("writing {}", tmp.display())))?;
         let sha256 = hex::encode(h.finalize());
         std::fs::rename(&tmp, dir.join(&sha256)).map_err(io("storing the payload"))?;
-        Ok(Payload { sha256, size })
+        Ok(Payload {
+            sha256,
+            size,
+            chunks: None,
+        })
+    }
+
+    /// Chunks `file` (see [`crate::ChunkIndex`]) and stores its index as a
+    /// content-addressed file under `payloads/`; returns where it is.
+    pub fn add_chunk_index(&self, file: &Path) -> Result<(IndexRef, ChunkIndex), Error> {
+        let f = std::fs::File::open(file).map_err(io(format!("reading {}", file.display())))?;
+        let idx = ChunkIndex::of_reader(std::io::BufReader::with_capacity(1 << 20, f))
+            .map_err(io(format!("chunking {}", file.display())))?;
+        let bytes = idx.to_bytes();
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        write_atomic(&self.dir.join("payloads").join(&sha256), &bytes)?;
+        Ok((
+            IndexRef {
+                sha256,
+                size: bytes.len() as u64,
+            },
+            idx,
+        ))
     }
 
     /// The current channel document, verified against the current root.

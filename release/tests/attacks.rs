@@ -23,6 +23,7 @@ fn payload(data: &[u8]) -> Payload {
     Payload {
         sha256: hex::encode(sha2::Sha256::digest(data)),
         size: data.len() as u64,
+        chunks: None,
     }
 }
 

@@ -114,6 +114,48 @@ pub fn check(
     Ok(Found::Release(c.release))
 }
 
+/// The running slot's UKI from the ESP, if one is there.
+fn running_uki(slots: &Slots) -> Option<Vec<u8>> {
+    let esp = Esp::mount(&slots.disk).ok()?;
+    let e = esp.entries().into_iter().find(|e| {
+        e.dir == crate::esp::UKIS
+            && e.boot_entry()
+                .is_some_and(|b| slots.boots(&b, slots.running))
+    })?;
+    std::fs::read(esp.path(&format!("{}/{}", e.dir, e.name))).ok()
+}
+
+/// The UKI payload `role`: by delta from the running slot's UKI (the kernel
+/// and initramfs rarely change between releases, only the command line),
+/// else in full. Either way its sha256 is the signed one.
+fn fetch_uki(
+    base: &str,
+    rel: &Release,
+    role: &str,
+    slots: &Slots,
+    state: &mut State,
+    log: &dyn Fn(&str),
+) -> Result<Vec<u8>, Error> {
+    let p = &rel.payloads[role];
+    if p.chunks.is_some() {
+        if let Some(old) = running_uki(slots) {
+            if let Some((uki, mut st)) = crate::delta::assemble(base, role, p, &old)? {
+                st.version = rel.version.clone();
+                log(&format!("delta {role} of {}", st.line()));
+                match &mut state.delta {
+                    Some(d) if d.version == st.version => d.add(&st),
+                    d => *d = Some(st),
+                }
+                return Ok(uki);
+            }
+            log(&format!(
+                "{role}: no delta from the running UKI: full download"
+            ));
+        }
+    }
+    fetch_small_payload(base, rel, role)
+}
+
 fn fetch_small_payload(base: &str, rel: &Release, role: &str) -> Result<Vec<u8>, Error> {
     let p = &rel.payloads[role];
     let mut check = PayloadCheck::new(role, p);
@@ -159,7 +201,25 @@ pub fn install(
         }
         esp.remove_partial(&slots.image, slot)?;
     }
-    crate::download::write_slot(base, rel, &usr.dev, &verity.dev, state, state_dir, log)?;
+    // The running slot is where a delta update finds the chunks it has.
+    let (from_usr, from_verity) = (
+        slots.usr(slots.running).ok(),
+        slots.usr_verity(slots.running).ok(),
+    );
+    let sources = crate::download::Sources {
+        usr: from_usr.as_ref().map(|p| p.dev.as_str()),
+        verity: from_verity.as_ref().map(|p| p.dev.as_str()),
+    };
+    crate::download::write_slot(
+        base,
+        rel,
+        &usr.dev,
+        &verity.dev,
+        state,
+        state_dir,
+        sources,
+        log,
+    )?;
     log(&format!(
         "slot {slot} verified against usrhash {}",
         rel.usrhash
@@ -174,7 +234,7 @@ pub fn install(
             rel.version
         )));
     }
-    let uki = fetch_small_payload(base, rel, role)?;
+    let uki = fetch_uki(base, rel, role, slots, state, log)?;
     check_uki(&uki, rel, slot)?;
 
     // The slot's partitions carry the root hash halves as PARTUUIDs (DPS).

@@ -87,6 +87,126 @@ struct Job<'a> {
     dev: &'a str,
     state_dir: &'a Path,
     log: &'a dyn Fn(&str),
+    /// The running slot's partition for this payload: chunks a delta
+    /// update may copy instead of fetching (None: full download only).
+    source: Option<&'a str>,
+}
+
+/// The running slot's partitions, sources of chunks for delta updates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources<'a> {
+    /// The running `/usr` partition (or a file holding the running usr.img).
+    pub usr: Option<&'a str>,
+    /// The running verity partition.
+    pub verity: Option<&'a str>,
+}
+
+/// At most this much of a source is chunked: twice the new payload (a slot
+/// partition is larger than the image in it; past the image there is
+/// nothing to find).
+fn source_limit(payload: u64) -> u64 {
+    payload.saturating_mul(2) + (1 << 20)
+}
+
+/// Tries to assemble payload `p` in `f` from local chunks and Range
+/// requests. `Ok(None)`: no delta (no index on the server, the server does
+/// not do Range, or too little found here); the caller downloads in full.
+fn try_delta(
+    job: &Job,
+    p: &herd_release::Payload,
+    f: &File,
+) -> Result<Option<crate::delta::DeltaStats>, Error> {
+    use crate::delta;
+    let (Some(src), Some(r)) = (job.source, p.chunks.as_ref()) else {
+        return Ok(None);
+    };
+    let (role, log) = (job.role, job.log);
+    let Some(idx) = delta::fetch_index(job.base, role, p, r)? else {
+        log(&format!(
+            "{role}: the repository has no chunk index {}: full download",
+            r.sha256
+        ));
+        return Ok(None);
+    };
+    let source = match File::open(src) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log(&format!(
+                "{role}: cannot read the running slot {src} ({e}): only chunks already in place are reused"
+            ));
+            None
+        }
+    };
+    let found = match &source {
+        Some(s) => delta::scan_source(s, source_limit(p.size), &idx)
+            .map_err(io(format!("chunking {src}")))?,
+        None => Default::default(),
+    };
+    let here = delta::scan_in_place(f, &idx).map_err(io(format!("reading {}", job.dev)))?;
+    let plan = delta::plan(&idx, &here, &found);
+    let reuse = plan.reuse_bytes(&idx);
+    if reuse * 100 < p.size * delta::MIN_REUSE_PERCENT {
+        log(&format!(
+            "{role}: only {reuse} of {} bytes found locally (under {} %): full download",
+            p.size,
+            delta::MIN_REUSE_PERCENT
+        ));
+        return Ok(None);
+    }
+    let url = format!("{}/payloads/{}", job.base, p.sha256);
+    let Some(mut st) = delta::execute(
+        &url,
+        &idx,
+        &plan,
+        source.as_ref().map(|s| s as &dyn delta::ReadAt),
+        &mut delta::write_into(f),
+        job.dev,
+    )?
+    else {
+        log(&format!(
+            "{role}: the server does not answer Range requests with 206: full download"
+        ));
+        return Ok(None);
+    };
+    st.version = job.rel.version.clone();
+    st.network += r.size;
+    f.sync_all().map_err(io(format!("flushing {}", job.dev)))?;
+    log(&format!("delta {role} of {}", st.line()));
+    Ok(Some(st))
+}
+
+/// Hashes the first `len` bytes of `f` into `check` and, when given,
+/// `verifier` (on a second thread): the checks of a full download, run
+/// over what a delta assembled.
+fn verify_written(
+    f: &mut File,
+    dev: &str,
+    len: u64,
+    check: &mut PayloadCheck,
+    verifier: Option<&mut StreamVerifier>,
+) -> Result<(), Error> {
+    std::thread::scope(|sc| {
+        let (to_verity, blocks) = sync_channel::<Arc<Vec<u8>>>(4);
+        let tree = verifier.map(|v| {
+            sc.spawn(move || {
+                for c in blocks {
+                    v.update(&c);
+                }
+            })
+        });
+        let r = reread(f, dev, len, &mut |b| {
+            check.update(b)?;
+            if tree.is_some() {
+                let _ = to_verity.send(Arc::new(b.to_vec()));
+            }
+            Ok(())
+        });
+        drop(to_verity);
+        if let Some(t) = tree {
+            t.join().expect("the verity thread does not panic");
+        }
+        r
+    })
 }
 
 /// Streams one payload into `dev`, resuming from the saved offset. Every
@@ -99,25 +219,103 @@ fn write_payload(
     verifier: Option<&mut StreamVerifier>,
 ) -> Result<(), Error> {
     let Job {
-        base,
         rel,
         role,
         dev,
         state_dir,
-        log,
+        ..
     } = *job;
     let p = rel
         .payloads
         .get(role)
         .ok_or_else(|| Error::Disk(format!("release {} has no {role} payload", rel.version)))?;
-    let mut f = open_target(dev, p.size, role)?;
-    let mut check = PayloadCheck::new(role, p);
     let start = match &state.partial {
         Some(part) if part.version == rel.version && part.role == role && part.offset <= p.size => {
             part.offset
         }
         _ => 0,
     };
+    if p.chunks.is_none() || job.source.is_none() {
+        return write_payload_full(job, state, verifier, start);
+    }
+    let save = |state: &mut State, offset: u64| -> Result<(), Error> {
+        state.partial = Some(Partial {
+            version: rel.version.clone(),
+            role: role.to_string(),
+            offset,
+            size: p.size,
+        });
+        state.save(state_dir)
+    };
+    // Marks the payload as being written. A delta writes out of order, so
+    // the resume point stays where a full download left it (a delta only
+    // writes the payload's own bytes at their places: that prefix stays
+    // right), and a resumed delta finds its chunks in place.
+    save(state, start)?;
+    let mut f = open_target(dev, p.size, role)?;
+    let delta = match try_delta(job, p, &f) {
+        Ok(None) => {
+            write_payload_full(job, state, verifier, start)?;
+            // Counted too, so the totals say what the update cost.
+            let st = crate::delta::DeltaStats {
+                version: rel.version.clone(),
+                in_place: start,
+                network: p.size - start,
+                total: p.size,
+                ..Default::default()
+            };
+            match &mut state.delta {
+                Some(d) if d.version == st.version => d.add(&st),
+                d => *d = Some(st),
+            }
+            return state.save(state_dir);
+        }
+        Ok(Some(st)) => {
+            let mut check = PayloadCheck::new(role, p);
+            verify_written(&mut f, dev, p.size, &mut check, verifier)
+                .and_then(|()| Ok(check.finish()?))
+                .map(|()| st)
+        }
+        Err(e) => Err(e),
+    };
+    match delta {
+        Ok(st) => {
+            match &mut state.delta {
+                Some(d) if d.version == st.version => d.add(&st),
+                d => *d = Some(st),
+            }
+            save(state, p.size)
+        }
+        Err(e) => {
+            if matches!(e, Error::Release(_)) {
+                // The index or the result is wrong: start over next time.
+                state.partial = None;
+                state.save(state_dir)?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// [`write_payload`] by a full download from byte `start`.
+fn write_payload_full(
+    job: &Job,
+    state: &mut State,
+    verifier: Option<&mut StreamVerifier>,
+    start: u64,
+) -> Result<(), Error> {
+    let Job {
+        base,
+        rel,
+        role,
+        dev,
+        state_dir,
+        log,
+        ..
+    } = *job;
+    let p = &rel.payloads[role];
+    let mut f = open_target(dev, p.size, role)?;
+    let mut check = PayloadCheck::new(role, p);
     let save = |state: &mut State, offset: u64| -> Result<(), Error> {
         state.partial = Some(Partial {
             version: rel.version.clone(),
@@ -299,18 +497,20 @@ pub fn write_slot(
     verity_dev: &str,
     state: &mut State,
     state_dir: &Path,
+    sources: Sources,
     log: &dyn Fn(&str),
 ) -> Result<(), Error> {
     let root = rel
         .root_hash()
         .ok_or_else(|| Error::Disk(format!("release {} has a malformed usrhash", rel.version)))?;
-    let job = |role, dev| Job {
+    let job = |role, dev, source| Job {
         base,
         rel,
         role,
         dev,
         state_dir,
         log,
+        source,
     };
     // The tree first (small), so the data can be checked as it streams.
     let resuming_usr = state
@@ -318,12 +518,19 @@ pub fn write_slot(
         .as_ref()
         .is_some_and(|p| p.version == rel.version && p.role == USR_IMG);
     if !(resuming_usr && already_written(rel, USR_VERITY, verity_dev)?) {
-        write_payload(&job(USR_VERITY, verity_dev), state, None)?;
+        write_payload(&job(USR_VERITY, verity_dev, sources.verity), state, None)?;
     }
     let tree = read_prefix(verity_dev, rel.payloads[USR_VERITY].size)?;
     let mut verifier = StreamVerifier::new(tree)?;
-    write_payload(&job(USR_IMG, usr_dev), state, Some(&mut verifier))?;
+    write_payload(
+        &job(USR_IMG, usr_dev, sources.usr),
+        state,
+        Some(&mut verifier),
+    )?;
     verifier.finish(&root)?;
+    if let Some(d) = state.delta.as_ref().filter(|d| d.version == rel.version) {
+        log(&format!("delta update {}", d.line()));
+    }
     state.partial = None;
     state.save(state_dir)?;
     Ok(())

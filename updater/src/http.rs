@@ -118,6 +118,55 @@ pub fn get_small_within(
     Ok(Some(body))
 }
 
+/// What a Range GET got.
+#[derive(Debug)]
+pub enum Ranged {
+    /// Exactly the bytes asked for (206 Partial Content).
+    Bytes(Vec<u8>),
+    /// The server answered with this status instead of 206: it does not do
+    /// Range requests (a 200 would send the whole file).
+    Refused(u16),
+}
+
+/// GETs bytes `start..start + len` of `url` into memory (a delta update's
+/// missing range). The answer must be 206 with exactly those bytes; any
+/// other success status is [`Ranged::Refused`] and the body is not read.
+pub fn get_range(url: &str, start: u64, len: u64) -> Result<Ranged, Error> {
+    let t = Transfer::new(url, payload_deadline(len));
+    let last = start + len.max(1) - 1;
+    let resp = t
+        .get()
+        .set("Range", &format!("bytes={start}-{last}"))
+        .call()
+        .map_err(|e| t.err(e))?;
+    if resp.status() != 206 {
+        return Ok(Ranged::Refused(resp.status()));
+    }
+    let want = format!("bytes {start}-{last}/");
+    let got = resp.header("Content-Range").unwrap_or("-").to_string();
+    if !got.starts_with(&want) {
+        return Err(err(
+            url,
+            format!("asked for bytes {start}-{last}, the server sent Content-Range {got}: refusing bytes from elsewhere in the file"),
+        ));
+    }
+    let mut body = Vec::with_capacity(len as usize);
+    resp.into_reader()
+        .take(len + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| t.err(e))?;
+    if body.len() as u64 != len {
+        return Err(err(
+            url,
+            format!(
+                "asked for {len} bytes from byte {start}, got {}",
+                body.len()
+            ),
+        ));
+    }
+    Ok(Ranged::Bytes(body))
+}
+
 /// Bytes handed over per chunk.
 pub const CHUNK: usize = 1 << 20;
 

@@ -9,6 +9,7 @@
 //! falls back after its tries and herd-update marks that version bad.
 
 pub mod apply;
+pub mod delta;
 pub mod download;
 pub mod esp;
 pub mod http;
@@ -52,6 +53,23 @@ pub enum Error {
     KeptRoots {
         /// why they do not verify
         cause: herd_release::Error,
+    },
+    /// A chunk fetched for a delta update whose bytes are not the ones the
+    /// signed chunk index names.
+    #[error(
+        "fetching {url}: bytes {offset}..{end} have sha256 {got}, the signed chunk index says {expected}: the server's payload is tampered or damaged; refusing it (nothing was marked good)"
+    )]
+    ChunkHash {
+        /// the payload URL
+        url: String,
+        /// first byte of the chunk
+        offset: u64,
+        /// one past its last byte
+        end: u64,
+        /// computed sha256, hex
+        got: String,
+        /// the index's sha256, hex
+        expected: String,
     },
     /// Metadata or payload refused.
     #[error(transparent)]

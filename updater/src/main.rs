@@ -75,6 +75,13 @@ enum Cmd {
         /// versions, resume point. Checked and updated like a node's.
         #[arg(long)]
         state_dir: PathBuf,
+        /// The running /usr image (partition or file): with --from-verity,
+        /// chunks a delta update copies instead of downloading.
+        #[arg(long)]
+        from_usr: Option<PathBuf>,
+        /// The running verity tree (partition or file).
+        #[arg(long)]
+        from_verity: Option<PathBuf>,
     },
 }
 
@@ -173,7 +180,16 @@ fn real_main(cmd: Cmd) -> Result<()> {
             usr,
             verity,
             state_dir,
-        } => write_slot(&repository, &channel, &root, &usr, &verity, &state_dir),
+            from_usr,
+            from_verity,
+        } => write_slot(
+            &repository,
+            &channel,
+            &root,
+            (&usr, &verity),
+            &state_dir,
+            (from_usr.as_deref(), from_verity.as_deref()),
+        ),
         Cmd::Status => {
             let (_, slots, state) = load()?;
             print!("{}", status(&slots, &state));
@@ -240,8 +256,9 @@ fn status(slots: &Slots, state: &State) -> String {
             )
         })
         .unwrap_or("-".into());
+    let delta = state.delta.as_ref().map(|d| d.line()).unwrap_or("-".into());
     format!(
-        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nbad versions:     {}\nhighest sequence: {}\ntrusted keys:     {}\ntrusted time:     {}\nlast check:       {}\nlast error:       {}\n",
+        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nlast delta:       {delta}\nbad versions:     {}\nhighest sequence: {}\ntrusted keys:     {}\ntrusted time:     {}\nlast check:       {}\nlast error:       {}\n",
         slots.image,
         slots.version,
         slots.running,
@@ -373,9 +390,9 @@ fn write_slot(
     repository: &str,
     channel: &str,
     root: &Path,
-    usr: &Path,
-    verity: &Path,
+    (usr, verity): (&Path, &Path),
     state_dir: &Path,
+    from: (Option<&Path>, Option<&Path>),
 ) -> Result<()> {
     let cfg = UpdateConfig::parse(&format!(
         "repository = {repository:?}\nchannel = {channel:?}\n"
@@ -394,6 +411,10 @@ fn write_slot(
     state.save(state_dir)?;
     let rel = found?;
     let start = std::time::Instant::now();
+    let (from_usr, from_verity) = (
+        from.0.map(|p| p.to_string_lossy().into_owned()),
+        from.1.map(|p| p.to_string_lossy().into_owned()),
+    );
     herd_update::download::write_slot(
         repository.trim_end_matches('/'),
         &rel,
@@ -401,6 +422,10 @@ fn write_slot(
         &verity.to_string_lossy(),
         &mut state,
         state_dir,
+        herd_update::download::Sources {
+            usr: from_usr.as_deref(),
+            verity: from_verity.as_deref(),
+        },
         &log,
     )?;
     log(&format!(

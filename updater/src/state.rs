@@ -57,6 +57,10 @@ pub struct State {
     /// this node's "now" never goes below it (see [`crate::trust`]).
     #[serde(default)]
     pub trusted_time: u64,
+    /// Where the bytes of the last delta update came from (local slot or
+    /// network), for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::delta::DeltaStats>,
 }
 
 impl State {

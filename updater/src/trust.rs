@@ -110,6 +110,7 @@ mod tests {
                 let p = Payload {
                     sha256: "ab".repeat(32),
                     size: 1,
+                    chunks: None,
                 };
                 (r.to_string(), p)
             })

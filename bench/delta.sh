@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Benchmark (issue 17): bytes a delta update downloads, against the full
+# payloads and against the physical floor, for two releases of the default
+# image that differ by
+#   (c) only the image version (0.1.0 -> 0.2.0), and
+#   (a) the version and one rebuilt herd binary: /usr/bin/herd-agent is
+#       replaced by another build of it (the dynamically linked one from
+#       target/release: every byte differs, so its floor is its whole
+#       compressed size).
+# (b) "one upgraded Debian library package" needs a second debian.lock
+# with a newer package and is not measured here yet.
+# usr.img and usr.verity go through `herd-update write-slot --from-usr
+# --from-verity` against `herd serve` on 127.0.0.1 (the node's code path;
+# bytes from state.json), timed against the same write-slot without the old
+# slot (full download); the UKI (a node assembles it from the running UKI on
+# the ESP) is planned with the same chunking by examples/delta_plan.
+# The floor: the changed file compressed as squashfs stores it (zstd -15 in
+# 128 KiB blocks). Usage: bench/delta.sh   (run scripts/setup.sh first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p herd -p herd-update --bins --example delta_plan
+herd=$PWD/target/release/herd
+upd=$PWD/target/release/herd-update
+plan=$PWD/target/release/examples/delta_plan
+bins=$PWD/target/x86_64-unknown-linux-gnu/release
+[ -x "$bins/herd-init" ] || { echo "run scripts/setup.sh first"; exit 1; }
+work=$(mktemp -d -p "${TMPDIR:-/var/tmp}"); trap 'rm -rf "$work"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
+export HERD_CACHE=${HERD_CACHE:-$PWD/.cache/debs} SOURCE_DATE_EPOCH=1700000000
+lock=$PWD/buildroot/debian.lock
+
+toml() { # VERSION OUT
+  sed -e "s/^version = \"0.1.0\"/version = \"$1\"/" -e "s|^lock = .*|lock = \"$lock\"|" images/default.toml >"$2"
+}
+build() { # TOML OUT BINDIR
+  "$herd" build "$1" --out "$2" --bin-dir "$3" --quiet
+}
+floor() { # FILE: bytes of FILE compressed in 128 KiB blocks at zstd -15
+  local d; d=$(mktemp -d -p "$work"); split -b 131072 "$1" "$d/b"
+  for b in "$d"/b*; do zstd -q -15 -c "$b" | wc -c; done | awk '{s+=$1} END{print s}'
+}
+
+echo "building the releases in $work" >&2
+toml 0.1.0 "$work/v1.toml"; toml 0.2.0 "$work/v2.toml"
+build "$work/v1.toml" "$work/v1" "$bins"
+build "$work/v2.toml" "$work/c" "$bins"
+mkdir -p "$work/bins-a"; cp -a "$bins"/herd-init "$bins"/herd-provision "$work/bins-a/"
+cp target/release/herd-agent "$work/bins-a/herd-agent"
+build "$work/v2.toml" "$work/a" "$work/bins-a"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+size() { stat -c %s "$1"; }
+ms() { date +%s%N; }
+case_run() { # NAME OUT FLOOR-FILE
+  local name=$1 out=$2 repo=$work/repo-$1 key=$work/key-$1.json
+  "$herd" key generate --out "$key" >/dev/null
+  "$herd" release init --repo "$repo" --key "$key" >/dev/null
+  "$herd" release publish --repo "$repo" --key "$key" --image-out "$work/v1" >/dev/null
+  "$herd" release publish --repo "$repo" --key "$key" --image-out "$out" >/dev/null
+  "$herd" serve "$repo" --listen "127.0.0.1:$port" 2>/dev/null & local srv=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/root/1.json" >/dev/null && break; sleep 0.1; done
+  local args=(write-slot --repository "http://127.0.0.1:$port" --root "$repo/root/1.json")
+  rm -rf "$work/t"; mkdir -p "$work/t"; sync
+  local t0; t0=$(ms)
+  "$upd" "${args[@]}" --usr "$work/t/usr" --verity "$work/t/verity" --state-dir "$work/t/s" >/dev/null
+  local full_ms=$(( ($(ms) - t0) / 1000000 ))
+  rm -rf "$work/t"; mkdir -p "$work/t"; sync
+  t0=$(ms)
+  "$upd" "${args[@]}" --usr "$work/t/usr" --verity "$work/t/verity" --state-dir "$work/t/s" \
+    --from-usr "$work/v1/usr.img" --from-verity "$work/v1/usr.verity" >/dev/null
+  local delta_ms=$(( ($(ms) - t0) / 1000000 ))
+  kill "$srv"; wait "$srv" 2>/dev/null || true
+  cmp -s "$work/t/usr" "$out/usr.img" || { echo "$name: the delta result differs from usr.img"; exit 1; }
+  local net # usr.img and usr.verity, delta or full, with their indexes
+  net=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['delta']['network'])" "$work/t/s/state.json")
+  read -r uki_fetch uki_index uki_size <<<"$("$plan" "$work/v1/boot/uki-a.efi" "$out/boot/uki-b.efi")"
+  local full=$(( $(size "$out/usr.img") + $(size "$out/usr.verity") + uki_size ))
+  local delta=$(( net + uki_fetch + uki_index ))
+  local fl="-"; [ -n "$3" ] && fl=$(floor "$3")
+  echo "($name) full payloads (usr.img + usr.verity + one UKI): $full bytes"
+  echo "($name) delta download: $delta bytes = $(awk -v d="$delta" -v f="$full" 'BEGIN{printf "%.2f", d*100/f}') % of full (usr.img + usr.verity + indexes $net, UKI $uki_fetch + index $uki_index)"
+  [ "$fl" != "-" ] && echo "($name) floor (changed file, compressed): $fl bytes; delta / floor = $(awk -v d="$delta" -v f="$fl" 'BEGIN{printf "%.2f", d/f}')x"
+  echo "($name) write-slot on loopback: delta $delta_ms ms, full $full_ms ms"
+}
+case_run c "$work/c" ""
+case_run a "$work/a" target/release/herd-agent
+idx=$(python3 - "$work/repo-c" <<'EOF'
+import json, sys, os
+d = sys.argv[1]
+env = json.load(open(os.path.join(d, "channels/stable.json")))
+rel = json.loads(env["signed"])["release"]
+for role in ("usr.img", "usr.verity", "uki-a"):
+    p = rel["payloads"][role]
+    print(f"index of {role}: {p['chunks']['size']} bytes = {p['chunks']['size']*100/p['size']:.3f} % of {p['size']}")
+EOF
+)
+echo "$idx"
