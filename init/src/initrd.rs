@@ -112,7 +112,8 @@ impl UsrCheck {
     }
 }
 
-/// Runs the initramfs stage and execs the real root's herd-init.
+/// Runs the initramfs stage, switches to the real root and runs the root
+/// stage in this same process.
 pub fn run() -> ! {
     mount_or_die(
         "proc",
@@ -383,7 +384,8 @@ pub fn run() -> ! {
             fatal(&format!("cannot move {m} into the new root: {e}"));
         }
     }
-    // Free the initramfs: its files live in memory until deleted.
+    // Free the initramfs: its files live in memory until deleted (/init,
+    // this program, stays as long as it runs).
     for p in ["/init", "/lib", "/etc"] {
         let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
     }
@@ -394,11 +396,13 @@ pub fn run() -> ! {
     {
         fatal(&format!("cannot switch to the real root: {e}"));
     }
-    info!("switched root; starting /usr/bin/herd-init");
-    let e = sys::exec("/usr/bin/herd-init", &["herd-init", "--root-stage"]);
-    fatal(&format!(
-        "cannot exec /usr/bin/herd-init in the real root: {e}"
-    ))
+    // The root stage runs on in this process: the initramfs copy of
+    // herd-init (from the signed, measured UKI of this slot, built with this
+    // /usr) stays PID 1, so nothing from /usr ever runs as PID 1 and the
+    // exec (reading and decompressing /usr/bin/herd-init from the squashfs
+    // through dm-verity, ~0.15 s under TCG) is saved.
+    info!("switched root; herd-init goes on as PID 1 from the initramfs");
+    crate::root::run()
 }
 
 /// The PARTUUID of the ESP the boot loader ran from (systemd-boot's
