@@ -254,15 +254,13 @@ pub fn run() -> ! {
         }
     }
 
-    // While STATE is mounted: load the fw_cfg driver provisioning looks for
-    // first, and read the head of each service's program into the page
-    // cache (exec reads it). Not herd-init itself: with all of it cached,
-    // fault-around would map ~0.45 MiB more of it into PID 1 for good
-    // (measured: VmRSS 1.55 -> 2.0 MiB) to save ~0.1 s once. A read error
-    // is the /usr check's to report.
-    let warm = std::thread::spawn(|| {
-        modules::load_named("/sysroot", &crate::provision::FW_CFG_MODULE);
-        // The head of each service's program, which exec reads.
+    // While STATE is mounted: read the head of each service's program into
+    // the page cache (exec reads it), then, once STATE says provisioning
+    // may still run (a first boot), load the fw_cfg driver it looks for
+    // first. A later boot does not wait for that module (it loads after
+    // `ready` with the others). A read error is the /usr check's to report.
+    let (fw_cfg_tx, fw_cfg_rx) = std::sync::mpsc::channel::<bool>();
+    let warm = std::thread::spawn(move || {
         let services = fs::read_to_string("/sysroot/usr/lib/herd/init.toml")
             .ok()
             .and_then(|t| herd_init::config::Config::parse(&t).ok())
@@ -274,6 +272,9 @@ pub fn run() -> ! {
                     let _ = std::io::copy(&mut f.take(256 * 1024), &mut std::io::sink());
                 }
             }
+        }
+        if fw_cfg_rx.recv().unwrap_or(false) {
+            modules::load_named("/sysroot", &crate::provision::FW_CFG_MODULE);
         }
     });
 
@@ -314,6 +315,9 @@ pub fn run() -> ! {
         libc::MS_NOSUID | libc::MS_NODEV,
         "",
     );
+    // Provisioning runs only until a boot closed it (provision::run).
+    let open = herd_init::config_source::closed(std::path::Path::new("/sysroot/.state")).is_none();
+    let _ = fw_cfg_tx.send(open);
     if let Some((old, new)) = grown {
         match grow::resize_ext4("/sysroot/.state", new) {
             Ok(()) => info!(
