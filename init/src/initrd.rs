@@ -14,6 +14,7 @@ use crate::{dm, fatal, grow, info, modules, sys, tpm};
 
 const MS_RDONLY: libc::c_ulong = libc::MS_RDONLY;
 const PART_WAIT: Duration = Duration::from_secs(15);
+const INITRD_MODULES: &str = "/etc/herd/initrd-modules";
 
 fn mount_or_die(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
     let _ = fs::create_dir_all(target);
@@ -145,8 +146,23 @@ pub fn run() -> ! {
         cmdline.usrhash.as_deref().unwrap_or("(none)")
     );
 
-    let n = modules::load_list("/etc/herd/initrd-modules", true);
-    info!("loaded {n} initramfs modules");
+    // Which disk the boot loader ran from (efivarfs: mounting it reads every
+    // EFI variable through the firmware, ~40 ms under TCG) is found while
+    // the other modules load and probe their devices.
+    let esp = std::thread::Builder::new()
+        .name("loader-esp".into())
+        .spawn(|| {
+            (
+                modules::load_group_of(INITRD_MODULES, "efivarfs"),
+                loader_esp(),
+            )
+        })
+        .unwrap_or_else(|e| fatal(&format!("cannot start the boot disk lookup: {e}")));
+    let n = modules::load_list(INITRD_MODULES, true);
+    let (m, esp) = esp
+        .join()
+        .unwrap_or_else(|_| fatal("the boot disk lookup panicked"));
+    info!("loaded {} initramfs modules", n + m);
 
     let root = cmdline.root_hash().unwrap_or_else(|e| fatal(&e));
     let mut a = [0u8; 16];
@@ -161,7 +177,6 @@ pub fn run() -> ! {
             ));
         }
     }
-    let esp = loader_esp();
     let waited = std::time::Instant::now();
     let chosen = loop {
         let parts = disks::scan();
