@@ -38,4 +38,11 @@ echo "==> building herd (release)" >&2
 cargo build --release -q -p herd >&2
 echo "==> building the node binaries (static)" >&2
 RUSTFLAGS='-C target-feature=+crt-static' \
-  cargo build --release -q --target x86_64-unknown-linux-gnu -p herd-init -p herd-update -p herd-agent -p herd-provision >&2
+  cargo build --release -q --target x86_64-unknown-linux-gnu -p herd-update -p herd-agent -p herd-provision >&2
+# herd-init with the size profile (Cargo.toml, [profile.node-init]), next to
+# the others, where `herd build` and the tests take the node binaries from.
+RUSTFLAGS='-C target-feature=+crt-static' \
+  cargo build --profile node-init -q --target x86_64-unknown-linux-gnu -p herd-init >&2
+# (rm first: the old file may be cargo's hard link to its own release build.)
+rm -f target/x86_64-unknown-linux-gnu/release/herd-init
+cp target/x86_64-unknown-linux-gnu/node-init/herd-init target/x86_64-unknown-linux-gnu/release/herd-init

@@ -74,9 +74,6 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if std::process::id() == 1 {
         install_panic_hook();
-        if args.iter().any(|a| a == "--root-stage") {
-            root::run();
-        }
         initrd::run();
     }
     let sig = match args.get(1).map(String::as_str) {

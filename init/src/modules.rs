@@ -39,6 +39,24 @@ pub fn load_list(list: &str, side_by_side: bool) -> usize {
     })
 }
 
+/// Loads the group of `list` that holds the module `name` (a file stem),
+/// dependencies first; returns how many were loaded. For a step that needs
+/// one module early, while [`load_list`] loads the rest (a module loaded
+/// twice at once is loaded once: the other load finds it present).
+pub fn load_group_of(list: &str, name: &str) -> usize {
+    let Ok(text) = std::fs::read_to_string(list) else {
+        return 0;
+    };
+    group_of(&text, name).map_or(0, |g| load_group(&g))
+}
+
+/// The group of a module list that holds the module `name`.
+fn group_of<'a>(text: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    groups(text)
+        .into_iter()
+        .find(|g| g.iter().any(|p| stem(p) == name))
+}
+
 /// The groups of a module list: runs of non-empty lines.
 fn groups(text: &str) -> Vec<Vec<&str>> {
     let mut out: Vec<Vec<&str>> = vec![Vec::new()];
@@ -121,7 +139,20 @@ fn load(path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::groups;
+    use super::{group_of, groups};
+
+    #[test]
+    fn the_group_of_a_module_brings_its_dependencies() {
+        let list =
+            "/m/virtio.ko\n/m/virtio_pci.ko\n\n/m/dm-mod.ko\n/m/dm-verity.ko\n\n/m/efivarfs.ko\n";
+        assert_eq!(group_of(list, "efivarfs"), Some(vec!["/m/efivarfs.ko"]));
+        assert_eq!(
+            group_of(list, "dm-verity"),
+            Some(vec!["/m/dm-mod.ko", "/m/dm-verity.ko"])
+        );
+        assert_eq!(group_of(list, "efivar"), None);
+        assert_eq!(group_of("", "efivarfs"), None);
+    }
 
     #[test]
     fn lists_split_into_groups_at_empty_lines() {

@@ -182,17 +182,3 @@ pub unsafe fn ioctl_ptr<T>(
         Ok(r)
     }
 }
-
-/// execv(2): replaces this process; returns only on failure.
-pub fn exec(path: &str, args: &[&str]) -> io::Error {
-    let p = match cstr(path) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let cargs: Vec<CString> = args.iter().filter_map(|a| cstr(a).ok()).collect();
-    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    // SAFETY: p and every element of ptrs are valid NUL-terminated strings, ptrs is NULL-terminated.
-    unsafe { libc::execv(p.as_ptr(), ptrs.as_ptr()) };
-    io::Error::last_os_error()
-}
