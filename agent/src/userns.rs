@@ -19,8 +19,7 @@
 //! by its root, while the bytes on disk stay untouched and shared.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -213,11 +212,9 @@ pub fn namespace(range: IdRange) -> Result<OwnedFd, UsernsError> {
     result
 }
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
@@ -228,36 +225,22 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-fn c_path(p: &Path) -> Result<CString, UsernsError> {
-    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| UsernsError::Sys {
-        what: format!("{}", p.display()),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })
-}
-
 /// Mounts a read-only copy of the tree at `source` on `target`, its ids
 /// shifted by `userns`'s mapping (an idmapped mount: host id `h` shows as
 /// the id that `userns` maps its `h` to). Nothing on disk changes.
 pub fn idmapped_clone(source: &Path, target: &Path, userns: &OwnedFd) -> Result<(), UsernsError> {
-    let src = c_path(source)?;
-    let dst = c_path(target)?;
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
     let what = |w: &str| {
         format!("{w} {} (idmapped mounts need Linux 5.12+ and a file system that supports them, e.g. ext4)", source.display())
     };
-    // SAFETY: a valid NUL-terminated path; returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            src.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
-        )
-    };
-    if fd < 0 {
-        return Err(sys(what("open_tree"))(std::io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
+    )
+    .map_err(|e| sys(what("open_tree"))(e.into()))?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
         attr_clr: 0,
@@ -281,23 +264,14 @@ pub fn idmapped_clone(source: &Path, target: &Path, userns: &OwnedFd) -> Result<
             std::io::Error::last_os_error(),
         ));
     }
-    // SAFETY: moves the detached mount `tree` onto the NUL-terminated path.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            dst.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc != 0 {
-        return Err(sys(format!("move_mount onto {}", target.display()))(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| sys(format!("move_mount onto {}", target.display()))(e.into()))
 }
 
 /// Makes `path` (not following a symlink) owned by `range`'s root.
