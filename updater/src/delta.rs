@@ -120,9 +120,7 @@ pub fn assemble(
     let Some(idx) = fetch_index(base, role, p, r)? else {
         return Ok(None);
     };
-    let chunks = herd_release::chunk_reader(source, idx.min, idx.avg, idx.max)
-        .map_err(io(format!("chunking the running {role}")))?;
-    let found = chunks.into_iter().map(|c| (c.sha256, c.offset)).collect();
+    let found = scan(source, &idx).map_err(io(format!("chunking the running {role}")))?;
     let plan = plan(&idx, &[], &found);
     if plan.reuse_bytes(&idx) * 100 < p.size * MIN_REUSE_PERCENT {
         return Ok(None);
@@ -189,7 +187,11 @@ pub fn scan_source(
     limit: u64,
     idx: &ChunkIndex,
 ) -> std::io::Result<HashMap<[u8; 32], u64>> {
-    let r = BufReader::with_capacity(1 << 20, src.take(limit));
+    scan(BufReader::with_capacity(1 << 20, src.take(limit)), idx)
+}
+
+/// Chunks `r` the way `idx` was made: sha256 → offset in `r`.
+fn scan(r: impl Read, idx: &ChunkIndex) -> std::io::Result<HashMap<[u8; 32], u64>> {
     let chunks = herd_release::chunk_reader(r, idx.min, idx.avg, idx.max)?;
     Ok(chunks.into_iter().map(|c| (c.sha256, c.offset)).collect())
 }

@@ -238,15 +238,7 @@ fn write_payload(
     if p.chunks.is_none() || job.source.is_none() {
         return write_payload_full(job, state, verifier, start);
     }
-    let save = |state: &mut State, offset: u64| -> Result<(), Error> {
-        state.partial = Some(Partial {
-            version: rel.version.clone(),
-            role: role.to_string(),
-            offset,
-            size: p.size,
-        });
-        state.save(state_dir)
-    };
+    let save = |state: &mut State, offset: u64| save_partial(rel, role, state_dir, state, offset);
     // Marks the payload as being written. A delta writes out of order, so
     // the resume point stays where a full download left it (a delta only
     // writes the payload's own bytes at their places: that prefix stays
@@ -264,10 +256,7 @@ fn write_payload(
                 total: p.size,
                 ..Default::default()
             };
-            match &mut state.delta {
-                Some(d) if d.version == st.version => d.add(&st),
-                d => *d = Some(st),
-            }
+            state.count_delta(st);
             return state.save(state_dir);
         }
         Ok(Some(st)) => {
@@ -280,10 +269,7 @@ fn write_payload(
     };
     match delta {
         Ok(st) => {
-            match &mut state.delta {
-                Some(d) if d.version == st.version => d.add(&st),
-                d => *d = Some(st),
-            }
+            state.count_delta(st);
             save(state, p.size)
         }
         Err(e) => {
@@ -295,6 +281,24 @@ fn write_payload(
             Err(e)
         }
     }
+}
+
+/// Records in the state that payload `role` of `rel` is written up to
+/// `offset` (the resume point), and saves the state in `state_dir`.
+fn save_partial(
+    rel: &Release,
+    role: &str,
+    state_dir: &Path,
+    state: &mut State,
+    offset: u64,
+) -> Result<(), Error> {
+    state.partial = Some(Partial {
+        version: rel.version.clone(),
+        role: role.to_string(),
+        offset,
+        size: rel.payloads[role].size,
+    });
+    state.save(state_dir)
 }
 
 /// [`write_payload`] by a full download from byte `start`.
@@ -316,15 +320,7 @@ fn write_payload_full(
     let p = &rel.payloads[role];
     let mut f = open_target(dev, p.size, role)?;
     let mut check = PayloadCheck::new(role, p);
-    let save = |state: &mut State, offset: u64| -> Result<(), Error> {
-        state.partial = Some(Partial {
-            version: rel.version.clone(),
-            role: role.to_string(),
-            offset,
-            size: p.size,
-        });
-        state.save(state_dir)
-    };
+    let save = |state: &mut State, offset: u64| save_partial(rel, role, state_dir, state, offset);
     let chatty = p.size >= 8 << 20;
     // Resume points are saved on their own thread (flush the slot, then
     // record the offset): the download does not wait for the disk.

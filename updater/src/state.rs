@@ -64,6 +64,15 @@ pub struct State {
 }
 
 impl State {
+    /// Adds a payload's delta figures to those of its release (a new
+    /// release starts over).
+    pub fn count_delta(&mut self, st: crate::delta::DeltaStats) {
+        match &mut self.delta {
+            Some(d) if d.version == st.version => d.add(&st),
+            d => *d = Some(st),
+        }
+    }
+
     /// The state file in `dir`.
     pub fn path(dir: &Path) -> PathBuf {
         dir.join("state.json")
