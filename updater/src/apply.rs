@@ -142,10 +142,7 @@ fn fetch_uki(
             if let Some((uki, mut st)) = crate::delta::assemble(base, role, p, &old)? {
                 st.version = rel.version.clone();
                 log(&format!("delta {role} of {}", st.line()));
-                match &mut state.delta {
-                    Some(d) if d.version == st.version => d.add(&st),
-                    d => *d = Some(st),
-                }
+                state.count_delta(st);
                 return Ok(uki);
             }
             log(&format!(
