@@ -195,39 +195,32 @@ fn main() {
     )
     .unwrap();
 
+    // `crun run` of a bundle to its end: milliseconds.
+    let crun_run = |bundle: &Path, id: &str, what: &str| -> f64 {
+        let began = Instant::now();
+        let st = Command::new("crun")
+            .arg("--cgroup-manager=disabled")
+            .arg("--root")
+            .arg(d.join("crun-state"))
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "crun run ({what}) failed: {st}");
+        began.elapsed().as_secs_f64() * 1000.0
+    };
     let (mut base, mut mine, mut plain) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        let began = Instant::now();
-        let st = Command::new("crun")
-            .arg("--cgroup-manager=disabled")
-            .arg("--root")
-            .arg(d.join("crun-state"))
-            .args(["run", "--bundle"])
-            .arg(&plain_bundle)
-            .arg(format!("plain{i}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        plain.push(began.elapsed().as_secs_f64() * 1000.0);
-        assert!(st.success(), "crun run (no user namespace) failed: {st}");
-
-        let began = Instant::now();
-        let st = Command::new("crun")
-            .arg("--cgroup-manager=disabled")
-            .arg("--root")
-            .arg(d.join("crun-state"))
-            .args(["run", "--bundle"])
-            .arg(&bundle)
-            .arg(format!("base{i}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        base.push(began.elapsed().as_secs_f64() * 1000.0);
-        assert!(st.success(), "crun run failed: {st}");
+        plain.push(crun_run(
+            &plain_bundle,
+            &format!("plain{i}"),
+            "no user namespace",
+        ));
+        base.push(crun_run(&bundle, &format!("base{i}"), "same config"));
 
         let name = format!("p{i}");
         let at = place(&name, &pod_yaml(&name, "true", "Never"));
