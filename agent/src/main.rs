@@ -322,6 +322,7 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
             format!("{} container(s) left by an earlier agent", survivors.len()),
         );
     }
+    let mut sweeper = reaper::Sweeper::default();
     let mut watch = Watch::default();
     let mut running: BTreeMap<PathBuf, Handle> = BTreeMap::new();
     // Pods asked to stop, still within their grace period; a changed
@@ -392,7 +393,7 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
                 );
             }
         }
-        reaper::sweep();
+        sweeper.sweep();
         // Not while a pod is being pulled or still stopping (its image is
         // in use until it is gone).
         if gc_at.is_some_and(|t| Instant::now() >= t)

@@ -25,18 +25,23 @@
 //!   reports [`Exit::Unknown`] — its status went to its new parent.
 //! - **The agent's own commands**: whoever spawned them waits for that PID
 //!   (std's `Child::wait`/`status`, `waitpid(pid)` in userns).
-//! - **Inherited orphans**: a process that `crun exec` (a liveness probe)
-//!   left inside a container when the probe timed out and crun was killed
-//!   is re-parented to the agent, the subreaper of crun's PID namespace.
-//!   [`sweep`], called from the agent's main loop, reaps those only: a
-//!   zombie child that lives in a deeper PID namespace than the agent and
-//!   is not PID 1 there. The agent's own commands share its PID namespace
-//!   and container inits are PID 1 of theirs, so neither is ever touched;
-//!   it reads `/proc/self/task/*/children` and reaps each such PID with
-//!   `waitid(P_PID, pid, WNOHANG)`, never `-1`. A zombie cannot vanish or
-//!   be replaced under it, since nobody else waits for these PIDs.
+//! - **Inherited orphans**: crun's own helper processes (`crun run
+//!   --detach` leaves one per container start, re-parented to the agent
+//!   when it exits: measured by bench/agent.sh) and processes a timed-out
+//!   `crun exec` probe left inside a container. [`Sweeper::sweep`], called
+//!   from the agent's main loop, reads `/proc/self/task/*/children` and
+//!   reaps, each by its PID with `waitid(P_PID, pid, WNOHANG)` (never
+//!   `-1`), only zombies that are (a) in a deeper PID namespace than the
+//!   agent and not PID 1 there (container inits are PID 1 of theirs), or
+//!   (b) in the agent's namespace and already zombies, with the same PID
+//!   and start time, for [`LINGER`]: the agent's own commands are reaped
+//!   by their spawners within milliseconds of their end, so a zombie that
+//!   stays is an orphan nobody else will wait for. A zombie cannot vanish
+//!   or be replaced under the sweeper, since it holds its PID until reaped.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
@@ -116,21 +121,31 @@ pub fn wait(pidfd: &OwnedFd) -> Exit {
     }
 }
 
-/// Whether `/proc/PID/status` text describes an orphan [`sweep`] may
-/// reap: a zombie in a PID namespace deeper than `levels` (the agent's
-/// count of `NSpid` entries) where it is not PID 1.
+/// How long a zombie of the agent's own PID namespace must stay one
+/// before [`Sweeper::sweep`] takes it for an orphan.
+pub const LINGER: Duration = Duration::from_secs(5);
+
+/// Whether `/proc/PID/status` text describes an orphan from a container:
+/// a zombie in a PID namespace deeper than `levels` (the agent's count of
+/// `NSpid` entries) where it is not PID 1.
 fn is_stray_zombie(status: &str, levels: usize) -> bool {
+    zombie_levels(status).is_some_and(|(n, init)| n > levels && !init)
+}
+
+/// For a zombie's status text: its count of `NSpid` entries and whether
+/// it is PID 1 of its namespace.
+fn zombie_levels(status: &str) -> Option<(usize, bool)> {
     let field = |k: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(k))
             .map(str::trim)
     };
-    let zombie = field("State:").is_some_and(|s| s.starts_with('Z'));
-    let nspid: Vec<&str> = field("NSpid:")
-        .map(|s| s.split_whitespace().collect())
-        .unwrap_or_default();
-    zombie && nspid.len() > levels && nspid.last() != Some(&"1")
+    if !field("State:")?.starts_with('Z') {
+        return None;
+    }
+    let nspid: Vec<&str> = field("NSpid:")?.split_whitespace().collect();
+    Some((nspid.len(), nspid.last() == Some(&"1")))
 }
 
 fn nspid_levels(status: &str) -> usize {
@@ -140,43 +155,80 @@ fn nspid_levels(status: &str) -> usize {
         .map_or(1, |s| s.split_whitespace().count())
 }
 
-/// Reaps the orphans the agent inherited as subreaper (see the module
-/// doc); returns how many.
-pub fn sweep() -> usize {
-    let Ok(me) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    let levels = nspid_levels(&me);
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    let mut reaped = 0;
-    for t in tasks.flatten() {
-        let Ok(children) = std::fs::read_to_string(t.path().join("children")) else {
-            continue;
+/// A process's start time (`/proc/PID/stat` field 22).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Reaps the orphans the agent inherits as subreaper (see the module doc).
+#[derive(Debug, Default)]
+pub struct Sweeper {
+    /// Zombies of the agent's own namespace: (PID, start time) → first seen.
+    seen: HashMap<(i32, u64), Instant>,
+}
+
+impl Sweeper {
+    /// One pass; returns how many it reaped.
+    pub fn sweep(&mut self) -> usize {
+        let Ok(me) = std::fs::read_to_string("/proc/self/status") else {
+            return 0;
         };
-        for pid in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        let levels = nspid_levels(&me);
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut seen = HashMap::new();
+        let mut reaped = 0;
+        for t in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(t.path().join("children")) else {
                 continue;
             };
-            if !is_stray_zombie(&status, levels) {
-                continue;
-            }
-            let Some(pid) = Pid::from_raw(pid) else {
-                continue;
-            };
-            if let Ok(Some(_)) = waitid(
-                WaitId::Pid(pid),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            ) {
-                reaped += 1;
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    continue;
+                };
+                let reap = match zombie_levels(&status) {
+                    None => false,
+                    Some(_) if is_stray_zombie(&status, levels) => true,
+                    Some((n, _)) if n == levels => {
+                        let Some(key) = start_time(pid).map(|t| (pid, t)) else {
+                            continue;
+                        };
+                        let first = *self.seen.get(&key).unwrap_or(&now);
+                        seen.insert(key, first);
+                        now.duration_since(first) >= LINGER
+                    }
+                    Some(_) => false,
+                };
+                let Some(p) = Pid::from_raw(pid) else {
+                    continue;
+                };
+                if reap
+                    && matches!(
+                        waitid(
+                            WaitId::Pid(p),
+                            WaitIdOptions::EXITED | WaitIdOptions::NOHANG
+                        ),
+                        Ok(Some(_))
+                    )
+                {
+                    reaped += 1;
+                }
             }
         }
+        self.seen = seen;
+        reaped
     }
-    reaped
 }
 
 #[cfg(test)]
@@ -196,6 +248,30 @@ mod tests {
         // The agent itself in a container (two levels): same rule, one deeper.
         assert!(!is_stray_zombie(&st("Z (zombie)", "4242 7"), 2));
         assert!(is_stray_zombie(&st("Z (zombie)", "4242 77 7"), 2));
+    }
+
+    #[test]
+    fn the_sweeper_reaps_orphans_that_stay_zombies_and_leaves_fresh_ones() {
+        become_subreaper().unwrap();
+        // An orphan re-parented to us (its parent exits first) that ends.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.1 >/dev/null & echo $!"])
+            .output()
+            .unwrap();
+        let orphan: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let is_zombie = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit_once(") ").unwrap().1.starts_with('Z'))
+        };
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(is_zombie(orphan), "the orphan is our zombie");
+        let mut sw = Sweeper::default();
+        // Fresh: it could be a command whose spawner is about to wait.
+        sw.sweep();
+        assert!(is_zombie(orphan), "reaped before LINGER");
+        std::thread::sleep(LINGER + Duration::from_millis(200));
+        assert!(sw.sweep() >= 1);
+        assert!(!is_zombie(orphan), "still a zombie after LINGER");
     }
 
     #[test]
