@@ -80,6 +80,55 @@ impl DeltaStats {
 pub trait ReadAt {
     /// Fills `b` from byte `offset`.
     fn read_at(&self, b: &mut [u8], offset: u64) -> std::io::Result<()>;
+
+    /// True when these are the very bytes the scan hashed and they cannot
+    /// have changed since (see [`Scanned`]): a copy need not be hashed again.
+    fn hashed(&self) -> bool {
+        false
+    }
+}
+
+/// What a scan found: chunk sha256 → its offset in the source.
+pub type Found = HashMap<[u8; 32], u64>;
+
+/// A source read into memory once and chunked there (see
+/// [`scan_in_memory`]): a copy from it is neither read from the disk again
+/// nor hashed again, since the scan found each chunk by the sha256 of
+/// exactly these bytes.
+pub struct Scanned(Vec<u8>);
+
+impl ReadAt for Scanned {
+    fn read_at(&self, b: &mut [u8], offset: u64) -> std::io::Result<()> {
+        (&self.0[..]).read_at(b, offset)
+    }
+
+    fn hashed(&self) -> bool {
+        true
+    }
+}
+
+/// A source is read into memory when what is chunked of it is at most this
+/// large (a node's `/usr` slot; larger ones are read twice instead).
+pub const IN_MEMORY_SOURCE: u64 = 64 << 20;
+
+/// Reads the first `limit` bytes of `src` into memory and chunks them the
+/// way `idx` was made, when they are at most [`IN_MEMORY_SOURCE`] bytes;
+/// `Ok(None)` when larger (use [`scan_source`]).
+pub fn scan_in_memory(
+    src: &File,
+    limit: u64,
+    idx: &ChunkIndex,
+) -> std::io::Result<Option<(Scanned, Found)>> {
+    use std::io::{Seek, SeekFrom};
+    // A block device's metadata says 0 bytes: ask for its end instead.
+    let len = (&*src).seek(SeekFrom::End(0))?.min(limit);
+    if len > IN_MEMORY_SOURCE {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len as usize];
+    src.read_exact_at(&mut buf, 0)?;
+    let found = scan(&buf[..], idx)?;
+    Ok(Some((Scanned(buf), found)))
 }
 
 impl ReadAt for File {
@@ -359,8 +408,13 @@ pub fn execute(
                 }
                 Step::Copy(from) => {
                     let b = &mut buf[..c.len as usize];
-                    let read = source.map(|f| f.read_at(b, from));
-                    if matches!(read, Some(Ok(()))) && sha(b) == c.sha256 {
+                    let read = source.map(|f| (f.read_at(b, from), f.hashed()));
+                    let ok = match read {
+                        Some((Ok(()), true)) => true,
+                        Some((Ok(()), false)) => sha(b) == c.sha256,
+                        _ => false,
+                    };
+                    if ok {
                         sink.put(c.offset, b, true)?;
                         st.local += u64::from(c.len);
                     } else {
@@ -540,6 +594,23 @@ mod tests {
         let mut got = Vec::new();
         (&target).read_to_end(&mut got).unwrap();
         assert!(got == new);
+    }
+
+    #[test]
+    fn a_source_in_memory_finds_the_same_chunks_and_assembles_the_payload() {
+        let (old, new, idx) = releases();
+        let (_s, src) = file_with(&old);
+        let on_disk = scan_source(&src, u64::MAX, &idx).unwrap();
+        let (mem, found) = scan_in_memory(&src, u64::MAX, &idx).unwrap().unwrap();
+        assert_eq!(found, on_disk);
+        let p = plan(&idx, &vec![false; idx.chunks.len()], &found);
+        let url = server(new.clone(), true);
+        let mut seen = Seen::default();
+        let st = execute(&client(), &url, &idx, &p, Some(&mem), None, &mut seen)
+            .unwrap()
+            .unwrap();
+        assert!(seen.bytes == new);
+        assert_eq!(st.local, p.reuse_bytes(&idx));
     }
 
     #[test]

@@ -141,10 +141,22 @@ fn try_delta(
             None
         }
     };
-    let found = match &source {
-        Some(s) => delta::scan_source(s, source_limit(p.size), &idx)
-            .map_err(io(format!("chunking {src}")))?,
+    let limit = source_limit(p.size);
+    let chunking = || io(format!("chunking {src}"));
+    let (scanned, found) = match &source {
+        Some(s) => match delta::scan_in_memory(s, limit, &idx).map_err(chunking())? {
+            Some((m, found)) => (Some(m), found),
+            None => (
+                None,
+                delta::scan_source(s, limit, &idx).map_err(chunking())?,
+            ),
+        },
         None => Default::default(),
+    };
+    let source: Option<&dyn delta::ReadAt> = match (&scanned, &source) {
+        (Some(m), _) => Some(m),
+        (None, Some(s)) => Some(s),
+        (None, None) => None,
     };
     let here = delta::scan_in_place(f, &idx).map_err(io(format!("reading {}", job.dev)))?;
     let plan = delta::plan(&idx, &here, &found);
@@ -161,15 +173,7 @@ fn try_delta(
     let check = PayloadCheck::new(role, p);
     let (done, check) = checked(check, verifier, |hand_over| {
         let mut sink = SlotSink::new(f, job.dev, hand_over);
-        let st = delta::execute(
-            job.client,
-            &url,
-            &idx,
-            &plan,
-            source.as_ref().map(|s| s as &dyn delta::ReadAt),
-            Some(f),
-            &mut sink,
-        )?;
+        let st = delta::execute(job.client, &url, &idx, &plan, source, Some(f), &mut sink)?;
         sink.flush()?;
         Ok(st)
     })?;
