@@ -127,8 +127,32 @@ pub fn scan_in_memory(
     }
     let mut buf = vec![0u8; len as usize];
     src.read_exact_at(&mut buf, 0)?;
-    let found = scan(&buf[..], idx)?;
+    let found = scan_slice(&buf, idx);
     Ok(Some((Scanned(buf), found)))
+}
+
+/// Chunks `b` the way `idx` was made (the cut points of [`scan`], found in
+/// place without copying) and hashes the chunks on two threads: the scan
+/// is the one pass a delta makes before its first byte can be placed.
+fn scan_slice(b: &[u8], idx: &ChunkIndex) -> Found {
+    let cuts: Vec<(u64, usize)> = fastcdc::v2020::FastCDC::new(b, idx.min, idx.avg, idx.max)
+        .map(|c| (c.offset as u64, c.length))
+        .collect();
+    let hash = |part: &[(u64, usize)]| -> Vec<([u8; 32], u64)> {
+        part.iter()
+            .map(|&(off, len)| (sha(&b[off as usize..off as usize + len]), off))
+            .collect()
+    };
+    let (first, second) = cuts.split_at(cuts.len() / 2);
+    let (a, z) = std::thread::scope(|sc| {
+        let other = sc.spawn(|| hash(second));
+        (
+            hash(first),
+            other.join().expect("the hash thread does not panic"),
+        )
+    });
+    // Later duplicates win, as when collecting the chunks in order.
+    a.into_iter().chain(z).collect()
 }
 
 impl ReadAt for File {
