@@ -16,6 +16,7 @@ pub mod http;
 pub mod loader;
 pub mod slots;
 pub mod state;
+pub mod tls;
 pub mod trust;
 
 /// The configuration schema lives in its own crate (the builder and

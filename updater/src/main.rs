@@ -30,6 +30,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per run: the size of write-slot's options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// The service: check every interval (with jitter), install, reboot by policy.
@@ -82,6 +84,10 @@ enum Cmd {
         /// The running verity tree (partition or file).
         #[arg(long)]
         from_verity: Option<PathBuf>,
+        /// For an https:// repository: trust only the CA certificate(s) in
+        /// this PEM file (as `ca_file` in update.toml).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -182,8 +188,9 @@ fn real_main(cmd: Cmd) -> Result<()> {
             state_dir,
             from_usr,
             from_verity,
+            ca_file,
         } => write_slot(
-            &repository,
+            (&repository, ca_file.as_deref()),
             &channel,
             &root,
             (&usr, &verity),
@@ -387,16 +394,20 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
 }
 
 fn write_slot(
-    repository: &str,
+    (repository, ca_file): (&str, Option<&Path>),
     channel: &str,
     root: &Path,
     (usr, verity): (&Path, &Path),
     state_dir: &Path,
     from: (Option<&Path>, Option<&Path>),
 ) -> Result<()> {
-    let cfg = UpdateConfig::parse(&format!(
-        "repository = {repository:?}\nchannel = {channel:?}\n"
-    ))?;
+    let mut text = format!("repository = {repository:?}\nchannel = {channel:?}\n");
+    if let Some(ca) = ca_file {
+        let ca = std::path::absolute(ca).context("resolving --ca-file")?;
+        text += &format!("ca_file = {:?}\n", ca.to_string_lossy());
+    }
+    let cfg = UpdateConfig::parse(&text)?;
+    let client = herd_update::http::Client::for_config(&cfg)?;
     let trusted = trusted_root(root)?;
     for target in [usr, verity] {
         if !target.exists() {
@@ -416,6 +427,7 @@ fn write_slot(
         from.1.map(|p| p.to_string_lossy().into_owned()),
     );
     herd_update::download::write_slot(
+        &client,
         repository.trim_end_matches('/'),
         &rel,
         &usr.to_string_lossy(),

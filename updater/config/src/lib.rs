@@ -89,8 +89,14 @@ impl Window {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
-    /// Repository base URL, e.g. `http://10.0.2.100:8080`.
+    /// Repository base URL, e.g. `http://10.0.2.100:8080` or
+    /// `https://updates.example.com/herd`.
     pub repository: String,
+    /// For an `https://` repository: a PEM file of the CA certificate(s)
+    /// that alone are trusted for it (pinning), instead of the Mozilla
+    /// root certificates built into herd-update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Channel to follow.
     #[serde(default = "stable")]
     pub channel: String,
@@ -122,11 +128,25 @@ impl UpdateConfig {
     /// Parses and checks the TOML text.
     pub fn parse(text: &str) -> Result<UpdateConfig, Error> {
         let c: UpdateConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-        if !c.repository.starts_with("http://") {
+        let https = c.repository.starts_with("https://");
+        if !https && !c.repository.starts_with("http://") {
             return Err(Error::Config(format!(
-                "repository {:?}: only http:// URLs are supported (metadata and payloads are signed)",
+                "repository {:?}: write an http:// or https:// URL",
                 c.repository
             )));
+        }
+        if let Some(ca) = &c.ca_file {
+            if !https {
+                return Err(Error::Config(format!(
+                    "ca_file {ca:?} pins the CA of an https:// repository, but repository is {:?}: write https://, or remove ca_file",
+                    c.repository
+                )));
+            }
+            if !ca.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "ca_file {ca:?}: write an absolute path (e.g. /usr/lib/herd/repository-ca.pem)"
+                )));
+            }
         }
         if c.tries == 0 || c.interval_secs == 0 {
             return Err(Error::Config(
@@ -187,6 +207,15 @@ mod tests {
             ("stable", 300, Reboot::Immediate, 3)
         );
         assert!(UpdateConfig::parse("repository = \"ftp://x\"\n").is_err());
+        let https = UpdateConfig::parse(
+            "repository = \"https://x/herd\"\nca_file = \"/usr/lib/herd/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(https.ca_file.as_deref(), Some("/usr/lib/herd/ca.pem"));
+        let e =
+            UpdateConfig::parse("repository = \"http://x\"\nca_file = \"/ca.pem\"\n").unwrap_err();
+        assert!(e.to_string().contains("write https://"), "{e}");
+        assert!(UpdateConfig::parse("repository = \"https://x\"\nca_file = \"ca.pem\"\n").is_err());
         assert!(UpdateConfig::parse("repository = \"http://x\"\nchanel = \"a\"\n").is_err());
         assert!(UpdateConfig::parse("repository = \"http://x\"\nreboot = \"window\"\n").is_err());
     }
