@@ -342,7 +342,7 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
             let rollout = rollout
                 .map(|r| herd::publish::parse_rollout(&r, t))
                 .transpose()?;
-            let c = herd::publish::publish(
+            let (c, expected) = herd::publish::publish(
                 &image_out,
                 &herd_release::Repo::at(&repo),
                 &channel,
@@ -355,6 +355,9 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
                 "published {} {} on channel {} (sequence {}, expires in {} days)",
                 c.release.image, c.release.version, c.channel, c.seq, expires_days
             );
+            for line in expected.iter().flat_map(|e| e.lines()) {
+                println!("{line}");
+            }
         }
         ReleaseCommand::Halt {
             repo,

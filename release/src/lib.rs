@@ -16,7 +16,8 @@ mod repo;
 mod verify;
 
 pub use chunks::{
-    chunk_reader, Chunk, ChunkIndex, AVG_CHUNK, MAX_CHUNK, MAX_INDEX_BYTES, MIN_CHUNK,
+    chunk_reader, delta_worth, Chunk, ChunkIndex, ExpectedDownload, AVG_CHUNK, MAX_CHUNK,
+    MAX_INDEX_BYTES, MIN_CHUNK, MIN_REUSE_PERCENT,
 };
 pub use envelope::{Envelope, Signature};
 pub use key::{KeyId, PublicKey, SigningKey};

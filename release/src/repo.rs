@@ -201,6 +201,24 @@ impl Repo {
         ))
     }
 
+    /// A chunk index stored in the repository, checked against its
+    /// reference (size and sha256). `Ok(None)`: not there.
+    pub fn chunk_index(&self, r: &IndexRef) -> Result<Option<ChunkIndex>, Error> {
+        let p = self.dir.join("payloads").join(&r.sha256);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(format!("reading {}", p.display()))(e)),
+        };
+        if bytes.len() as u64 != r.size || hex::encode(Sha256::digest(&bytes)) != r.sha256 {
+            return Err(Error::Mismatch(format!(
+                "{} is not the chunk index the channel names (size or sha256 differ): the repository is damaged",
+                p.display()
+            )));
+        }
+        ChunkIndex::parse(&bytes).map(Some)
+    }
+
     /// The current channel document, verified against the current root.
     pub fn channel(&self, channel: &str, now: u64) -> Result<Option<Channel>, Error> {
         let p = self.channel_path(channel);
