@@ -359,3 +359,89 @@ fn write_slot_keeps_the_rotation_and_the_trusted_time() {
         "{err}"
     );
 }
+
+/// `herd release halt` and `resume` (issue 18): a node that does not run
+/// the release yet refuses it while the rollout is halted, and says why
+/// (here `herd-update write-slot`, the host mode of the updater); after
+/// `resume` it takes it.
+#[test]
+fn a_halted_rollout_is_not_installed_until_resumed() {
+    let image = default_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (key, stranger) = (t.join("k.json"), t.join("stranger.json"));
+    for k in [&key, &stranger] {
+        herd_ok(&["key", "generate", "--out", k.to_str().unwrap()]);
+    }
+    let repo = t.join("repo");
+    let release = |cmd: &str, key: &Path, more: &[&str]| {
+        let mut c = Command::new(herd());
+        c.args(["release", cmd, "--repo", repo.to_str().unwrap()])
+            .args(["--key", key.to_str().unwrap()])
+            .args(more);
+        run(&mut c)
+    };
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let refused = |o: std::process::Output, why: &str| {
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(why), "{err}");
+    };
+    ok(release("init", &key, &[]));
+    refused(release("halt", &key, &[]), "channel stable has no release");
+    ok(release(
+        "publish",
+        &key,
+        &[
+            "--image-out",
+            image.to_str().unwrap(),
+            "--rollout",
+            "0:50,3600:100",
+        ],
+    ));
+    let version = "0.1.0";
+    refused(release("resume", &key, &[]), "is not halted");
+    refused(
+        release("halt", &stranger, &["--reason", "x"]),
+        "signed by unknown key",
+    );
+    let out = ok(release("halt", &key, &["--reason", "disks fill up"]));
+    assert!(
+        out.contains(&format!(
+            "halted the rollout of herd {version} on channel stable (sequence 2"
+        )),
+        "{out}"
+    );
+    refused(
+        release("halt", &key, &["--reason", "again"]),
+        &format!("already halted (rollout of {version}: disks fill up)"),
+    );
+
+    let baked = t.join("update-root.json");
+    std::fs::copy(repo.join("root/1.json"), &baked).unwrap();
+    let state = t.join("state");
+    let (_srv, port) = serve(&repo);
+    let o = write_slot(port, t, &baked, &state);
+    refused(
+        o,
+        &format!("rollout of {version} halted by the publisher: disks fill up"),
+    );
+    assert_eq!(std::fs::metadata(t.join("usr")).unwrap().len(), 0);
+    assert_eq!(state_json(&state)["highest_seq"], 2);
+
+    let out = ok(release("resume", &key, &[]));
+    assert!(
+        out.contains(&format!(
+            "resumed the rollout of herd {version} on channel stable (sequence 3"
+        )) && out.contains("waves keep their schedule"),
+        "{out}"
+    );
+    ok(write_slot(port, t, &baked, &state));
+    assert_eq!(state_json(&state)["highest_seq"], 3);
+    assert!(
+        std::fs::read(t.join("usr")).unwrap() == std::fs::read(image.join("usr.img")).unwrap(),
+        "the slot holds the published /usr after the resume"
+    );
+}

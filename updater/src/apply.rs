@@ -58,6 +58,13 @@ pub fn newest(cfg: &UpdateConfig, baked: &Root, state: &mut State) -> Result<Rel
     };
     let (c, _) = fetch_channel(cfg, baked, state, &ns, "write-slot")?;
     state.highest_seq = state.highest_seq.max(c.seq);
+    if let Some(h) = c.halted {
+        return Err(herd_release::Error::Halted {
+            version: c.release.version,
+            reason: h.reason,
+        }
+        .into());
+    }
     Ok(c.release)
 }
 
@@ -85,6 +92,19 @@ pub fn check(
     };
     state.highest_seq = state.highest_seq.max(c.seq);
     state.last_check = trust::trusted_now(now(), trust::image_build_time(), state, baked);
+    // Nodes that run the release, or installed it already, are unaffected.
+    let taken = c.release.version == slots.version
+        || state
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version == c.release.version);
+    state.halted = c.halted.as_ref().filter(|_| !taken).map(|h| {
+        herd_release::Error::Halted {
+            version: c.release.version.clone(),
+            reason: h.reason.clone(),
+        }
+        .to_string()
+    });
     if let Some(p) = state
         .pending
         .as_ref()
@@ -101,6 +121,9 @@ pub fn check(
                 p.version, p.slot
             )
         }));
+    }
+    if let Some(line) = &state.halted {
+        return Ok(Found::Nothing(line.clone()));
     }
     if !take {
         return Ok(Found::Nothing(if c.release.version == slots.version {

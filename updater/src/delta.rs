@@ -21,9 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::http::{Client, Ranged};
 use crate::{io, Error};
 
-/// Below this share of the payload found locally (percent), the delta is
-/// not worth its scans and Range requests: full download.
-pub const MIN_REUSE_PERCENT: u64 = 10;
+pub use herd_release::MIN_REUSE_PERCENT;
 
 /// Fetched ranges are split at about this size (whole chunks), bounding the
 /// memory one request needs.
@@ -191,7 +189,7 @@ pub fn assemble(
     };
     let found = scan(source, &idx).map_err(io(format!("chunking the running {role}")))?;
     let plan = plan(&idx, &[], &found);
-    if plan.reuse_bytes(&idx) * 100 < p.size * MIN_REUSE_PERCENT {
+    if !herd_release::delta_worth(plan.reuse_bytes(&idx), p.size) {
         return Ok(None);
     }
     let url = format!("{base}/payloads/{}", p.sha256);

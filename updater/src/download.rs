@@ -161,7 +161,7 @@ fn try_delta(
     let here = delta::scan_in_place(f, &idx).map_err(io(format!("reading {}", job.dev)))?;
     let plan = delta::plan(&idx, &here, &found);
     let reuse = plan.reuse_bytes(&idx);
-    if reuse * 100 < p.size * delta::MIN_REUSE_PERCENT {
+    if !herd_release::delta_worth(reuse, p.size) {
         log(&format!(
             "{role}: only {reuse} of {} bytes found locally (under {} %): full download",
             p.size,

@@ -265,7 +265,7 @@ fn status(slots: &Slots, state: &State) -> String {
         .unwrap_or("-".into());
     let delta = state.delta.as_ref().map(|d| d.line()).unwrap_or("-".into());
     format!(
-        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nlast delta:       {delta}\nbad versions:     {}\nhighest sequence: {}\ntrusted keys:     {}\ntrusted time:     {}\nlast check:       {}\nlast error:       {}\n",
+        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nlast delta:       {delta}\nbad versions:     {}\nhighest sequence: {}\ntrusted keys:     {}\ntrusted time:     {}\nlast check:       {}\nrollout:          {}\nlast error:       {}\n",
         slots.image,
         slots.version,
         slots.running,
@@ -275,6 +275,7 @@ fn status(slots: &Slots, state: &State) -> String {
         trusted_keys(state),
         if state.trusted_time == 0 { "-".to_string() } else { format!("{} (unix seconds, newest signing time seen)", state.trusted_time) },
         if state.last_check == 0 { "never".to_string() } else { format!("{} (unix seconds)", state.last_check) },
+        state.halted.as_deref().unwrap_or("-"),
         state.last_error.as_deref().unwrap_or("-")
     )
 }

@@ -61,6 +61,11 @@ pub struct State {
     /// network), for `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<crate::delta::DeltaStats>,
+    /// "rollout of X halted by the publisher: why" when the last check
+    /// found the channel's release halted and this node not on it, for
+    /// `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 impl State {
