@@ -68,14 +68,17 @@ impl Coordinator {
             .as_ref()
             .is_some_and(|l| l.holding_since.is_some())
         {
-            // Held since before a restart of the updater: keep it alive.
-            self.resume(state);
-            if state
+            // Held since before a restart of the updater: reboot only once
+            // the backend confirms the slot is still this node's.
+            let line = self.resume(state);
+            let holding = state
                 .lock
                 .as_ref()
-                .is_some_and(|l| l.holding_since.is_some())
-            {
-                return Take::Holding;
+                .is_some_and(|l| l.holding_since.is_some());
+            match line {
+                None if holding => return Take::Holding,
+                Some(line) if holding => return Take::Wait(format!("not rebooting: {line}")),
+                _ => {}
             }
         }
         let backend = self.lock.backend();
