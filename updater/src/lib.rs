@@ -9,6 +9,7 @@
 //! falls back after its tries and herd-update marks that version bad.
 
 pub mod apply;
+pub mod coordinate;
 pub mod delta;
 pub mod download;
 pub mod esp;
