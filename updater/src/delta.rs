@@ -417,14 +417,8 @@ pub fn execute(
                     let b = &mut buf[..c.len as usize];
                     let ok = placed.is_some_and(|t| t.read_at(b, c.offset).is_ok())
                         && sha(b) == c.sha256;
-                    if ok {
-                        sink.put(c.offset, b, false)?;
+                    if put_or_refetch(sink, client, url, c, ok.then_some(&*b), false, &mut st)? {
                         st.in_place += u64::from(c.len);
-                    } else {
-                        let b = refetch(client, url, c)?;
-                        sink.put(c.offset, &b, true)?;
-                        st.refetched += 1;
-                        st.network += u64::from(c.len);
                     }
                     i += 1;
                 }
@@ -436,14 +430,8 @@ pub fn execute(
                         Some((Ok(()), false)) => sha(b) == c.sha256,
                         _ => false,
                     };
-                    if ok {
-                        sink.put(c.offset, b, true)?;
+                    if put_or_refetch(sink, client, url, c, ok.then_some(&*b), true, &mut st)? {
                         st.local += u64::from(c.len);
-                    } else {
-                        let b = refetch(client, url, c)?;
-                        sink.put(c.offset, &b, true)?;
-                        st.refetched += 1;
-                        st.network += u64::from(c.len);
                     }
                     i += 1;
                 }
@@ -477,6 +465,29 @@ pub fn execute(
         }
         Ok(Some(st))
     })
+}
+
+/// Hands chunk `c` to `sink`: its `local` bytes when they matched the index
+/// (`write` as for [`Sink::put`]), else the chunk fetched again from `url`
+/// and counted as refetched. True when the local bytes were used.
+fn put_or_refetch(
+    sink: &mut dyn Sink,
+    client: &Client,
+    url: &str,
+    c: &Chunk,
+    local: Option<&[u8]>,
+    write: bool,
+    st: &mut DeltaStats,
+) -> Result<bool, Error> {
+    if let Some(b) = local {
+        sink.put(c.offset, b, write)?;
+        return Ok(true);
+    }
+    let b = refetch(client, url, c)?;
+    sink.put(c.offset, &b, true)?;
+    st.refetched += 1;
+    st.network += u64::from(c.len);
+    Ok(false)
 }
 
 /// Fetches chunk `c` alone (a local copy that did not match the index).
