@@ -9,40 +9,12 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Duration;
 
 use herd_tests::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `herd serve` on a free port of 127.0.0.1.
-fn serve(repo: &Path) -> (Server, u16) {
-    let port = free_port();
-    let child = Command::new(herd())
-        .arg("serve")
-        .arg(repo)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Server(child), port)
-}
 
 /// A throwaway CA: its certificate, key, and PEM file `dir/NAME.pem`.
 fn ca(dir: &Path, name: &str) -> (rcgen::Certificate, KeyPair, PathBuf) {
@@ -177,7 +149,7 @@ fn an_update_over_https_with_a_pinned_ca_and_its_refusals() {
         "--image-out",
         image.to_str().unwrap(),
     ]);
-    let (_srv, backend) = serve(&repo);
+    let (_srv, backend) = herd_serve(&repo);
     let (good, good_key, good_pem) = ca(d, "good");
     let (_, _, other_pem) = ca(d, "other");
     let port = tls_front(server_config(&good, &good_key, "localhost"), backend);
