@@ -143,9 +143,11 @@ pub fn wait_signal(timeout: Duration) -> Option<Signal> {
     Signal::from_named_raw(r)
 }
 
-/// Reaps one exited child without blocking: (pid, status).
+/// Reaps one exited child without blocking: (pid, status). Any child:
+/// waitpid(-1), which rustix calls `wait` (its `waitpid(None)` is pid 0,
+/// the caller's process group only, and services run in their own).
 pub fn reap() -> Option<(i32, WaitStatus)> {
-    let r = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG);
+    let r = rustix::process::wait(rustix::process::WaitOptions::NOHANG);
     r.ok()
         .flatten()
         .map(|(pid, status)| (pid.as_raw_nonzero().get(), status))
