@@ -15,15 +15,10 @@ use std::time::{Duration, Instant};
 use herd_reboot_lock::etcd::{Client, Etcd};
 use herd_tests::*;
 
-/// The host build of herd-update.
+/// The node build of herd-update (static, built by scripts/setup.sh): the
+/// same binary a node runs.
 fn herd_update() -> PathBuf {
-    let p = target_dir().join("release/herd-update");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --release -p herd-update`",
-        p.display()
-    );
-    p
+    bin_dir().join("herd-update")
 }
 
 /// A real etcd on 127.0.0.1, killed on drop.
