@@ -15,7 +15,11 @@
 # slot (full download); the UKI (a node assembles it from the running UKI on
 # the ESP) is planned with the same chunking by examples/delta_plan.
 # The floor: the changed file compressed as squashfs stores it (zstd -15 in
-# 128 KiB blocks). Usage: bench/delta.sh   (run scripts/setup.sh first)
+# 128 KiB blocks). Apply times: RUNS (default 5) runs of each, full and
+# delta alternating, median. BASELINE_UPD=path/to/another/herd-update times
+# that binary's delta in the same runs (an A/B). WORK=dir keeps the built
+# releases there and reuses them on the next run.
+# Usage: bench/delta.sh   (run scripts/setup.sh first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p herd -p herd-update --bins --example delta_plan
@@ -24,7 +28,12 @@ upd=$PWD/target/release/herd-update
 plan=$PWD/target/release/examples/delta_plan
 bins=$PWD/target/x86_64-unknown-linux-gnu/release
 [ -x "$bins/herd-init" ] || { echo "run scripts/setup.sh first"; exit 1; }
-work=$(mktemp -d -p "${TMPDIR:-/var/tmp}"); trap 'rm -rf "$work"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
+if [ -n "${WORK:-}" ]; then
+  work=$WORK; mkdir -p "$work"; trap 'jobs -p | xargs -r kill 2>/dev/null || true' EXIT
+else
+  work=$(mktemp -d -p "${TMPDIR:-/var/tmp}"); trap 'rm -rf "$work"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
+fi
+runs=${RUNS:-5}
 export HERD_CACHE=${HERD_CACHE:-$PWD/.cache/debs} SOURCE_DATE_EPOCH=1700000000
 lock=$PWD/buildroot/debian.lock
 
@@ -39,19 +48,31 @@ floor() { # FILE: bytes of FILE compressed in 128 KiB blocks at zstd -15
   for b in "$d"/b*; do zstd -q -15 -c "$b" | wc -c; done | awk '{s+=$1} END{print s}'
 }
 
-echo "building the releases in $work" >&2
-toml 0.1.0 "$work/v1.toml"; toml 0.2.0 "$work/v2.toml"
-build "$work/v1.toml" "$work/v1" "$bins"
-build "$work/v2.toml" "$work/c" "$bins"
-mkdir -p "$work/bins-a"; cp -a "$bins"/herd-init "$bins"/herd-provision "$work/bins-a/"
-cp target/release/herd-agent "$work/bins-a/herd-agent"
-build "$work/v2.toml" "$work/a" "$work/bins-a"
+if [ -f "$work/a/build.json" ] && [ -f "$work/c/build.json" ] && [ -f "$work/v1/build.json" ]; then
+  echo "reusing the releases in $work" >&2
+else
+  echo "building the releases in $work" >&2
+  toml 0.1.0 "$work/v1.toml"; toml 0.2.0 "$work/v2.toml"
+  build "$work/v1.toml" "$work/v1" "$bins"
+  build "$work/v2.toml" "$work/c" "$bins"
+  mkdir -p "$work/bins-a"; cp -a "$bins"/herd-init "$bins"/herd-provision "$work/bins-a/"
+  cp target/release/herd-agent "$work/bins-a/herd-agent"
+  build "$work/v2.toml" "$work/a" "$work/bins-a"
+fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 size() { stat -c %s "$1"; }
 ms() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+timed() { # BINARY ARGS...: milliseconds of one write-slot into fresh files
+  rm -rf "$work/t"; mkdir -p "$work/t"; sync
+  local t0; t0=$(ms)
+  "$@" --usr "$work/t/usr" --verity "$work/t/verity" --state-dir "$work/t/s" >/dev/null
+  echo $(( ($(ms) - t0) / 1000000 ))
+}
 case_run() { # NAME OUT FLOOR-FILE
   local name=$1 out=$2 repo=$work/repo-$1 key=$work/key-$1.json
+  rm -rf "$repo" "$key"
   "$herd" key generate --out "$key" >/dev/null
   "$herd" release init --repo "$repo" --key "$key" >/dev/null
   "$herd" release publish --repo "$repo" --key "$key" --image-out "$work/v1" >/dev/null
@@ -59,15 +80,15 @@ case_run() { # NAME OUT FLOOR-FILE
   "$herd" serve "$repo" --listen "127.0.0.1:$port" 2>/dev/null & local srv=$!
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/root/1.json" >/dev/null && break; sleep 0.1; done
   local args=(write-slot --repository "http://127.0.0.1:$port" --root "$repo/root/1.json")
-  rm -rf "$work/t"; mkdir -p "$work/t"; sync
-  local t0; t0=$(ms)
-  "$upd" "${args[@]}" --usr "$work/t/usr" --verity "$work/t/verity" --state-dir "$work/t/s" >/dev/null
-  local full_ms=$(( ($(ms) - t0) / 1000000 ))
-  rm -rf "$work/t"; mkdir -p "$work/t"; sync
-  t0=$(ms)
-  "$upd" "${args[@]}" --usr "$work/t/usr" --verity "$work/t/verity" --state-dir "$work/t/s" \
-    --from-usr "$work/v1/usr.img" --from-verity "$work/v1/usr.verity" >/dev/null
-  local delta_ms=$(( ($(ms) - t0) / 1000000 ))
+  local from=(--from-usr "$work/v1/usr.img" --from-verity "$work/v1/usr.verity")
+  local fulls=() deltas=() bases=()
+  for _ in $(seq "$runs"); do
+    fulls+=("$(timed "$upd" "${args[@]}")")
+    [ -n "${BASELINE_UPD:-}" ] && bases+=("$(timed "$BASELINE_UPD" "${args[@]}" "${from[@]}")")
+    deltas+=("$(timed "$upd" "${args[@]}" "${from[@]}")")
+  done
+  local full_ms delta_ms
+  full_ms=$(printf '%s\n' "${fulls[@]}" | median); delta_ms=$(printf '%s\n' "${deltas[@]}" | median)
   kill "$srv"; wait "$srv" 2>/dev/null || true
   cmp -s "$work/t/usr" "$out/usr.img" || { echo "$name: the delta result differs from usr.img"; exit 1; }
   local net # usr.img and usr.verity, delta or full, with their indexes
@@ -79,7 +100,10 @@ case_run() { # NAME OUT FLOOR-FILE
   echo "($name) full payloads (usr.img + usr.verity + one UKI): $full bytes"
   echo "($name) delta download: $delta bytes = $(awk -v d="$delta" -v f="$full" 'BEGIN{printf "%.2f", d*100/f}') % of full (usr.img + usr.verity + indexes $net, UKI $uki_fetch + index $uki_index)"
   [ "$fl" != "-" ] && echo "($name) floor (changed file, compressed): $fl bytes; delta / floor = $(awk -v d="$delta" -v f="$fl" 'BEGIN{printf "%.2f", d/f}')x"
-  echo "($name) write-slot on loopback: delta $delta_ms ms, full $full_ms ms"
+  echo "($name) write-slot on loopback, median of $runs: delta $delta_ms ms, full $full_ms ms (delta / full $(awk -v d="$delta_ms" -v f="$full_ms" 'BEGIN{printf "%.2f", d/f}')x; runs: delta ${deltas[*]}, full ${fulls[*]})"
+  if [ -n "${BASELINE_UPD:-}" ]; then
+    echo "($name) baseline $BASELINE_UPD delta: median $(printf '%s\n' "${bases[@]}" | median) ms (runs: ${bases[*]})"
+  fi
 }
 case_run c "$work/c" ""
 case_run a "$work/a" target/release/herd-agent
@@ -94,3 +118,4 @@ for role in ("usr.img", "usr.verity", "uki-a"):
 EOF
 )
 echo "$idx"
+echo "load average (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

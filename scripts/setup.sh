@@ -9,7 +9,7 @@ PKGS=(qemu-system-x86 qemu-utils ovmf systemd-boot-efi swtpm swtpm-tools
       squashfs-tools dosfstools mtools cryptsetup-bin busybox-static cpio
       fdisk gdisk e2fsprogs util-linux dnsmasq-base iproute2 libvirt-clients bc
       curl time docker-registry apache2-utils skopeo crun libxml2-utils python3-jsonschema
-      tpm2-tools binutils sbsigntool openssl gcc libc6-dev)
+      tpm2-tools binutils sbsigntool openssl gcc libc6-dev etcd-server)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -207,6 +207,43 @@ enum ReleaseCommand {
         #[arg(long, value_name = "WAVES")]
         rollout: Option<String>,
     },
+    /// Stop the channel's rollout: nodes that do not run its release yet
+    /// do not take it (nodes already on it are unaffected). Writes a new
+    /// signed channel document with the next sequence.
+    Halt {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Channel name.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Signing key(s) (repeatable; enough for the threshold).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        /// Why: nodes show it in `herd-update status` and their log.
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
+        /// Days the new metadata stays valid.
+        #[arg(long, default_value_t = 30)]
+        expires_days: u64,
+    },
+    /// Continue a halted rollout: its waves keep their original schedule
+    /// (waves whose time came during the halt open at once). Writes a new
+    /// signed channel document with the next sequence.
+    Resume {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Channel name.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Signing key(s) (repeatable; enough for the threshold).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        /// Days the new metadata stays valid.
+        #[arg(long, default_value_t = 30)]
+        expires_days: u64,
+    },
     /// Replace the key set: the new set is signed by the current and the new keys.
     Rotate {
         /// Repository directory.
@@ -305,7 +342,7 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
             let rollout = rollout
                 .map(|r| herd::publish::parse_rollout(&r, t))
                 .transpose()?;
-            let c = herd::publish::publish(
+            let (c, expected) = herd::publish::publish(
                 &image_out,
                 &herd_release::Repo::at(&repo),
                 &channel,
@@ -317,6 +354,57 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
             println!(
                 "published {} {} on channel {} (sequence {}, expires in {} days)",
                 c.release.image, c.release.version, c.channel, c.seq, expires_days
+            );
+            for line in expected.iter().flat_map(|e| e.lines()) {
+                println!("{line}");
+            }
+        }
+        ReleaseCommand::Halt {
+            repo,
+            channel,
+            keys,
+            reason,
+            expires_days,
+        } => {
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
+            let t = now();
+            let c = herd_release::Repo::at(&repo)
+                .halt(&channel, &reason, &refs, t, t + expires_days * DAY)
+                .with_context(|| format!("halting channel {channel}"))?;
+            println!(
+                "halted the rollout of {} {} on channel {} (sequence {}, expires in {} days): nodes not on {} yet will not take it ({reason}); `herd release resume` continues it",
+                c.release.image,
+                c.release.version,
+                c.channel,
+                c.seq,
+                expires_days,
+                c.release.version
+            );
+        }
+        ReleaseCommand::Resume {
+            repo,
+            channel,
+            keys,
+            expires_days,
+        } => {
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
+            let t = now();
+            let c = herd_release::Repo::at(&repo)
+                .resume(&channel, &refs, t, t + expires_days * DAY)
+                .with_context(|| format!("resuming channel {channel}"))?;
+            println!(
+                "resumed the rollout of {} {} on channel {} (sequence {}, expires in {} days): {}",
+                c.release.image,
+                c.release.version,
+                c.channel,
+                c.seq,
+                expires_days,
+                match &c.release.rollout {
+                    None => "every node may take it now".to_string(),
+                    Some(r) => format!("waves keep their schedule from {} (unix seconds)", r.start),
+                }
             );
         }
         ReleaseCommand::Rotate {

@@ -32,7 +32,7 @@ pub fn counted_entry() -> Result<Option<String>, String> {
             "efivarfs",
             EFIVARS,
             "efivarfs",
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            sys::MountFlags::NOSUID | sys::MountFlags::NODEV | sys::MountFlags::NOEXEC,
             "",
         )
         .map_err(|e| format!("cannot mount efivarfs: {e}"))?;
@@ -65,7 +65,7 @@ pub fn bless() -> Result<String, String> {
         &esp.dev,
         ESP_MNT,
         "vfat",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        sys::MountFlags::NOSUID | sys::MountFlags::NODEV | sys::MountFlags::NOEXEC,
         "",
     )
     .map_err(|e| format!("cannot mount the ESP {}: {e}", esp.dev))?;
@@ -74,6 +74,6 @@ pub fn bless() -> Result<String, String> {
         .and_then(|_| fs::File::open(&dir)?.sync_all())
         .map_err(|e| format!("cannot rename {name} to {blessed} on the ESP: {e}"));
     sys::sync();
-    let _ = sys::umount(ESP_MNT, 0);
+    let _ = sys::umount(ESP_MNT);
     result.map(|_| format!("blessed boot entry {name} -> {blessed}"))
 }

@@ -6,42 +6,93 @@ use std::io;
 
 use crate::sys;
 
-const NAME_LEN: usize = 128;
-/// sizeof(struct dm_ioctl).
-const HEADER: usize = 312;
-/// sizeof(struct dm_target_spec).
-const SPEC: usize = 40;
+/// `struct dm_ioctl` (linux/dm-ioctl.h): the header of every request on
+/// /dev/mapper/control, followed by the request's data.
+#[repr(C)]
+struct DmIoctl {
+    version: [u32; 3],
+    /// Size of the whole request: this header and the data after it.
+    data_size: u32,
+    /// Offset of the data from the start of this header.
+    data_start: u32,
+    target_count: u32,
+    open_count: i32,
+    flags: u32,
+    event_nr: u32,
+    padding: u32,
+    /// The device number, in the kernel's huge encoding (out).
+    dev: u64,
+    name: [u8; 128],
+    uuid: [u8; 129],
+    data: [u8; 7],
+}
+
+/// `struct dm_target_spec`: one target of a table, its parameters (a NUL
+/// terminated string) right after it.
+#[repr(C)]
+struct DmTargetSpec {
+    sector_start: u64,
+    length: u64,
+    status: i32,
+    /// Offset of the next target spec from the start of this one.
+    next: u32,
+    target_type: [u8; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<DmIoctl>() == 312);
+const _: () = assert!(std::mem::size_of::<DmTargetSpec>() == 40);
+
+/// Room for a target's parameters (a verity table is about 250 bytes).
+const PARAMS_MAX: usize = 4096;
+
+/// A request: the header and its data, contiguous as the kernel reads them.
+#[repr(C)]
+struct Request<T> {
+    header: DmIoctl,
+    body: T,
+}
+
+/// The data of DM_TABLE_LOAD with one target.
+#[repr(C)]
+struct OneTarget {
+    spec: DmTargetSpec,
+    params: [u8; PARAMS_MAX],
+}
+
 const READONLY: u32 = 1 << 0;
 
 const fn iowr(nr: u64) -> u64 {
-    (3 << 30) | ((HEADER as u64) << 16) | (0xfd << 8) | nr
+    (3 << 30) | ((std::mem::size_of::<DmIoctl>() as u64) << 16) | (0xfd << 8) | nr
 }
 const DM_VERSION: u64 = iowr(0);
 const DM_DEV_CREATE: u64 = iowr(3);
 const DM_DEV_SUSPEND: u64 = iowr(6);
 const DM_TABLE_LOAD: u64 = iowr(9);
 
-/// A `struct dm_ioctl` followed by its payload, 8-byte aligned.
-fn message(name: &str, flags: u32, payload: &[u8], targets: u32) -> Vec<u64> {
-    let size = (HEADER + payload.len()).div_ceil(8) * 8;
-    let mut buf = vec![0u64; size / 8 + 2048];
-    let total = buf.len() * 8;
-    // SAFETY: viewing a u64 buffer as bytes is always valid.
-    let b = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), total) };
-    b[0..4].copy_from_slice(&4u32.to_ne_bytes());
-    b[12..16].copy_from_slice(&(total as u32).to_ne_bytes());
-    b[16..20].copy_from_slice(&(HEADER as u32).to_ne_bytes());
-    b[20..24].copy_from_slice(&targets.to_ne_bytes());
-    b[28..32].copy_from_slice(&flags.to_ne_bytes());
-    let n = name.len().min(NAME_LEN - 1);
-    b[48..48 + n].copy_from_slice(&name.as_bytes()[..n]);
-    b[HEADER..HEADER + payload.len()].copy_from_slice(payload);
-    buf
+fn request<T>(name: &str, flags: u32, targets: u32, body: T) -> Request<T> {
+    let mut header = DmIoctl {
+        version: [4, 0, 0],
+        data_size: std::mem::size_of::<Request<T>>() as u32,
+        data_start: std::mem::size_of::<DmIoctl>() as u32,
+        target_count: targets,
+        open_count: 0,
+        flags,
+        event_nr: 0,
+        padding: 0,
+        dev: 0,
+        name: [0; 128],
+        uuid: [0; 129],
+        data: [0; 7],
+    };
+    let n = name.len().min(header.name.len() - 1);
+    header.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    Request { header, body }
 }
 
-fn call(ctl: &File, req: u64, msg: &mut [u64]) -> io::Result<()> {
-    // SAFETY: msg is a dm_ioctl header plus data, data_size set to its full length.
-    unsafe { sys::ioctl_ptr(ctl, req as libc::c_ulong, msg.as_mut_ptr()) }.map(|_| ())
+fn call<T>(ctl: &File, req: u64, r: &mut Request<T>) -> io::Result<()> {
+    // SAFETY: `r` is a repr(C) dm_ioctl header followed by its data, and
+    // the header's data_size is the size of the whole request (request()).
+    unsafe { sys::ioctl_ptr(ctl, req as libc::c_ulong, r as *mut Request<T>) }.map(|_| ())
 }
 
 /// Creates `name` as a read-only device-mapper device with one target
@@ -49,10 +100,9 @@ fn call(ctl: &File, req: u64, msg: &mut [u64]) -> io::Result<()> {
 /// device number (major, minor).
 pub fn create(name: &str, target_type: &str, sectors: u64, params: &str) -> io::Result<(u32, u32)> {
     let ctl = control()?;
-    let mut m = message(name, READONLY, &[], 0);
-    call(&ctl, DM_DEV_CREATE, &mut m)?;
-    // SAFETY: reading the dev field (offset 40) from the reply buffer.
-    let dev = unsafe { *m.as_ptr().cast::<u8>().add(40).cast::<u64>() };
+    let mut r = request(name, READONLY, 0, ());
+    call(&ctl, DM_DEV_CREATE, &mut r)?;
+    let dev = r.header.dev;
     load_and_resume(&ctl, name, target_type, sectors, params)?;
     // Linux's huge dev encoding.
     let major = ((dev >> 8) & 0xfff) as u32;
@@ -83,7 +133,7 @@ fn control() -> io::Result<File> {
         .read(true)
         .write(true)
         .open("/dev/mapper/control")?;
-    call(&ctl, DM_VERSION, &mut message("", 0, &[], 0))?;
+    call(&ctl, DM_VERSION, &mut request("", 0, 0, ()))?;
     Ok(ctl)
 }
 
@@ -96,19 +146,28 @@ fn load_and_resume(
     sectors: u64,
     params: &str,
 ) -> io::Result<()> {
-    let mut spec = vec![0u8; SPEC];
-    spec[8..16].copy_from_slice(&sectors.to_ne_bytes());
+    let mut target = OneTarget {
+        spec: DmTargetSpec {
+            sector_start: 0,
+            length: sectors,
+            status: 0,
+            next: std::mem::size_of::<OneTarget>() as u32,
+            target_type: [0; 16],
+        },
+        params: [0; PARAMS_MAX],
+    };
     let t = target_type.as_bytes();
-    spec[24..24 + t.len()].copy_from_slice(t);
-    spec.extend_from_slice(params.as_bytes());
-    spec.push(0);
-    while !spec.len().is_multiple_of(8) {
-        spec.push(0);
+    // Both keep a NUL at the end: the kernel reads C strings.
+    if t.len() >= target.spec.target_type.len() || params.len() >= PARAMS_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("device-mapper target {target_type:?} or its parameters are too long"),
+        ));
     }
-    let next = spec.len() as u32;
-    spec[20..24].copy_from_slice(&next.to_ne_bytes());
-    call(ctl, DM_TABLE_LOAD, &mut message(name, READONLY, &spec, 1))?;
-    call(ctl, DM_DEV_SUSPEND, &mut message(name, 0, &[], 0))
+    target.spec.target_type[..t.len()].copy_from_slice(t);
+    target.params[..params.len()].copy_from_slice(params.as_bytes());
+    call(ctl, DM_TABLE_LOAD, &mut request(name, READONLY, 1, target))?;
+    call(ctl, DM_DEV_SUSPEND, &mut request(name, 0, 0, ()))
 }
 
 #[cfg(test)]

@@ -85,17 +85,8 @@ pub fn grow_partition(part: &Part) -> Result<Option<(u64, u64)>, String> {
 
 /// Resizes the ext4 file system mounted at `mnt` to `bytes`.
 pub fn resize_ext4(mnt: &str, bytes: u64) -> Result<(), String> {
-    let c = std::ffi::CString::new(mnt).map_err(|e| e.to_string())?;
-    // SAFETY: zeroed statvfs is a valid out buffer; c is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
-        return Err(format!(
-            "statvfs {mnt}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let mut blocks: u64 = bytes / st.f_bsize as u64;
+    let bsize = sys::block_size(mnt).map_err(|e| format!("statvfs {mnt}: {e}"))?;
+    let mut blocks: u64 = bytes / bsize;
     let dir = std::fs::File::open(mnt).map_err(|e| format!("opening {mnt}: {e}"))?;
     // SAFETY: EXT4_IOC_RESIZE_FS takes a pointer to a u64 block count.
     unsafe { sys::ioctl_ptr(&dir, EXT4_IOC_RESIZE_FS, &mut blocks) }

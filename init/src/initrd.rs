@@ -10,13 +10,13 @@ use herd_init::cmdline::Cmdline;
 
 use herd_init::disks;
 
+use crate::sys::MountFlags;
 use crate::{dm, fatal, grow, info, modules, sys, tpm};
 
-const MS_RDONLY: libc::c_ulong = libc::MS_RDONLY;
 const PART_WAIT: Duration = Duration::from_secs(15);
 const INITRD_MODULES: &str = "/etc/herd/initrd-modules";
 
-fn mount_or_die(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+fn mount_or_die(src: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) {
     let _ = fs::create_dir_all(target);
     if let Err(e) = sys::mount(src, target, fstype, flags, data) {
         fatal(&format!("cannot mount {fstype} {src} on {target}: {e}"));
@@ -120,22 +120,28 @@ pub fn run() -> ! {
         "proc",
         "/proc",
         "proc",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         "",
     );
     mount_or_die(
         "sysfs",
         "/sys",
         "sysfs",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         "",
     );
-    mount_or_die("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount_or_die(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MountFlags::NOSUID,
+        "mode=0755",
+    );
     mount_or_die(
         "tmpfs",
         "/run",
         "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
+        MountFlags::NOSUID | MountFlags::NODEV,
         "mode=0755",
     );
     tpm::phase(herd_contract::pcr::ENTER_INITRD);
@@ -247,12 +253,18 @@ pub fn run() -> ! {
         sb.data_blocks
     );
 
-    mount_or_die("tmpfs", "/sysroot", "tmpfs", libc::MS_NOSUID, "mode=0755");
+    mount_or_die(
+        "tmpfs",
+        "/sysroot",
+        "tmpfs",
+        MountFlags::NOSUID,
+        "mode=0755",
+    );
     if let Err(e) = sys::mount(
         &usr_dev,
         "/sysroot/usr",
         "squashfs",
-        MS_RDONLY | libc::MS_NODEV,
+        MountFlags::RDONLY | MountFlags::NODEV,
         "",
     ) {
         let _ = fs::create_dir_all("/sysroot/usr");
@@ -260,7 +272,7 @@ pub fn run() -> ! {
             &usr_dev,
             "/sysroot/usr",
             "squashfs",
-            MS_RDONLY | libc::MS_NODEV,
+            MountFlags::RDONLY | MountFlags::NODEV,
             "",
         ) {
             usr_check.fatal(&format!(
@@ -327,7 +339,7 @@ pub fn run() -> ! {
         &state.dev,
         "/sysroot/.state",
         "ext4",
-        libc::MS_NOSUID | libc::MS_NODEV,
+        MountFlags::NOSUID | MountFlags::NODEV,
         "",
     );
     // Provisioning runs only until a boot closed it (provision::run).
@@ -368,7 +380,10 @@ pub fn run() -> ! {
         ("/sysroot/.state/etc", "/sysroot/etc"),
         ("/sysroot/.state/var", "/sysroot/var"),
     ] {
-        mount_or_die(from, to, "", libc::MS_BIND, "");
+        let _ = fs::create_dir_all(to);
+        if let Err(e) = sys::mount_bind(from, to) {
+            fatal(&format!("cannot bind {from} on {to}: {e}"));
+        }
     }
     info!("STATE {} mounted: /etc and /var persist", state.dev);
 
@@ -399,7 +414,7 @@ pub fn run() -> ! {
     }
     tpm::phase(herd_contract::pcr::LEAVE_INITRD);
     for m in ["/dev", "/proc", "/sys", "/run"] {
-        if let Err(e) = sys::mount(m, &format!("/sysroot{m}"), "", libc::MS_MOVE, "") {
+        if let Err(e) = sys::mount_move(m, &format!("/sysroot{m}")) {
             fatal(&format!("cannot move {m} into the new root: {e}"));
         }
     }
@@ -409,7 +424,7 @@ pub fn run() -> ! {
         let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
     }
     if let Err(e) = std::env::set_current_dir("/sysroot")
-        .and_then(|_| sys::mount(".", "/", "", libc::MS_MOVE, ""))
+        .and_then(|_| sys::mount_move(".", "/"))
         .and_then(|_| sys::chroot("."))
         .and_then(|_| std::env::set_current_dir("/"))
     {
@@ -445,7 +460,7 @@ fn loader_esp() -> Option<Guid> {
             "efivarfs",
             EFIVARS,
             "efivarfs",
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
             "",
         ) {
             info!("boot disk: cannot mount efivarfs ({e}; is the efivarfs module in kernel.initrd_modules?); {fallback}");

@@ -19,7 +19,7 @@ fn watch(mut f: std::fs::File) {
         let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
         if kind == EV_KEY && code == KEY_POWER && value == 1 {
             info!("power button pressed");
-            let _ = sys::kill(1, libc::SIGPWR);
+            let _ = sys::kill(1, sys::Signal::POWER, false);
         }
     }
 }

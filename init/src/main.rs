@@ -27,7 +27,7 @@ pub fn fatal(msg: &str) -> ! {
     info!("rebooting in 3 s so the boot loader can count this failed try");
     std::thread::sleep(Duration::from_secs(3));
     sys::sync();
-    let _ = sys::reboot(libc::RB_AUTOBOOT);
+    let _ = sys::reboot(sys::RebootCommand::Restart);
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
@@ -77,8 +77,8 @@ fn main() -> ExitCode {
         initrd::run();
     }
     let sig = match args.get(1).map(String::as_str) {
-        Some("poweroff") => libc::SIGUSR2,
-        Some("reboot") => libc::SIGUSR1,
+        Some("poweroff") => sys::Signal::USR2,
+        Some("reboot") => sys::Signal::USR1,
         Some("-h") | Some("--help") => {
             let _ = writeln!(std::io::stdout(), "{USAGE}");
             return ExitCode::SUCCESS;
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match sys::kill(1, sig) {
+    match sys::kill(1, sig, false) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "herd-init: cannot signal PID 1: {e}");

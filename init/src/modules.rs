@@ -129,7 +129,7 @@ fn load(path: &str) -> bool {
     }
     match File::open(path).and_then(|f| sys::finit_module(&f)) {
         Ok(()) => true,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(e) => {
             info!("cannot load module {path}: {e}");
             false

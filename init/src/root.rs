@@ -7,6 +7,7 @@ use herd_init::cmdline::Cmdline;
 use herd_init::config::{parse_cidr, Config, Local, NetMode, BOOT_GOOD, LOCAL};
 
 use crate::supervise::Supervisor;
+use crate::sys::{MountFlags, RebootCommand, Signal};
 use crate::{bless, info, input, modules, provision, sys, tpm};
 use herd_contract::pcr;
 
@@ -117,18 +118,12 @@ fn shutdown(sup: &mut Supervisor, how: Halt) -> ! {
     sys::sync();
     let mut busy = Vec::new();
     for m in ["/var", "/etc", "/.state"] {
-        if let Err(e) = sys::umount(m, 0) {
+        if let Err(e) = sys::umount(m) {
             busy.push(format!("{m}: {e}"));
-            let _ = sys::mount(
-                "",
-                m,
-                "",
-                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_BIND,
-                "",
-            );
+            let _ = sys::remount(m, MountFlags::RDONLY | MountFlags::BIND);
         }
     }
-    let _ = sys::mount("", "/.state", "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
+    let _ = sys::remount("/.state", MountFlags::RDONLY);
     sys::sync();
     if busy.is_empty() {
         info!("STATE unmounted");
@@ -139,8 +134,8 @@ fn shutdown(sup: &mut Supervisor, how: Halt) -> ! {
         );
     }
     let (msg, cmd) = match how {
-        Halt::PowerOff => ("powering off", libc::RB_POWER_OFF),
-        Halt::Reboot => ("rebooting", libc::RB_AUTOBOOT),
+        Halt::PowerOff => ("powering off", RebootCommand::PowerOff),
+        Halt::Reboot => ("rebooting", RebootCommand::Restart),
     };
     info!("{msg}");
     let e = sys::reboot(cmd);
@@ -154,13 +149,13 @@ fn shutdown(sup: &mut Supervisor, how: Halt) -> ! {
 pub fn run() -> ! {
     let _ = sys::block_signals(true);
     // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an instant reboot.
-    let _ = sys::reboot(libc::RB_DISABLE_CAD);
+    let _ = sys::reboot(RebootCommand::CadOff);
     let _ = fs::create_dir_all("/sys/fs/cgroup");
     if let Err(e) = sys::mount(
         "cgroup2",
         "/sys/fs/cgroup",
         "cgroup2",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         "",
     ) {
         info!("cannot mount cgroup2: {e}");
@@ -169,7 +164,7 @@ pub fn run() -> ! {
         "tmpfs",
         "/tmp",
         "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
+        MountFlags::NOSUID | MountFlags::NODEV,
         "mode=1777",
     );
     tpm::phase(pcr::SYSINIT);
@@ -243,10 +238,8 @@ pub fn run() -> ! {
             sup.exited(pid, status, false);
         }
         match sig {
-            Some(libc::SIGTERM) | Some(libc::SIGPWR) | Some(libc::SIGUSR2) => {
-                shutdown(&mut sup, Halt::PowerOff)
-            }
-            Some(libc::SIGINT) | Some(libc::SIGUSR1) => shutdown(&mut sup, Halt::Reboot),
+            Some(Signal::TERM | Signal::POWER | Signal::USR2) => shutdown(&mut sup, Halt::PowerOff),
+            Some(Signal::INT | Signal::USR1) => shutdown(&mut sup, Halt::Reboot),
             _ => {}
         }
         sup.start_due();

@@ -42,7 +42,7 @@ fn spawn(cfg: &Service) -> std::io::Result<i32> {
     // pthread_sigmask (through block_signals) on this thread's own mask.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = rustix::process::setsid();
             sys::block_signals(false)
         });
     }
@@ -114,17 +114,17 @@ impl Supervisor {
     }
 
     /// Handles a reaped child; false if it was not a service.
-    pub fn exited(&mut self, pid: i32, status: i32, stopping: bool) -> bool {
+    pub fn exited(&mut self, pid: i32, status: sys::WaitStatus, stopping: bool) -> bool {
         let Some(s) = self.svcs.iter_mut().find(|s| s.pid == Some(pid)) else {
             return false;
         };
         s.pid = None;
         let ran = s.started.elapsed();
-        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-        let how = if libc::WIFEXITED(status) {
-            format!("exited with status {}", libc::WEXITSTATUS(status))
-        } else {
-            format!("was killed by signal {}", libc::WTERMSIG(status))
+        let ok = status.exit_status() == Some(0);
+        let how = match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => format!("ended ({status:?})"),
         };
         let restart = !stopping
             && match s.cfg.restart {
@@ -183,8 +183,8 @@ impl Supervisor {
             s.next_start = None;
             if let Some(pid) = s.pid {
                 info!("stopping {} (pid {pid})", s.cfg.name);
-                let _ = sys::kill(-pid, libc::SIGTERM);
-                let _ = sys::kill(pid, libc::SIGTERM);
+                let _ = sys::kill(pid, sys::Signal::TERM, true);
+                let _ = sys::kill(pid, sys::Signal::TERM, false);
             }
         }
         let deadline = Instant::now() + grace;
@@ -201,8 +201,8 @@ impl Supervisor {
                     s.cfg.name,
                     grace.as_secs()
                 );
-                let _ = sys::kill(-pid, libc::SIGKILL);
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::kill(pid, sys::Signal::KILL, true);
+                let _ = sys::kill(pid, sys::Signal::KILL, false);
             }
         }
         while sys::reap().is_some() {}

@@ -1,100 +1,97 @@
-//! Thin wrappers over the system calls herd-init makes. Every `unsafe`
-//! block is a single libc call on arguments built right here.
+//! The system calls herd-init makes, through `rustix` (safe wrappers, no C
+//! dependency of their own). Two things rustix does not offer stay on libc
+//! with `unsafe`: the signal mask with `sigtimedwait` (rustix keeps those in
+//! its `runtime` API, meant for libc implementations) and raw ioctls whose
+//! argument structs are defined next to their callers ([`ioctl_ptr`]).
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
+pub use rustix::mount::MountFlags;
+pub use rustix::process::{Signal, WaitStatus};
+pub use rustix::system::RebootCommand;
 
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// mount(2).
+/// mount(2) of a file system; an empty `data` passes no options.
 pub fn mount(
     src: &str,
     target: &str,
     fstype: &str,
-    flags: libc::c_ulong,
+    flags: MountFlags,
     data: &str,
 ) -> io::Result<()> {
-    let (s, t, f, d) = (cstr(src)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    check(unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            if fstype.is_empty() {
-                std::ptr::null()
-            } else {
-                f.as_ptr()
-            },
-            flags,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                d.as_ptr().cast()
-            },
-        )
-    })
+    let data = (!data.is_empty())
+        .then(|| std::ffi::CString::new(data))
+        .transpose()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount options"))?;
+    Ok(rustix::mount::mount(
+        src,
+        target,
+        fstype,
+        flags,
+        data.as_deref(),
+    )?)
 }
 
-/// umount2(2).
-pub fn umount(target: &str, flags: libc::c_int) -> io::Result<()> {
-    let t = cstr(target)?;
-    // SAFETY: t is a valid NUL-terminated string.
-    check(unsafe { libc::umount2(t.as_ptr(), flags) })
+/// mount(2) with MS_MOVE: moves the mount at `from` to `to`.
+pub fn mount_move(from: &str, to: &str) -> io::Result<()> {
+    Ok(rustix::mount::mount_move(from, to)?)
+}
+
+/// mount(2) with MS_BIND: `from` appears at `to` as well.
+pub fn mount_bind(from: &str, to: &str) -> io::Result<()> {
+    Ok(rustix::mount::mount_bind(from, to)?)
+}
+
+/// mount(2) with MS_REMOUNT: changes the flags of the mount at `target`
+/// (MS_BIND in `flags` changes only the per-mount flags, not the file
+/// system's).
+pub fn remount(target: &str, flags: MountFlags) -> io::Result<()> {
+    Ok(rustix::mount::mount_remount(target, flags, "")?)
+}
+
+/// umount2(2) without flags.
+pub fn umount(target: &str) -> io::Result<()> {
+    Ok(rustix::mount::unmount(
+        target,
+        rustix::mount::UnmountFlags::empty(),
+    )?)
 }
 
 /// chroot(2).
 pub fn chroot(path: &str) -> io::Result<()> {
-    let p = cstr(path)?;
-    // SAFETY: p is a valid NUL-terminated string.
-    check(unsafe { libc::chroot(p.as_ptr()) })
+    Ok(rustix::process::chroot(path)?)
 }
 
-/// finit_module(2) on an open module file.
+/// finit_module(2) on an open module file, without parameters.
 pub fn finit_module(file: &std::fs::File) -> io::Result<()> {
-    let empty = c"";
-    // SAFETY: the fd is open for the duration of the call; params is a valid empty string.
-    let r = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), empty.as_ptr(), 0) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    Ok(rustix::system::finit_module(file.as_fd(), c"", 0)?)
 }
 
 /// sethostname(2).
 pub fn sethostname(name: &str) -> io::Result<()> {
-    // SAFETY: the pointer and length describe `name`'s bytes.
-    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+    Ok(rustix::system::sethostname(name.as_bytes())?)
 }
 
-/// reboot(2) with `cmd` (RB_AUTOBOOT, RB_POWER_OFF, RB_DISABLE_CAD).
-pub fn reboot(cmd: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain integer argument.
-    check(unsafe { libc::reboot(cmd) })
+/// reboot(2): power off, restart, or turn Ctrl-Alt-Del into SIGINT.
+pub fn reboot(cmd: RebootCommand) -> io::Result<()> {
+    Ok(rustix::system::reboot(cmd)?)
 }
 
 /// sync(2).
 pub fn sync() {
-    // SAFETY: no arguments.
-    unsafe { libc::sync() }
+    rustix::fs::sync()
 }
 
-/// kill(2).
-pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    check(unsafe { libc::kill(pid, sig) })
+/// kill(2) to a process, or to its process group when `group`.
+pub fn kill(pid: i32, sig: Signal, group: bool) -> io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    if group {
+        Ok(rustix::process::kill_process_group(pid, sig)?)
+    } else {
+        Ok(rustix::process::kill_process(pid, sig)?)
+    }
 }
 
 /// The signals PID 1 handles synchronously.
@@ -104,15 +101,15 @@ pub fn handled_signals() -> libc::sigset_t {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [
-            libc::SIGCHLD,
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGPWR,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-            libc::SIGHUP,
+            Signal::CHILD,
+            Signal::TERM,
+            Signal::INT,
+            Signal::POWER,
+            Signal::USR1,
+            Signal::USR2,
+            Signal::HUP,
         ] {
-            libc::sigaddset(&mut set, s);
+            libc::sigaddset(&mut set, s.as_raw());
         }
         set
     }
@@ -135,7 +132,7 @@ pub fn block_signals(block: bool) -> io::Result<()> {
 }
 
 /// Waits up to `timeout` for one of the handled signals.
-pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
+pub fn wait_signal(timeout: Duration) -> Option<Signal> {
     let set = handled_signals();
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
@@ -143,26 +140,28 @@ pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
     };
     // SAFETY: set and ts are initialised locals; siginfo is not requested.
     let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-    (r > 0).then_some(r)
+    Signal::from_named_raw(r)
 }
 
-/// Reaps one exited child without blocking: (pid, status).
-pub fn reap() -> Option<(i32, i32)> {
-    let mut status = 0;
-    // SAFETY: status is a valid out pointer.
-    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-    (pid > 0).then_some((pid, status))
+/// Reaps one exited child without blocking: (pid, status). Any child:
+/// waitpid(-1), which rustix calls `wait` (its `waitpid(None)` is pid 0,
+/// the caller's process group only, and services run in their own).
+pub fn reap() -> Option<(i32, WaitStatus)> {
+    let r = rustix::process::wait(rustix::process::WaitOptions::NOHANG);
+    r.ok()
+        .flatten()
+        .map(|(pid, status)| (pid.as_raw_nonzero().get(), status))
 }
 
 /// Seconds since the kernel started (CLOCK_BOOTTIME).
 pub fn boottime() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// statvfs(2): the fundamental block size of the file system at `path`.
+pub fn block_size(path: &str) -> io::Result<u64> {
+    Ok(rustix::fs::statvfs(path)?.f_bsize)
 }
 
 /// ioctl(2) with a pointer argument.

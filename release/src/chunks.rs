@@ -44,6 +44,28 @@ const RECORD: usize = 4 + 32;
 /// average chunks allowed here): refused before parsing.
 pub const MAX_INDEX_BYTES: u64 = 32 << 20;
 
+/// Below this share of a payload found on the node (percent), a delta is
+/// not worth its scans and Range requests: the node downloads in full.
+pub const MIN_REUSE_PERCENT: u64 = 10;
+
+/// Whether a delta that finds `reuse` of a payload's `size` bytes on the
+/// node is worth doing (see [`MIN_REUSE_PERCENT`]).
+pub fn delta_worth(reuse: u64, size: u64) -> bool {
+    reuse.saturating_mul(100) >= size.saturating_mul(MIN_REUSE_PERCENT)
+}
+
+/// What a node downloads for one payload, predicted from chunk indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedDownload {
+    /// Bytes fetched: the missing chunks and the index, or (when a delta
+    /// is not worth it) the index and the whole payload.
+    pub bytes: u64,
+    /// The payload's full size.
+    pub full: u64,
+    /// Whether the node takes the delta path.
+    pub delta: bool,
+}
+
 /// One chunk of a payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
@@ -121,6 +143,28 @@ impl ChunkIndex {
             size: chunks.last().map_or(0, Chunk::end),
             chunks,
         })
+    }
+
+    /// What a node downloads for this payload (whose index is
+    /// `index_size` bytes) when its running slot holds the payload `old`
+    /// was cut from: the node chunks its slot the same way, so it finds
+    /// exactly `old`'s chunks, and fetches the chunks of this index that
+    /// are not among them (the planning of herd-update's delta path).
+    pub fn expected_download(&self, index_size: u64, old: &ChunkIndex) -> ExpectedDownload {
+        let have: std::collections::HashSet<&[u8; 32]> =
+            old.chunks.iter().map(|c| &c.sha256).collect();
+        let missing: u64 = self
+            .chunks
+            .iter()
+            .filter(|c| !have.contains(&c.sha256))
+            .map(|c| u64::from(c.len))
+            .sum();
+        let delta = delta_worth(self.size - missing, self.size);
+        ExpectedDownload {
+            bytes: index_size + if delta { missing } else { self.size },
+            full: self.size,
+            delta,
+        }
     }
 
     /// The binary form (see the module documentation).
@@ -242,17 +286,34 @@ mod tests {
         new.splice(1 << 20..1 << 20, noise(3, 5000));
         let a = ChunkIndex::of_reader(&old[..]).unwrap();
         let b = ChunkIndex::of_reader(&new[..]).unwrap();
-        let have: std::collections::HashSet<_> = a.chunks.iter().map(|c| c.sha256).collect();
-        let missing: u64 = b
-            .chunks
-            .iter()
-            .filter(|c| !have.contains(&c.sha256))
-            .map(|c| u64::from(c.len))
-            .sum();
+        let e = b.expected_download(100, &a);
+        assert!(e.delta && e.full == new.len() as u64, "{e:?}");
+        let missing = e.bytes - 100;
         assert!(
-            missing < 3 * u64::from(MAX_CHUNK),
+            missing > 5000 && missing < 3 * u64::from(MAX_CHUNK),
             "{missing} bytes missing"
         );
+    }
+
+    #[test]
+    fn expected_download_is_the_missing_chunks_or_everything() {
+        let old = noise(11, 2 << 20);
+        let a = ChunkIndex::of_reader(&old[..]).unwrap();
+        // The same payload: only the index.
+        assert_eq!(
+            a.expected_download(77, &a),
+            ExpectedDownload {
+                bytes: 77,
+                full: old.len() as u64,
+                delta: true
+            }
+        );
+        // Nothing in common: no delta, the index (already fetched) and all.
+        let other = ChunkIndex::of_reader(&noise(12, 1 << 20)[..]).unwrap();
+        let e = other.expected_download(77, &a);
+        assert_eq!((e.bytes, e.delta), (77 + (1 << 20), false));
+        // The threshold: 10 % found is worth it, just under is not.
+        assert!(delta_worth(10, 100) && !delta_worth(9, 100));
     }
 
     #[test]

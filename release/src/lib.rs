@@ -16,11 +16,15 @@ mod repo;
 mod verify;
 
 pub use chunks::{
-    chunk_reader, Chunk, ChunkIndex, AVG_CHUNK, MAX_CHUNK, MAX_INDEX_BYTES, MIN_CHUNK,
+    chunk_reader, delta_worth, Chunk, ChunkIndex, ExpectedDownload, AVG_CHUNK, MAX_CHUNK,
+    MAX_INDEX_BYTES, MIN_CHUNK, MIN_REUSE_PERCENT,
 };
 pub use envelope::{Envelope, Signature};
 pub use key::{KeyId, PublicKey, SigningKey};
-pub use metadata::{Channel, IndexRef, Payload, Release, Rollout, Root, SlotPcrs, Wave, SPEC};
+pub use metadata::{
+    Channel, Halt, IndexRef, Payload, Release, Rollout, Root, SlotPcrs, Wave, BASE_SPEC, SPEC,
+    SPEC_HALT,
+};
 pub use repo::Repo;
 pub use verify::{
     check_channel_keys, compare_versions, in_wave, parse_trusted_root, update_root, verify_channel,
@@ -127,6 +131,32 @@ pub enum Error {
         offered: String,
         /// installed version
         installed: String,
+    },
+    /// The publisher halted the rollout of this release (`herd release halt`).
+    #[error("rollout of {version} halted by the publisher: {reason}")]
+    Halted {
+        /// the halted release
+        version: String,
+        /// the publisher's reason
+        reason: String,
+    },
+    /// `herd release halt` on a channel that is halted already.
+    #[error("channel {channel} is already halted (rollout of {version}: {reason}): nothing to do; `herd release resume` continues it")]
+    AlreadyHalted {
+        /// the channel
+        channel: String,
+        /// its release
+        version: String,
+        /// the reason given when it was halted
+        reason: String,
+    },
+    /// `herd release resume` on a channel that is not halted.
+    #[error("channel {channel} is not halted (release {version} rolls out as published): nothing to resume")]
+    NotHalted {
+        /// the channel
+        channel: String,
+        /// its release
+        version: String,
     },
     /// The release failed to boot here before.
     #[error("release {0} failed to boot on this node before and is marked bad")]

@@ -16,7 +16,17 @@ use crate::{KeyId, PublicKey};
 
 /// The metadata spec this herd implements: documents with a higher `spec`
 /// are refused.
-pub const SPEC: u64 = 1;
+pub const SPEC: u64 = 2;
+
+/// The spec of documents that use nothing newer than the first one: what
+/// roots and channels are written with, so nodes from before `spec` (and
+/// nodes of spec 1) read them.
+pub const BASE_SPEC: u64 = 1;
+
+/// The spec of a halted channel document ([`Channel::halted`]): the halt
+/// restricts what a node may install, so nodes of spec 1, which would pass
+/// over the field and install, refuse the whole document instead.
+pub const SPEC_HALT: u64 = 2;
 
 fn spec_one() -> u64 {
     1
@@ -151,4 +161,31 @@ pub struct Channel {
     /// Unix seconds when it was signed (see [`Root::signed_at`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
+    /// Set by `herd release halt`: nodes that do not run this release yet
+    /// do not take it; nodes already on it are unaffected. Cleared by
+    /// `herd release resume` (the waves keep their original schedule) or by
+    /// publishing another release. A halted document has spec
+    /// [`SPEC_HALT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<Halt>,
+}
+
+/// Why and when the publisher halted a channel's rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Halt {
+    /// The publisher's words, shown by nodes that do not take the release.
+    pub reason: String,
+    /// Unix seconds when it was halted.
+    pub at: u64,
+}
+
+impl Channel {
+    /// The lowest spec that expresses this document: what it is written with.
+    pub fn needed_spec(&self) -> u64 {
+        if self.halted.is_some() {
+            SPEC_HALT
+        } else {
+            BASE_SPEC
+        }
+    }
 }

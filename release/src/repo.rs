@@ -77,7 +77,7 @@ impl Repo {
             expires,
             threshold,
             keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
-            spec: crate::SPEC,
+            spec: crate::BASE_SPEC,
             signed_at: Some(now),
         };
         if threshold == 0 || threshold as usize > root.keys.len() {
@@ -134,7 +134,7 @@ impl Repo {
             expires,
             threshold,
             keys: new.iter().map(|k| (k.public().id(), k.public())).collect(),
-            spec: crate::SPEC,
+            spec: crate::BASE_SPEC,
             signed_at: Some(now),
         };
         let mut signers: Vec<&SigningKey> = old.to_vec();
@@ -201,6 +201,24 @@ impl Repo {
         ))
     }
 
+    /// A chunk index stored in the repository, checked against its
+    /// reference (size and sha256). `Ok(None)`: not there.
+    pub fn chunk_index(&self, r: &IndexRef) -> Result<Option<ChunkIndex>, Error> {
+        let p = self.dir.join("payloads").join(&r.sha256);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(format!("reading {}", p.display()))(e)),
+        };
+        if bytes.len() as u64 != r.size || hex::encode(Sha256::digest(&bytes)) != r.sha256 {
+            return Err(Error::Mismatch(format!(
+                "{} is not the chunk index the channel names (size or sha256 differ): the repository is damaged",
+                p.display()
+            )));
+        }
+        ChunkIndex::parse(&bytes).map(Some)
+    }
+
     /// The current channel document, verified against the current root.
     pub fn channel(&self, channel: &str, now: u64) -> Result<Option<Channel>, Error> {
         let p = self.channel_path(channel);
@@ -224,7 +242,7 @@ impl Repo {
         now: u64,
         expires: u64,
     ) -> Result<Channel, Error> {
-        let root = self.current_root(now)?;
+        self.current_root(now)?;
         let seq = match self.channel(channel, now) {
             Ok(Some(c)) => c.seq + 1,
             Ok(None) => 1,
@@ -238,17 +256,95 @@ impl Repo {
             seq,
             expires,
             release,
-            spec: crate::SPEC,
+            spec: crate::BASE_SPEC,
             signed_at: Some(now),
+            halted: None,
         };
+        self.write_channel(c, keys, now)
+    }
+
+    /// Signs `c` (with the spec it needs) with `keys`, checks that they
+    /// are enough for the current key set, and makes it the channel's
+    /// document.
+    fn write_channel(
+        &self,
+        mut c: Channel,
+        keys: &[&SigningKey],
+        now: u64,
+    ) -> Result<Channel, Error> {
+        let root = self.current_root(now)?;
+        c.spec = c.needed_spec();
         let env = Envelope::sign(&c, keys);
         env.check(
             &root.keys,
             root.threshold,
             "the new channel metadata (with the keys given)",
         )?;
-        write_atomic(&self.channel_path(channel), &env.to_bytes())?;
+        write_atomic(&self.channel_path(&c.channel), &env.to_bytes())?;
         Ok(c)
+    }
+
+    /// The channel's current document, verified, for a re-signed successor.
+    fn current_channel(&self, channel: &str, now: u64) -> Result<Channel, Error> {
+        self.channel(channel, now)?.ok_or_else(|| {
+            Error::Mismatch(format!(
+                "channel {channel} has no release in {}: publish one first with `herd release publish`",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// Halts the channel's rollout: the same release in a new document
+    /// (next sequence, so it replaces the old one and nodes refuse the old
+    /// one as a rollback) marked [`Channel::halted`].
+    pub fn halt(
+        &self,
+        channel: &str,
+        reason: &str,
+        keys: &[&SigningKey],
+        now: u64,
+        expires: u64,
+    ) -> Result<Channel, Error> {
+        let mut c = self.current_channel(channel, now)?;
+        if let Some(h) = &c.halted {
+            return Err(Error::AlreadyHalted {
+                channel: channel.into(),
+                version: c.release.version.clone(),
+                reason: h.reason.clone(),
+            });
+        }
+        c.halted = Some(crate::Halt {
+            reason: reason.into(),
+            at: now,
+        });
+        c.seq += 1;
+        c.expires = expires;
+        c.signed_at = Some(now);
+        self.write_channel(c, keys, now)
+    }
+
+    /// Resumes a halted rollout: the same release and waves (their
+    /// original schedule: waves whose time came during the halt open at
+    /// once) in a new document without the halt.
+    pub fn resume(
+        &self,
+        channel: &str,
+        keys: &[&SigningKey],
+        now: u64,
+        expires: u64,
+    ) -> Result<Channel, Error> {
+        let mut c = self.current_channel(channel, now)?;
+        if c.halted.is_none() {
+            return Err(Error::NotHalted {
+                channel: channel.into(),
+                version: c.release.version.clone(),
+            });
+        }
+        c.halted = None;
+        c.seq += 1;
+        c.expires = expires;
+        c.signed_at = Some(now);
+        self.write_channel(c, keys, now)
     }
 
     fn unverified_seq(&self, channel: &str) -> Result<u64, Error> {
@@ -266,4 +362,111 @@ fn tempfile_in(dir: &Path) -> Result<PathBuf, Error> {
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(dir.join(format!(".incoming-{}", hex::encode(seed))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{verify_channel, NodeState, Rollout, Wave};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn release(version: &str) -> Release {
+        let mut payloads = BTreeMap::new();
+        for role in herd_contract::payload::REQUIRED {
+            payloads.insert(
+                role.to_string(),
+                Payload {
+                    sha256: "cd".repeat(32),
+                    size: 1,
+                    chunks: None,
+                },
+            );
+        }
+        Release {
+            image: "herd".into(),
+            version: version.into(),
+            usrhash: "ab".repeat(32),
+            cmdline: vec![],
+            payloads,
+            rollout: Some(Rollout {
+                start: NOW - 100,
+                waves: vec![Wave {
+                    after_secs: 0,
+                    percent: 100,
+                }],
+            }),
+            pcrs: BTreeMap::new(),
+        }
+    }
+
+    fn node(installed: &str) -> NodeState {
+        NodeState {
+            highest_seq: 0,
+            installed: installed.into(),
+            bad: vec![],
+        }
+    }
+
+    #[test]
+    fn halt_and_resume_are_new_signed_documents_that_stop_and_restart_the_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::at(dir.path());
+        let k = SigningKey::generate().unwrap();
+        let root = repo.init(&[&k], 1, NOW - 1000, NOW + 86_400).unwrap();
+        let e = repo.halt("stable", "x", &[&k], NOW, NOW + 60).unwrap_err();
+        assert!(e.to_string().contains("publish one first"), "{e}");
+        repo.publish("stable", release("0.2.0"), &[&k], NOW - 50, NOW + 60)
+            .unwrap();
+        let bytes = || std::fs::read(repo.channel_path("stable")).unwrap();
+        let (_, take) =
+            verify_channel(&root, &bytes(), "stable", &node("0.1.0"), "n", NOW).unwrap();
+        assert!(take);
+
+        let e = repo.resume("stable", &[&k], NOW, NOW + 60).unwrap_err();
+        assert!(matches!(e, Error::NotHalted { .. }), "{e}");
+        let c = repo
+            .halt("stable", "disks fill up", &[&k], NOW, NOW + 120)
+            .unwrap();
+        assert_eq!((c.seq, c.spec, c.expires), (2, crate::SPEC_HALT, NOW + 120));
+        assert_eq!(c.release, release("0.2.0"));
+        let (got, take) =
+            verify_channel(&root, &bytes(), "stable", &node("0.1.0"), "n", NOW).unwrap();
+        assert!(!take);
+        assert_eq!(got.halted.unwrap().reason, "disks fill up");
+        // A node already on 0.2.0 is unaffected: nothing to take, no error.
+        let (_, take) =
+            verify_channel(&root, &bytes(), "stable", &node("0.2.0"), "n", NOW).unwrap();
+        assert!(!take);
+        let e = repo
+            .halt("stable", "again", &[&k], NOW, NOW + 60)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("already halted (rollout of 0.2.0: disks fill up)"),
+            "{e}"
+        );
+
+        // A key the key set does not hold cannot halt or resume.
+        let other = SigningKey::generate().unwrap();
+        let e = repo.resume("stable", &[&other], NOW, NOW + 60).unwrap_err();
+        assert!(matches!(e, Error::Signatures { valid: 0, .. }), "{e}");
+        assert_eq!(repo.channel("stable", NOW).unwrap().unwrap().seq, 2);
+
+        let c = repo.resume("stable", &[&k], NOW + 1, NOW + 60).unwrap();
+        assert_eq!((c.seq, c.spec, c.halted), (3, crate::BASE_SPEC, None));
+        assert_eq!(c.release.rollout, release("0.2.0").rollout);
+        assert!(!String::from_utf8(bytes()).unwrap().contains("halted"));
+        let (_, take) =
+            verify_channel(&root, &bytes(), "stable", &node("0.1.0"), "n", NOW).unwrap();
+        assert!(take);
+        // Publishing after a halt starts the new release un-halted.
+        repo.halt("stable", "bad", &[&k], NOW, NOW + 60).unwrap();
+        let c = repo
+            .publish("stable", release("0.2.1"), &[&k], NOW, NOW + 60)
+            .unwrap();
+        assert_eq!((c.seq, c.halted), (5, None));
+    }
 }

@@ -200,8 +200,9 @@ pub fn check_channel_keys<E: From<Error>>(
 }
 
 /// Verifies channel metadata against `root` and the node's state; returns
-/// the release if the node should take it now (`None`: nothing newer, or
-/// not this node's wave yet).
+/// the document and whether the node should take its release now (false:
+/// nothing newer, not this node's wave yet, or the publisher halted the
+/// rollout: [`crate::Channel::halted`]).
 pub fn verify_channel(
     root: &Root,
     bytes: &[u8],
@@ -260,11 +261,11 @@ pub fn verify_channel(
             )));
         }
     }
-    let take = c
-        .release
-        .rollout
-        .as_ref()
-        .is_none_or(|r| in_wave(r, node_id, v, now));
+    let take = c.halted.is_none()
+        && c.release
+            .rollout
+            .as_ref()
+            .is_none_or(|r| in_wave(r, node_id, v, now));
     Ok((c, take))
 }
 

@@ -13,7 +13,7 @@ fn root(version: u64, keys: &[&SigningKey], threshold: u32) -> Root {
         expires: NOW + 365 * 86400,
         threshold,
         keys: keys.iter().map(|k| (k.public().id(), k.public())).collect(),
-        spec: herd_release::SPEC,
+        spec: herd_release::BASE_SPEC,
         signed_at: Some(NOW - 3600),
     }
 }
@@ -49,8 +49,9 @@ fn channel(version: &str, seq: u64, expires: u64) -> Channel {
             rollout: None,
             pcrs: BTreeMap::new(),
         },
-        spec: herd_release::SPEC,
+        spec: herd_release::BASE_SPEC,
         signed_at: Some(NOW - 60),
+        halted: None,
     }
 }
 
@@ -449,4 +450,71 @@ fn fields_from_a_newer_publisher_are_passed_over_but_a_newer_spec_is_refused() {
     let odd = signed_edited(&c, &k, |v| v["spec"] = serde_json::json!("1"));
     let e = verify_channel(&r, &odd, "stable", &state(), "n", NOW).unwrap_err();
     assert!(matches!(e, Error::Malformed { .. }), "{e}");
+}
+
+/// `herd release halt`: the halt is inside the signed text. Whoever serves
+/// the repository can neither strip it from a halted document nor bring
+/// back the un-halted document it replaced.
+#[test]
+fn a_halt_can_be_neither_stripped_nor_undone_by_a_replay() {
+    let k = SigningKey::generate().unwrap();
+    let r = root(1, &[&k], 1);
+    let before = channel("0.2.0", 3, NOW + 60);
+    let mut halted = channel("0.2.0", 4, NOW + 60);
+    halted.halted = Some(Halt {
+        reason: "0.2.0 corrupts disks".into(),
+        at: NOW - 10,
+    });
+    halted.spec = halted.needed_spec();
+    let halted_bytes = signed(&halted, &[&k]);
+    let (c, take) = verify_channel(&r, &halted_bytes, "stable", &state(), "n", NOW).unwrap();
+    assert!(!take, "a halted release is not taken");
+    assert_eq!(c.halted.unwrap().reason, "0.2.0 corrupts disks");
+
+    // The halt field stripped, the publisher's signature kept: refused.
+    let mut env = Envelope::parse(&halted_bytes, "t").unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&env.signed).unwrap();
+    v.as_object_mut().unwrap().remove("halted");
+    v.as_object_mut().unwrap().remove("spec");
+    env.signed = serde_json::to_string_pretty(&v).unwrap();
+    assert!(!env.signed.contains("halted"));
+    let e = verify_channel(&r, &env.to_bytes(), "stable", &state(), "n", NOW).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Signatures {
+                valid: 0,
+                threshold: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // The older un-halted document, replayed to a node that saw the halt
+    // (its highest sequence is the halted document's): a rollback.
+    let seen = NodeState {
+        highest_seq: 4,
+        ..state()
+    };
+    let e = verify_channel(&r, &signed(&before, &[&k]), "stable", &seen, "n", NOW).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Rollback {
+                got: 3,
+                seen: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // A node of metadata spec 1 would pass over the field and install:
+    // the halted document carries a spec above 1, so such nodes refuse it.
+    assert!(halted.spec > 1 && BASE_SPEC == 1);
+    assert!(Envelope::parse(&halted_bytes, "t")
+        .unwrap()
+        .signed
+        .contains(&format!("\"spec\": {SPEC_HALT}")));
 }

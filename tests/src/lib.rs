@@ -182,6 +182,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A child process killed and reaped when dropped: the servers a test starts.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `herd serve REPO` on a free port of 127.0.0.1, once it accepts
+/// connections (up to 5 s): the server and its port.
+pub fn herd_serve(repo: &Path) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let child = Command::new(herd())
+        .arg("serve")
+        .arg(repo)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting herd serve");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (KillOnDrop(child), port)
+}
+
 /// One `GET /` from 127.0.0.1:`port`: the whole answer, or None when
 /// nothing answers (connect within 2 s, read within `timeout`).
 pub fn http_get(port: u16, timeout: std::time::Duration) -> Option<String> {

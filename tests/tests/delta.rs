@@ -6,37 +6,10 @@
 //! release.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use herd_release::ChunkIndex;
 use herd_tests::*;
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(repo: &Path) -> (Server, u16) {
-    let port = free_port();
-    let child = Command::new(herd())
-        .arg("serve")
-        .arg(repo)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Server(child), port)
-}
 
 fn herd_ok(args: &[&str]) -> String {
     run_ok(Command::new(herd()).args(args))
@@ -157,7 +130,7 @@ fn delta_between_two_releases_and_its_attacks() {
         .as_u64()
         .unwrap();
     assert!(index_size * 100 <= usr_size, "{index_size} of {usr_size}");
-    let (_srv, port) = serve(&repo);
+    let (_srv, port) = herd_serve(&repo);
 
     // Only the version differs: nearly everything comes from the old slot.
     let (o, t) = write_slot(port, &repo, &v1, d, "ok");

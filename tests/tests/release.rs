@@ -4,41 +4,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use herd_release::{verify_channel, verify_root_chain, Envelope, NodeState, Root};
 use herd_tests::*;
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(repo: &Path) -> (Server, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(herd())
-        .arg("serve")
-        .arg(repo)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Server(child), port)
-}
 
 /// (status line, body) of a GET with optional extra headers.
 fn get(port: u16, path: &str, headers: &str) -> (String, Vec<u8>) {
@@ -91,7 +60,7 @@ fn publish_serve_verify_rotate() {
     ]);
     assert!(out.contains("sequence 1"), "{out}");
 
-    let (_srv, port) = serve(&repo);
+    let (_srv, port) = herd_serve(&repo);
     let (status, root1) = get(port, "/root/1.json", "");
     assert!(status.contains("200"), "{status}");
     let env = Envelope::parse(&root1, "root").unwrap();
@@ -297,7 +266,7 @@ fn write_slot_keeps_the_rotation_and_the_trusted_time() {
 
     let state = t.join("state");
     {
-        let (_srv, port) = serve(&repo);
+        let (_srv, port) = herd_serve(&repo);
         let o = write_slot(port, t, &baked, &state);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
@@ -318,7 +287,7 @@ fn write_slot_keeps_the_rotation_and_the_trusted_time() {
     assert!(publish(&old, &k1).contains("sequence 3"));
     let refused = "the repository offers key set (root) 1, but this node already trusts root 2: refusing a rollback of keys";
     {
-        let (_srv, port) = serve(&old);
+        let (_srv, port) = herd_serve(&old);
         let o = write_slot(port, t, &baked, &state);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(refused), "{err}");
@@ -349,7 +318,7 @@ fn write_slot_keeps_the_rotation_and_the_trusted_time() {
     assert!(seen + 60 > clock && seen <= clock, "{seen} vs {clock}");
     s["trusted_time"] = (clock + 40 * 86_400).into();
     std::fs::write(state.join("state.json"), s.to_string()).unwrap();
-    let (_srv, port) = serve(&repo);
+    let (_srv, port) = herd_serve(&repo);
     let o = write_slot(port, t, &baked, &state);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -357,5 +326,91 @@ fn write_slot_keeps_the_rotation_and_the_trusted_time() {
             && err.contains("channel metadata expired at")
             && err.contains(&format!("(now {})", clock + 40 * 86_400)),
         "{err}"
+    );
+}
+
+/// `herd release halt` and `resume` (issue 18): a node that does not run
+/// the release yet refuses it while the rollout is halted, and says why
+/// (here `herd-update write-slot`, the host mode of the updater); after
+/// `resume` it takes it.
+#[test]
+fn a_halted_rollout_is_not_installed_until_resumed() {
+    let image = default_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (key, stranger) = (t.join("k.json"), t.join("stranger.json"));
+    for k in [&key, &stranger] {
+        herd_ok(&["key", "generate", "--out", k.to_str().unwrap()]);
+    }
+    let repo = t.join("repo");
+    let release = |cmd: &str, key: &Path, more: &[&str]| {
+        let mut c = Command::new(herd());
+        c.args(["release", cmd, "--repo", repo.to_str().unwrap()])
+            .args(["--key", key.to_str().unwrap()])
+            .args(more);
+        run(&mut c)
+    };
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let refused = |o: std::process::Output, why: &str| {
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(why), "{err}");
+    };
+    ok(release("init", &key, &[]));
+    refused(release("halt", &key, &[]), "channel stable has no release");
+    ok(release(
+        "publish",
+        &key,
+        &[
+            "--image-out",
+            image.to_str().unwrap(),
+            "--rollout",
+            "0:50,3600:100",
+        ],
+    ));
+    let version = "0.1.0";
+    refused(release("resume", &key, &[]), "is not halted");
+    refused(
+        release("halt", &stranger, &["--reason", "x"]),
+        "signed by unknown key",
+    );
+    let out = ok(release("halt", &key, &["--reason", "disks fill up"]));
+    assert!(
+        out.contains(&format!(
+            "halted the rollout of herd {version} on channel stable (sequence 2"
+        )),
+        "{out}"
+    );
+    refused(
+        release("halt", &key, &["--reason", "again"]),
+        &format!("already halted (rollout of {version}: disks fill up)"),
+    );
+
+    let baked = t.join("update-root.json");
+    std::fs::copy(repo.join("root/1.json"), &baked).unwrap();
+    let state = t.join("state");
+    let (_srv, port) = herd_serve(&repo);
+    let o = write_slot(port, t, &baked, &state);
+    refused(
+        o,
+        &format!("rollout of {version} halted by the publisher: disks fill up"),
+    );
+    assert_eq!(std::fs::metadata(t.join("usr")).unwrap().len(), 0);
+    assert_eq!(state_json(&state)["highest_seq"], 2);
+
+    let out = ok(release("resume", &key, &[]));
+    assert!(
+        out.contains(&format!(
+            "resumed the rollout of herd {version} on channel stable (sequence 3"
+        )) && out.contains("waves keep their schedule"),
+        "{out}"
+    );
+    ok(write_slot(port, t, &baked, &state));
+    assert_eq!(state_json(&state)["highest_seq"], 3);
+    assert!(
+        std::fs::read(t.join("usr")).unwrap() == std::fs::read(image.join("usr.img")).unwrap(),
+        "the slot holds the published /usr after the resume"
     );
 }

@@ -7,21 +7,13 @@
 //! rebooted at its health deadline until the node falls back the same way.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herd_qemu::{GuestForward, OnReboot, Vm, VmConfig};
 use herd_tests::*;
 
 const BOOT: Duration = Duration::from_secs(180);
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn herd_ok(args: &[&str]) -> String {
     run_ok(Command::new(herd()).args(args))
@@ -95,7 +87,7 @@ struct Repo {
     dir: PathBuf,
     key: PathBuf,
     port: u16,
-    _srv: Server,
+    _srv: KillOnDrop,
 }
 
 impl Repo {
@@ -116,7 +108,7 @@ impl Repo {
             .local_addr()
             .unwrap()
             .port();
-        let srv = Server(
+        let srv = KillOnDrop(
             Command::new(herd())
                 .arg("serve")
                 .arg(&dir)

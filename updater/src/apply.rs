@@ -34,6 +34,7 @@ fn fetch_channel(
     node_id: &str,
 ) -> Result<(herd_release::Channel, bool), Error> {
     let base = cfg.repository.trim_end_matches('/');
+    let client = http::Client::for_config(cfg)?;
     trust::verify_repository(
         cfg,
         baked,
@@ -42,7 +43,7 @@ fn fetch_channel(
         node_id,
         now(),
         trust::image_build_time(),
-        &mut |path| http::get_small(&format!("{base}/{path}"), MAX_METADATA_BYTES),
+        &mut |path| client.get_small(&format!("{base}/{path}"), MAX_METADATA_BYTES),
     )
 }
 
@@ -57,6 +58,13 @@ pub fn newest(cfg: &UpdateConfig, baked: &Root, state: &mut State) -> Result<Rel
     };
     let (c, _) = fetch_channel(cfg, baked, state, &ns, "write-slot")?;
     state.highest_seq = state.highest_seq.max(c.seq);
+    if let Some(h) = c.halted {
+        return Err(herd_release::Error::Halted {
+            version: c.release.version,
+            reason: h.reason,
+        }
+        .into());
+    }
     Ok(c.release)
 }
 
@@ -84,6 +92,19 @@ pub fn check(
     };
     state.highest_seq = state.highest_seq.max(c.seq);
     state.last_check = trust::trusted_now(now(), trust::image_build_time(), state, baked);
+    // Nodes that run the release, or installed it already, are unaffected.
+    let taken = c.release.version == slots.version
+        || state
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version == c.release.version);
+    state.halted = c.halted.as_ref().filter(|_| !taken).map(|h| {
+        herd_release::Error::Halted {
+            version: c.release.version.clone(),
+            reason: h.reason.clone(),
+        }
+        .to_string()
+    });
     if let Some(p) = state
         .pending
         .as_ref()
@@ -100,6 +121,9 @@ pub fn check(
                 p.version, p.slot
             )
         }));
+    }
+    if let Some(line) = &state.halted {
+        return Ok(Found::Nothing(line.clone()));
     }
     if !take {
         return Ok(Found::Nothing(if c.release.version == slots.version {
@@ -129,6 +153,7 @@ fn running_uki(slots: &Slots) -> Option<Vec<u8>> {
 /// and initramfs rarely change between releases, only the command line),
 /// else in full. Either way its sha256 is the signed one.
 fn fetch_uki(
+    client: &http::Client,
     base: &str,
     rel: &Release,
     role: &str,
@@ -139,7 +164,7 @@ fn fetch_uki(
     let p = &rel.payloads[role];
     if p.chunks.is_some() {
         if let Some(old) = running_uki(slots) {
-            if let Some((uki, mut st)) = crate::delta::assemble(base, role, p, &old)? {
+            if let Some((uki, mut st)) = crate::delta::assemble(client, base, role, p, &old)? {
                 st.version = rel.version.clone();
                 log(&format!("delta {role} of {}", st.line()));
                 state.count_delta(st);
@@ -150,14 +175,19 @@ fn fetch_uki(
             ));
         }
     }
-    fetch_small_payload(base, rel, role)
+    fetch_small_payload(client, base, rel, role)
 }
 
-fn fetch_small_payload(base: &str, rel: &Release, role: &str) -> Result<Vec<u8>, Error> {
+fn fetch_small_payload(
+    client: &http::Client,
+    base: &str,
+    rel: &Release,
+    role: &str,
+) -> Result<Vec<u8>, Error> {
     let p = &rel.payloads[role];
     let mut check = PayloadCheck::new(role, p);
     let mut out = Vec::with_capacity(p.size as usize);
-    http::stream(
+    client.stream(
         &format!("{base}/payloads/{}", p.sha256),
         0,
         p.size,
@@ -181,6 +211,7 @@ pub fn install(
     log: &dyn Fn(&str),
 ) -> Result<(), Error> {
     let base = cfg.repository.trim_end_matches('/');
+    let client = http::Client::for_config(cfg)?;
     let slot = slots.other;
     let usr = slots.usr(slot)?;
     let verity = slots.usr_verity(slot)?;
@@ -208,6 +239,7 @@ pub fn install(
         verity: from_verity.as_ref().map(|p| p.dev.as_str()),
     };
     crate::download::write_slot(
+        &client,
         base,
         rel,
         &usr.dev,
@@ -231,7 +263,7 @@ pub fn install(
             rel.version
         )));
     }
-    let uki = fetch_uki(base, rel, role, slots, state, log)?;
+    let uki = fetch_uki(&client, base, rel, role, slots, state, log)?;
     check_uki(&uki, rel, slot)?;
 
     // The slot's partitions carry the root hash halves as PARTUUIDs (DPS).

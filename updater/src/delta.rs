@@ -18,12 +18,10 @@ use herd_release::{Chunk, ChunkIndex, IndexRef, Payload, PayloadCheck};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::http::{self, Ranged};
+use crate::http::{Client, Ranged};
 use crate::{io, Error};
 
-/// Below this share of the payload found locally (percent), the delta is
-/// not worth its scans and Range requests: full download.
-pub const MIN_REUSE_PERCENT: u64 = 10;
+pub use herd_release::MIN_REUSE_PERCENT;
 
 /// Fetched ranges are split at about this size (whole chunks), bounding the
 /// memory one request needs.
@@ -80,6 +78,79 @@ impl DeltaStats {
 pub trait ReadAt {
     /// Fills `b` from byte `offset`.
     fn read_at(&self, b: &mut [u8], offset: u64) -> std::io::Result<()>;
+
+    /// True when these are the very bytes the scan hashed and they cannot
+    /// have changed since (see [`Scanned`]): a copy need not be hashed again.
+    fn hashed(&self) -> bool {
+        false
+    }
+}
+
+/// What a scan found: chunk sha256 → its offset in the source.
+pub type Found = HashMap<[u8; 32], u64>;
+
+/// A source read into memory once and chunked there (see
+/// [`scan_in_memory`]): a copy from it is neither read from the disk again
+/// nor hashed again, since the scan found each chunk by the sha256 of
+/// exactly these bytes.
+pub struct Scanned(Vec<u8>);
+
+impl ReadAt for Scanned {
+    fn read_at(&self, b: &mut [u8], offset: u64) -> std::io::Result<()> {
+        (&self.0[..]).read_at(b, offset)
+    }
+
+    fn hashed(&self) -> bool {
+        true
+    }
+}
+
+/// A source is read into memory when what is chunked of it is at most this
+/// large (a node's `/usr` slot; larger ones are read twice instead).
+pub const IN_MEMORY_SOURCE: u64 = 64 << 20;
+
+/// Reads the first `limit` bytes of `src` into memory and chunks them the
+/// way `idx` was made, when they are at most [`IN_MEMORY_SOURCE`] bytes;
+/// `Ok(None)` when larger (use [`scan_source`]).
+pub fn scan_in_memory(
+    src: &File,
+    limit: u64,
+    idx: &ChunkIndex,
+) -> std::io::Result<Option<(Scanned, Found)>> {
+    use std::io::{Seek, SeekFrom};
+    // A block device's metadata says 0 bytes: ask for its end instead.
+    let len = (&*src).seek(SeekFrom::End(0))?.min(limit);
+    if len > IN_MEMORY_SOURCE {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len as usize];
+    src.read_exact_at(&mut buf, 0)?;
+    let found = scan_slice(&buf, idx);
+    Ok(Some((Scanned(buf), found)))
+}
+
+/// Chunks `b` the way `idx` was made (the cut points of [`scan`], found in
+/// place without copying) and hashes the chunks on two threads: the scan
+/// is the one pass a delta makes before its first byte can be placed.
+fn scan_slice(b: &[u8], idx: &ChunkIndex) -> Found {
+    let cuts: Vec<(u64, usize)> = fastcdc::v2020::FastCDC::new(b, idx.min, idx.avg, idx.max)
+        .map(|c| (c.offset as u64, c.length))
+        .collect();
+    let hash = |part: &[(u64, usize)]| -> Vec<([u8; 32], u64)> {
+        part.iter()
+            .map(|&(off, len)| (sha(&b[off as usize..off as usize + len]), off))
+            .collect()
+    };
+    let (first, second) = cuts.split_at(cuts.len() / 2);
+    let (a, z) = std::thread::scope(|sc| {
+        let other = sc.spawn(|| hash(second));
+        (
+            hash(first),
+            other.join().expect("the hash thread does not panic"),
+        )
+    });
+    // Later duplicates win, as when collecting the chunks in order.
+    a.into_iter().chain(z).collect()
 }
 
 impl ReadAt for File {
@@ -99,16 +170,12 @@ impl ReadAt for &[u8] {
     }
 }
 
-/// A writer for [`execute`] into `f` at absolute offsets.
-pub fn write_into(f: &File) -> impl FnMut(u64, &[u8]) -> std::io::Result<()> + '_ {
-    move |off, b| f.write_all_at(b, off)
-}
-
 /// Assembles payload `p` in memory from `source` (the running slot's copy
 /// of the same role, e.g. its UKI) and Range requests; the result's sha256
 /// is checked against the signed one. `Ok(None)`: no delta (no index, no
 /// Range, too little found); the caller downloads in full.
 pub fn assemble(
+    client: &Client,
     base: &str,
     role: &str,
     p: &Payload,
@@ -117,28 +184,34 @@ pub fn assemble(
     let Some(r) = p.chunks.as_ref() else {
         return Ok(None);
     };
-    let Some(idx) = fetch_index(base, role, p, r)? else {
+    let Some(idx) = fetch_index(client, base, role, p, r)? else {
         return Ok(None);
     };
     let found = scan(source, &idx).map_err(io(format!("chunking the running {role}")))?;
     let plan = plan(&idx, &[], &found);
-    if plan.reuse_bytes(&idx) * 100 < p.size * MIN_REUSE_PERCENT {
+    if !herd_release::delta_worth(plan.reuse_bytes(&idx), p.size) {
         return Ok(None);
     }
     let url = format!("{base}/payloads/{}", p.sha256);
-    let mut out = vec![0u8; p.size as usize];
-    let mut put = |off: u64, b: &[u8]| -> std::io::Result<()> {
-        out[off as usize..off as usize + b.len()].copy_from_slice(b);
-        Ok(())
-    };
-    let Some(mut st) = execute(&url, &idx, &plan, Some(&source), &mut put, role)? else {
+    /// The payload in memory, checked as it grows.
+    struct Out(Vec<u8>, PayloadCheck);
+    impl Sink for Out {
+        fn put(&mut self, _offset: u64, b: &[u8], _write: bool) -> Result<(), Error> {
+            self.1.update(b)?;
+            self.0.extend_from_slice(b);
+            Ok(())
+        }
+    }
+    let mut out = Out(
+        Vec::with_capacity(p.size as usize),
+        PayloadCheck::new(role, p),
+    );
+    let Some(mut st) = execute(client, &url, &idx, &plan, Some(&source), None, &mut out)? else {
         return Ok(None);
     };
     st.network += r.size;
-    let mut check = PayloadCheck::new(role, p);
-    check.update(&out)?;
-    check.finish()?;
-    Ok(Some((out, st)))
+    out.1.finish()?;
+    Ok(Some((out.0, st)))
 }
 
 /// What to do for one chunk of the index.
@@ -256,78 +329,201 @@ pub fn ranges(chunks: &[Chunk], fetch: &[bool]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Executes `plan` into `target`: copies (each re-hashed; a mismatch is
-/// fetched instead), then the missing ranges from `url`, each chunk hashed
-/// before it is written. `Ok(None)`: the server refused Range before
-/// anything was fetched, so the caller downloads in full.
+/// Where [`execute`] puts the payload: every chunk once, in payload order.
+pub trait Sink {
+    /// Bytes `b` of the payload from byte `offset`. `write` is false for a
+    /// chunk already in place in the target: it is only seen (hashed), not
+    /// written again.
+    fn put(&mut self, offset: u64, b: &[u8], write: bool) -> Result<(), Error>;
+}
+
+/// A [`Sink`] that writes into `f` at the payload's offsets (no checks).
+pub fn write_into(f: &File) -> impl Sink + '_ {
+    struct W<'a>(&'a File);
+    impl Sink for W<'_> {
+        fn put(&mut self, offset: u64, b: &[u8], write: bool) -> Result<(), Error> {
+            if write {
+                self.0
+                    .write_all_at(b, offset)
+                    .map_err(io("writing the target"))?;
+            }
+            Ok(())
+        }
+    }
+    W(f)
+}
+
+/// What the fetching thread hands over: one range's body, in range order.
+type Fetched = Result<Ranged, Error>;
+
+/// Executes `plan` into `sink` in payload order, so the caller checks the
+/// payload (sha256, verity tree) on the bytes as they are written and never
+/// reads them back. Chunks in place are read from `placed` (the target)
+/// and re-hashed; copies are read from `source` and re-hashed (a mismatch
+/// is fetched instead); the missing ranges are fetched from `url` on a
+/// second thread while the copies are made, and each fetched chunk is
+/// hashed before it is handed on. `Ok(None)`: the server refused Range on
+/// the first request, before anything was handed to `sink`, so the caller
+/// downloads in full.
+#[allow(clippy::too_many_arguments)]
 pub fn execute(
+    client: &Client,
     url: &str,
     idx: &ChunkIndex,
     plan: &Plan,
     source: Option<&dyn ReadAt>,
-    target: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
-    dev: &str,
+    placed: Option<&dyn ReadAt>,
+    sink: &mut dyn Sink,
 ) -> Result<Option<DeltaStats>, Error> {
-    let mut st = DeltaStats {
-        total: idx.size,
-        ..Default::default()
-    };
-    let mut fetch: Vec<bool> = plan.steps.iter().map(|s| *s == Step::Fetch).collect();
-    let mut buf = vec![0u8; idx.max as usize];
-    for (i, (c, s)) in idx.chunks.iter().zip(&plan.steps).enumerate() {
-        match *s {
-            Step::InPlace => st.in_place += u64::from(c.len),
-            Step::Fetch => {}
-            Step::Copy(from) => {
-                let b = &mut buf[..c.len as usize];
-                let read = source
-                    .map(|f| f.read_at(b, from))
-                    .unwrap_or_else(|| Err(std::io::Error::other("no source")));
-                if read.is_err() || sha(b) != c.sha256 {
-                    fetch[i] = true;
-                    st.refetched += 1;
-                    continue;
+    let fetch: Vec<bool> = plan.steps.iter().map(|s| *s == Step::Fetch).collect();
+    let runs = ranges(&idx.chunks, &fetch);
+    std::thread::scope(|sc| {
+        let (to_main, bodies) = std::sync::mpsc::sync_channel::<Fetched>(1);
+        let runs_ref = &runs;
+        sc.spawn(move || {
+            for r in runs_ref {
+                let (start, end) = (idx.chunks[r.start].offset, idx.chunks[r.end - 1].end());
+                let got = client.get_range(url, start, end - start);
+                let stop = !matches!(got, Ok(Ranged::Bytes(_)));
+                // The receiver hangs up when it stops early.
+                if to_main.send(got).is_err() || stop {
+                    return;
                 }
-                target(c.offset, b).map_err(io(format!("writing {dev}")))?;
-                st.local += u64::from(c.len);
             }
-        }
-    }
-    for (n, r) in ranges(&idx.chunks, &fetch).into_iter().enumerate() {
-        let (start, end) = (idx.chunks[r.start].offset, idx.chunks[r.end - 1].end());
-        let body = match http::get_range(url, start, end - start)? {
-            Ranged::Bytes(b) => b,
-            Ranged::Refused(_) if n == 0 => return Ok(None),
-            Ranged::Refused(status) => {
-                return Err(Error::Http {
-                    url: url.to_string(),
-                    message: format!("answered a Range request with status {status} after answering others with 206: try again later"),
-                })
-            }
+        });
+        let mut next = bodies.iter();
+        // The first answer decides whether the server does Range at all:
+        // wait for it before anything reaches the sink.
+        let mut first = match runs.is_empty() {
+            true => None,
+            false => match next.next() {
+                Some(Ok(Ranged::Refused(_))) => return Ok(None),
+                Some(Ok(Ranged::Bytes(b))) => Some(b),
+                Some(Err(e)) => return Err(e),
+                None => unreachable!("the fetching thread answers every range it starts"),
+            },
         };
-        for c in &idx.chunks[r] {
-            let b = &body[(c.offset - start) as usize..(c.end() - start) as usize];
-            let got = sha(b);
-            if got != c.sha256 {
-                return Err(Error::ChunkHash {
-                    url: url.to_string(),
-                    offset: c.offset,
-                    end: c.end(),
-                    got: hex::encode(got),
-                    expected: hex::encode(c.sha256),
-                });
+        let mut st = DeltaStats {
+            total: idx.size,
+            ..Default::default()
+        };
+        let mut buf = vec![0u8; idx.max as usize];
+        let mut run = runs.iter().peekable();
+        let mut i = 0;
+        while i < idx.chunks.len() {
+            let c = &idx.chunks[i];
+            match plan.steps[i] {
+                Step::InPlace => {
+                    let b = &mut buf[..c.len as usize];
+                    let ok = placed.is_some_and(|t| t.read_at(b, c.offset).is_ok())
+                        && sha(b) == c.sha256;
+                    if put_or_refetch(sink, client, url, c, ok.then_some(&*b), false, &mut st)? {
+                        st.in_place += u64::from(c.len);
+                    }
+                    i += 1;
+                }
+                Step::Copy(from) => {
+                    let b = &mut buf[..c.len as usize];
+                    let read = source.map(|f| (f.read_at(b, from), f.hashed()));
+                    let ok = match read {
+                        Some((Ok(()), true)) => true,
+                        Some((Ok(()), false)) => sha(b) == c.sha256,
+                        _ => false,
+                    };
+                    if put_or_refetch(sink, client, url, c, ok.then_some(&*b), true, &mut st)? {
+                        st.local += u64::from(c.len);
+                    }
+                    i += 1;
+                }
+                Step::Fetch => {
+                    let r = run.next().expect("every fetched chunk is in a range");
+                    debug_assert_eq!(r.start, i);
+                    let body = match first.take() {
+                        Some(b) => b,
+                        None => match next.next() {
+                            Some(Ok(Ranged::Bytes(b))) => b,
+                            Some(Ok(Ranged::Refused(status))) => {
+                                return Err(Error::Http {
+                                    url: url.to_string(),
+                                    message: format!("answered a Range request with status {status} after answering others with 206: try again later"),
+                                })
+                            }
+                            Some(Err(e)) => return Err(e),
+                            None => unreachable!("the fetching thread answers every range it starts"),
+                        },
+                    };
+                    let start = idx.chunks[r.start].offset;
+                    for c in &idx.chunks[r.clone()] {
+                        let b = &body[(c.offset - start) as usize..(c.end() - start) as usize];
+                        check_fetched(url, c, b)?;
+                    }
+                    sink.put(start, &body, true)?;
+                    st.network += body.len() as u64;
+                    i = r.end;
+                }
             }
         }
-        target(start, &body).map_err(io(format!("writing {dev}")))?;
-        st.network += end - start;
+        Ok(Some(st))
+    })
+}
+
+/// Hands chunk `c` to `sink`: its `local` bytes when they matched the index
+/// (`write` as for [`Sink::put`]), else the chunk fetched again from `url`
+/// and counted as refetched. True when the local bytes were used.
+fn put_or_refetch(
+    sink: &mut dyn Sink,
+    client: &Client,
+    url: &str,
+    c: &Chunk,
+    local: Option<&[u8]>,
+    write: bool,
+    st: &mut DeltaStats,
+) -> Result<bool, Error> {
+    if let Some(b) = local {
+        sink.put(c.offset, b, write)?;
+        return Ok(true);
     }
-    Ok(Some(st))
+    let b = refetch(client, url, c)?;
+    sink.put(c.offset, &b, true)?;
+    st.refetched += 1;
+    st.network += u64::from(c.len);
+    Ok(false)
+}
+
+/// Fetches chunk `c` alone (a local copy that did not match the index).
+fn refetch(client: &Client, url: &str, c: &Chunk) -> Result<Vec<u8>, Error> {
+    match client.get_range(url, c.offset, u64::from(c.len))? {
+        Ranged::Bytes(b) => {
+            check_fetched(url, c, &b)?;
+            Ok(b)
+        }
+        Ranged::Refused(status) => Err(Error::Http {
+            url: url.to_string(),
+            message: format!("answered the Range request for a chunk the local copy of which did not match with status {status}: the delta cannot finish; try again later"),
+        }),
+    }
+}
+
+/// Refuses fetched bytes `b` that are not chunk `c`.
+fn check_fetched(url: &str, c: &Chunk, b: &[u8]) -> Result<(), Error> {
+    let got = sha(b);
+    if got != c.sha256 {
+        return Err(Error::ChunkHash {
+            url: url.to_string(),
+            offset: c.offset,
+            end: c.end(),
+            got: hex::encode(got),
+            expected: hex::encode(c.sha256),
+        });
+    }
+    Ok(())
 }
 
 /// Fetches the index of payload `role` and checks it against the signed
 /// reference and the payload. `Ok(None)` when the server has none (a
 /// repository copied without them): the caller downloads in full.
 pub fn fetch_index(
+    client: &Client,
     base: &str,
     role: &str,
     p: &Payload,
@@ -343,7 +539,7 @@ pub fn fetch_index(
         .into());
     }
     let url = format!("{base}/payloads/{}", r.sha256);
-    let Some(bytes) = http::get_small(&url, r.size)? else {
+    let Some(bytes) = client.get_small(&url, r.size)? else {
         return Ok(None);
     };
     let signed = Payload {
@@ -431,6 +627,23 @@ mod tests {
         let mut got = Vec::new();
         (&target).read_to_end(&mut got).unwrap();
         assert!(got == new);
+    }
+
+    #[test]
+    fn a_source_in_memory_finds_the_same_chunks_and_assembles_the_payload() {
+        let (old, new, idx) = releases();
+        let (_s, src) = file_with(&old);
+        let on_disk = scan_source(&src, u64::MAX, &idx).unwrap();
+        let (mem, found) = scan_in_memory(&src, u64::MAX, &idx).unwrap().unwrap();
+        assert_eq!(found, on_disk);
+        let p = plan(&idx, &vec![false; idx.chunks.len()], &found);
+        let url = server(new.clone(), true);
+        let mut seen = Seen::default();
+        let st = execute(&client(), &url, &idx, &p, Some(&mem), None, &mut seen)
+            .unwrap()
+            .unwrap();
+        assert!(seen.bytes == new);
+        assert_eq!(st.local, p.reuse_bytes(&idx));
     }
 
     #[test]
@@ -540,12 +753,13 @@ mod tests {
         let url = server(new.clone(), true);
         let (_t, target) = file_with(&[]);
         let st = execute(
+            &client(),
             &url,
             &idx,
             &p,
             Some(&src),
+            None,
             &mut write_into(&target),
-            "target",
         )
         .unwrap()
         .unwrap();
@@ -571,12 +785,13 @@ mod tests {
         let url = server(new, true);
         let (_t, target) = file_with(&[]);
         let e = execute(
+            &client(),
             &url,
             &idx,
             &p,
             Some(&src),
+            None,
             &mut write_into(&target),
-            "target",
         )
         .unwrap_err();
         assert!(
@@ -593,16 +808,77 @@ mod tests {
         let found = scan_source(&src, old.len() as u64, &idx).unwrap();
         let p = plan(&idx, &vec![false; idx.chunks.len()], &found);
         let url = server(new, false);
-        let (_t, target) = file_with(&[]);
-        assert!(execute(
+        // Nothing reached the sink: the caller's checks are untouched.
+        let mut seen = Seen::default();
+        assert!(
+            execute(&client(), &url, &idx, &p, Some(&src), None, &mut seen)
+                .unwrap()
+                .is_none()
+        );
+        assert!(seen.bytes.is_empty());
+    }
+
+    fn client() -> Client {
+        Client::new("http://127.0.0.1", None).unwrap()
+    }
+
+    /// A sink that records what it is handed and refuses anything out of
+    /// order (the caller hashes the payload as it arrives).
+    #[derive(Default)]
+    struct Seen {
+        bytes: Vec<u8>,
+        written: u64,
+    }
+
+    impl Sink for Seen {
+        fn put(&mut self, offset: u64, b: &[u8], write: bool) -> Result<(), Error> {
+            assert_eq!(
+                offset,
+                self.bytes.len() as u64,
+                "handed over in payload order"
+            );
+            self.bytes.extend_from_slice(b);
+            if write {
+                self.written += b.len() as u64;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_payload_is_handed_over_in_order_and_a_damaged_chunk_in_place_is_fetched() {
+        let (old, new, idx) = releases();
+        let (_s, src) = file_with(&old);
+        let found = scan_source(&src, old.len() as u64, &idx).unwrap();
+        // A resumed delta: the first half is in place, then one chunk of it
+        // is damaged after the scan.
+        let (_t, target) = file_with(&new[..new.len() / 2]);
+        let here = scan_in_place(&target, &idx).unwrap();
+        let p = plan(&idx, &here, &found);
+        let i = p.steps.iter().position(|s| *s == Step::InPlace).unwrap();
+        let c = idx.chunks[i];
+        target.write_all_at(b"damaged", c.offset + 3).unwrap();
+        let url = server(new.clone(), true);
+        let mut seen = Seen::default();
+        let st = execute(
+            &client(),
             &url,
             &idx,
             &p,
             Some(&src),
-            &mut write_into(&target),
-            "target"
+            Some(&target),
+            &mut seen,
         )
         .unwrap()
-        .is_none());
+        .unwrap();
+        assert!(seen.bytes == new, "the sink saw exactly the new payload");
+        assert_eq!(st.refetched, 1);
+        assert_eq!(
+            st.in_place,
+            p.reuse_bytes(&idx) - st.local - u64::from(c.len)
+        );
+        // Only the in-place chunks were not written again.
+        assert_eq!(seen.written, new.len() as u64 - st.in_place);
+        assert_eq!(st.in_place + st.local + st.network, new.len() as u64);
     }
 }

@@ -81,6 +81,7 @@ fn reread(
 
 /// Where a payload goes and who else wants to see its bytes.
 struct Job<'a> {
+    client: &'a http::Client,
     base: &'a str,
     rel: &'a Release,
     role: &'a str,
@@ -111,17 +112,20 @@ fn source_limit(payload: u64) -> u64 {
 /// Tries to assemble payload `p` in `f` from local chunks and Range
 /// requests. `Ok(None)`: no delta (no index on the server, the server does
 /// not do Range, or too little found here); the caller downloads in full.
+/// The result is checked as it is written (see [`SlotSink`]): the payload
+/// sha256 against the signed one and, with `verifier`, the verity tree.
 fn try_delta(
     job: &Job,
     p: &herd_release::Payload,
     f: &File,
+    verifier: Option<&mut StreamVerifier>,
 ) -> Result<Option<crate::delta::DeltaStats>, Error> {
     use crate::delta;
     let (Some(src), Some(r)) = (job.source, p.chunks.as_ref()) else {
         return Ok(None);
     };
     let (role, log) = (job.role, job.log);
-    let Some(idx) = delta::fetch_index(job.base, role, p, r)? else {
+    let Some(idx) = delta::fetch_index(job.client, job.base, role, p, r)? else {
         log(&format!(
             "{role}: the repository has no chunk index {}: full download",
             r.sha256
@@ -137,15 +141,27 @@ fn try_delta(
             None
         }
     };
-    let found = match &source {
-        Some(s) => delta::scan_source(s, source_limit(p.size), &idx)
-            .map_err(io(format!("chunking {src}")))?,
+    let limit = source_limit(p.size);
+    let chunking = || io(format!("chunking {src}"));
+    let (scanned, found) = match &source {
+        Some(s) => match delta::scan_in_memory(s, limit, &idx).map_err(chunking())? {
+            Some((m, found)) => (Some(m), found),
+            None => (
+                None,
+                delta::scan_source(s, limit, &idx).map_err(chunking())?,
+            ),
+        },
         None => Default::default(),
+    };
+    let source: Option<&dyn delta::ReadAt> = match (&scanned, &source) {
+        (Some(m), _) => Some(m),
+        (None, Some(s)) => Some(s),
+        (None, None) => None,
     };
     let here = delta::scan_in_place(f, &idx).map_err(io(format!("reading {}", job.dev)))?;
     let plan = delta::plan(&idx, &here, &found);
     let reuse = plan.reuse_bytes(&idx);
-    if reuse * 100 < p.size * delta::MIN_REUSE_PERCENT {
+    if !herd_release::delta_worth(reuse, p.size) {
         log(&format!(
             "{role}: only {reuse} of {} bytes found locally (under {} %): full download",
             p.size,
@@ -154,20 +170,20 @@ fn try_delta(
         return Ok(None);
     }
     let url = format!("{}/payloads/{}", job.base, p.sha256);
-    let Some(mut st) = delta::execute(
-        &url,
-        &idx,
-        &plan,
-        source.as_ref().map(|s| s as &dyn delta::ReadAt),
-        &mut delta::write_into(f),
-        job.dev,
-    )?
-    else {
+    let check = PayloadCheck::new(role, p);
+    let (done, check) = checked(check, verifier, |hand_over| {
+        let mut sink = SlotSink::new(f, job.dev, hand_over);
+        let st = delta::execute(job.client, &url, &idx, &plan, source, Some(f), &mut sink)?;
+        sink.flush()?;
+        Ok(st)
+    })?;
+    let Some(mut st) = done else {
         log(&format!(
             "{role}: the server does not answer Range requests with 206: full download"
         ));
         return Ok(None);
     };
+    check.finish()?;
     st.version = job.rel.version.clone();
     st.network += r.size;
     f.sync_all().map_err(io(format!("flushing {}", job.dev)))?;
@@ -175,17 +191,100 @@ fn try_delta(
     Ok(Some(st))
 }
 
-/// Hashes the first `len` bytes of `f` into `check` and, when given,
-/// `verifier` (on a second thread): the checks of a full download, run
-/// over what a delta assembled.
-fn verify_written(
-    f: &mut File,
-    dev: &str,
-    len: u64,
-    check: &mut PayloadCheck,
+/// Bytes handed to the checks at once by a delta.
+const BATCH: usize = 1 << 20;
+
+/// Where a delta puts the payload: written into the slot at its offsets
+/// (chunks already in place are not written again), and handed, in payload
+/// order and in batches of about [`BATCH`] bytes, to the checks (see
+/// [`checked`]). Nothing is read back.
+struct SlotSink<'a> {
+    f: &'a File,
+    dev: &'a str,
+    hand_over: &'a dyn Fn(Arc<Vec<u8>>) -> bool,
+    batch: Vec<u8>,
+    /// Where `batch` starts in the payload.
+    at: u64,
+    /// Whether `batch` is to be written.
+    write: bool,
+    /// Bytes written since writeback was last started.
+    unkicked: u64,
+}
+
+impl<'a> SlotSink<'a> {
+    fn new(f: &'a File, dev: &'a str, hand_over: &'a dyn Fn(Arc<Vec<u8>>) -> bool) -> Self {
+        SlotSink {
+            f,
+            dev,
+            hand_over,
+            batch: Vec::with_capacity(BATCH),
+            at: 0,
+            write: true,
+            unkicked: 0,
+        }
+    }
+
+    /// Writes the batch (when it is to be written) and hands it over.
+    fn flush(&mut self) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.batch.len() as u64;
+        if self.write {
+            self.f
+                .write_all_at(&self.batch, self.at)
+                .map_err(io(format!("writing {}", self.dev)))?;
+            self.unkicked += n;
+            if self.unkicked >= KICK_EVERY {
+                start_writeback(self.f, self.at + n);
+                self.unkicked = 0;
+            }
+        }
+        let b = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        if !(self.hand_over)(Arc::new(b)) {
+            // A check stopped; its own error is the one reported.
+            return Err(Error::Disk("a check stopped the delta update".into()));
+        }
+        self.at += n;
+        Ok(())
+    }
+}
+
+impl crate::delta::Sink for SlotSink<'_> {
+    fn put(&mut self, offset: u64, b: &[u8], write: bool) -> Result<(), Error> {
+        let end = self.at + self.batch.len() as u64;
+        if offset != end {
+            return Err(Error::Disk(format!(
+                "a delta handed over bytes from {offset} while the payload was complete to {end}"
+            )));
+        }
+        if write != self.write || self.batch.len() + b.len() > BATCH {
+            self.flush()?;
+            self.write = write;
+        }
+        self.batch.extend_from_slice(b);
+        Ok(())
+    }
+}
+
+/// Runs `work` with a `hand_over` that feeds the payload, in order, to
+/// `check` on a second thread and to `verifier` (when given) on a third,
+/// so the checks cost no time on two cores; returns what `work` returned
+/// and the check to finish.
+fn checked<T>(
+    mut check: PayloadCheck,
     verifier: Option<&mut StreamVerifier>,
-) -> Result<(), Error> {
+    work: impl FnOnce(&dyn Fn(Arc<Vec<u8>>) -> bool) -> Result<T, Error>,
+) -> Result<(T, PayloadCheck), Error> {
     std::thread::scope(|sc| {
+        let (to_check, checks) = sync_channel::<Arc<Vec<u8>>>(4);
+        let checker = sc.spawn(move || -> Result<PayloadCheck, Error> {
+            for c in checks {
+                check.update(&c)?;
+            }
+            Ok(check)
+        });
         let (to_verity, blocks) = sync_channel::<Arc<Vec<u8>>>(4);
         let tree = verifier.map(|v| {
             sc.spawn(move || {
@@ -194,18 +293,17 @@ fn verify_written(
                 }
             })
         });
-        let r = reread(f, dev, len, &mut |b| {
-            check.update(b)?;
-            if tree.is_some() {
-                let _ = to_verity.send(Arc::new(b.to_vec()));
-            }
-            Ok(())
-        });
-        drop(to_verity);
+        let has_tree = tree.is_some();
+        let hand_over = move |c: Arc<Vec<u8>>| -> bool {
+            to_check.send(c.clone()).is_ok() && (!has_tree || to_verity.send(c).is_ok())
+        };
+        let r = work(&hand_over);
+        drop(hand_over);
         if let Some(t) = tree {
             t.join().expect("the verity thread does not panic");
         }
-        r
+        let check = checker.join().expect("the hash thread does not panic")?;
+        Ok((r?, check))
     })
 }
 
@@ -244,8 +342,9 @@ fn write_payload(
     // writes the payload's own bytes at their places: that prefix stays
     // right), and a resumed delta finds its chunks in place.
     save(state, start)?;
-    let mut f = open_target(dev, p.size, role)?;
-    let delta = match try_delta(job, p, &f) {
+    let f = open_target(dev, p.size, role)?;
+    let mut verifier = verifier;
+    let delta = match try_delta(job, p, &f, verifier.as_deref_mut()) {
         Ok(None) => {
             write_payload_full(job, state, verifier, start)?;
             // Counted too, so the totals say what the update cost.
@@ -259,12 +358,7 @@ fn write_payload(
             state.count_delta(st);
             return state.save(state_dir);
         }
-        Ok(Some(st)) => {
-            let mut check = PayloadCheck::new(role, p);
-            verify_written(&mut f, dev, p.size, &mut check, verifier)
-                .and_then(|()| Ok(check.finish()?))
-                .map(|()| st)
-        }
+        Ok(Some(st)) => Ok(st),
         Err(e) => Err(e),
     };
     match delta {
@@ -378,7 +472,7 @@ fn write_payload_full(
             let quarter = (p.size / 4).max(1);
             let mut next_report = (offset / quarter + 1) * quarter;
             if offset < p.size {
-                http::stream(&url, offset, p.size, &mut |chunk| {
+                job.client.stream(&url, offset, p.size, &mut |chunk| {
                     let n = chunk.len() as u64;
                     if offset + n > p.size {
                         return Err(herd_release::Error::PayloadSize {
@@ -487,6 +581,7 @@ fn read_prefix(dev: &str, len: u64) -> Result<Vec<u8>, Error> {
 /// the signed `usrhash` — the same check the kernel makes at boot.
 #[allow(clippy::too_many_arguments)]
 pub fn write_slot(
+    client: &http::Client,
     base: &str,
     rel: &Release,
     usr_dev: &str,
@@ -500,6 +595,7 @@ pub fn write_slot(
         .root_hash()
         .ok_or_else(|| Error::Disk(format!("release {} has a malformed usrhash", rel.version)))?;
     let job = |role, dev, source| Job {
+        client,
         base,
         rel,
         role,

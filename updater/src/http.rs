@@ -1,11 +1,47 @@
-//! HTTP GETs with bounds: metadata capped, payloads stopped at their
-//! signed size, resumable with Range, and every transfer within an overall
-//! deadline (a server that trickles bytes cannot hold the updater).
+//! HTTP and HTTPS GETs with bounds: metadata capped, payloads stopped at
+//! their signed size, resumable with Range, and every transfer within an
+//! overall deadline (a server that trickles bytes cannot hold the
+//! updater). HTTPS trust is in [`crate::tls`].
 
 use std::io::Read;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::tls::Tls;
 use crate::Error;
+
+/// How to reach one repository: plain HTTP, or HTTPS with its trust
+/// ([`Tls`]) and never a step down to plain HTTP (a redirect from https to
+/// http is refused).
+#[derive(Clone)]
+pub struct Client {
+    tls: Option<Tls>,
+}
+
+impl Client {
+    /// A client for `repository` (`http://` or `https://`); for https,
+    /// `ca_file` pins the CA (else the built-in Mozilla roots).
+    pub fn new(repository: &str, ca_file: Option<&Path>) -> Result<Client, Error> {
+        let https = repository.starts_with("https://");
+        if !https && ca_file.is_some() {
+            return Err(Error::Config(format!(
+                "a ca_file pins the CA of an https:// repository, but the repository is {repository:?}: write https://, or remove ca_file"
+            )));
+        }
+        Ok(Client {
+            tls: if https {
+                Some(Tls::new(ca_file)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The client for the configured repository.
+    pub fn for_config(cfg: &crate::config::UpdateConfig) -> Result<Client, Error> {
+        Client::new(&cfg.repository, cfg.ca_file.as_deref().map(Path::new))
+    }
+}
 
 /// The deadline of a metadata GET.
 pub const METADATA_DEADLINE: Duration = Duration::from_secs(60);
@@ -26,14 +62,16 @@ pub fn payload_deadline(bytes: u64) -> Duration {
 /// One transfer: its URL, start and deadline.
 #[derive(Clone)]
 struct Transfer {
+    client: Client,
     url: String,
     start: Instant,
     deadline: Duration,
 }
 
 impl Transfer {
-    fn new(url: &str, deadline: Duration) -> Self {
+    fn new(client: &Client, url: &str, deadline: Duration) -> Self {
         Transfer {
+            client: client.clone(),
             url: url.to_string(),
             start: Instant::now(),
             deadline,
@@ -43,14 +81,19 @@ impl Transfer {
     /// A GET whose connect, and each read and write, are bounded (never
     /// past the deadline).
     fn agent(&self) -> ureq::AgentBuilder {
-        ureq::AgentBuilder::new()
+        let a = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(30).min(self.deadline))
-            .timeout_write(Duration::from_secs(30).min(self.deadline))
+            .timeout_write(Duration::from_secs(30).min(self.deadline));
+        match &self.client.tls {
+            // Every hop, redirects included, stays on https.
+            Some(t) => a.tls_config(t.config.clone()).https_only(true),
+            None => a,
+        }
     }
 
     /// A GET bounded as a whole by the deadline (ureq checks it at every
-    /// read: fine for small bodies, see [`stream_within`] for payloads).
+    /// read: fine for small bodies, see [`Client::stream_within`] for payloads).
     fn get(&self) -> ureq::Request {
         self.request(self.agent().timeout(self.deadline))
     }
@@ -77,6 +120,41 @@ impl Transfer {
         }
         err(&self.url, m)
     }
+
+    /// The error for a failed request: a refused TLS connection or a
+    /// redirect to plain HTTP says so, and what to do.
+    fn call_err(&self, e: ureq::Error) -> Error {
+        if let ureq::Error::Transport(t) = &e {
+            match t.kind() {
+                ureq::ErrorKind::InsecureRequestHttpsOnly => {
+                    return err(
+                        &self.url,
+                        format!("the server redirected to a plain http:// URL ({e}): refused, an https repository is never left for plain HTTP; fix the redirect on the server"),
+                    )
+                }
+                ureq::ErrorKind::ConnectionFailed => {
+                    if let Some(tls) = &self.client.tls {
+                        let host = t.url().and_then(|u| u.host_str()).unwrap_or_else(|| host(&self.url));
+                        if let Some(m) = crate::tls::explain(t, host, &tls.trust) {
+                            return err(&self.url, m);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.err(e)
+    }
+}
+
+/// The host of `url` (`https://HOST[:PORT]/…`), for messages.
+fn host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
 }
 
 fn err(url: &str, m: impl ToString) -> Error {
@@ -86,36 +164,39 @@ fn err(url: &str, m: impl ToString) -> Error {
     }
 }
 
-/// GETs `url` into memory; `Ok(None)` on 404; errors past `limit` bytes
-/// or past [`METADATA_DEADLINE`].
-pub fn get_small(url: &str, limit: u64) -> Result<Option<Vec<u8>>, Error> {
-    get_small_within(url, limit, METADATA_DEADLINE)
-}
-
-/// [`get_small`] with its own deadline.
-pub fn get_small_within(
-    url: &str,
-    limit: u64,
-    deadline: Duration,
-) -> Result<Option<Vec<u8>>, Error> {
-    let t = Transfer::new(url, deadline);
-    let resp = match t.get().call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(404, _)) => return Ok(None),
-        Err(e) => return Err(t.err(e)),
-    };
-    let mut body = Vec::new();
-    resp.into_reader()
-        .take(limit + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| t.err(e))?;
-    if body.len() as u64 > limit {
-        return Err(err(
-            url,
-            format!("more than {limit} bytes: refusing an oversized response"),
-        ));
+impl Client {
+    /// GETs `url` into memory; `Ok(None)` on 404; errors past `limit` bytes
+    /// or past [`METADATA_DEADLINE`].
+    pub fn get_small(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, Error> {
+        self.get_small_within(url, limit, METADATA_DEADLINE)
     }
-    Ok(Some(body))
+
+    /// [`Client::get_small`] with its own deadline.
+    pub fn get_small_within(
+        &self,
+        url: &str,
+        limit: u64,
+        deadline: Duration,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let t = Transfer::new(self, url, deadline);
+        let resp = match t.get().call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(404, _)) => return Ok(None),
+            Err(e) => return Err(t.call_err(e)),
+        };
+        let mut body = Vec::new();
+        resp.into_reader()
+            .take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| t.err(e))?;
+        if body.len() as u64 > limit {
+            return Err(err(
+                url,
+                format!("more than {limit} bytes: refusing an oversized response"),
+            ));
+        }
+        Ok(Some(body))
+    }
 }
 
 /// What a Range GET got.
@@ -128,111 +209,119 @@ pub enum Ranged {
     Refused(u16),
 }
 
-/// GETs bytes `start..start + len` of `url` into memory (a delta update's
-/// missing range). The answer must be 206 with exactly those bytes; any
-/// other success status is [`Ranged::Refused`] and the body is not read.
-pub fn get_range(url: &str, start: u64, len: u64) -> Result<Ranged, Error> {
-    let t = Transfer::new(url, payload_deadline(len));
-    let last = start + len.max(1) - 1;
-    let resp = t
-        .get()
-        .set("Range", &format!("bytes={start}-{last}"))
-        .call()
-        .map_err(|e| t.err(e))?;
-    if resp.status() != 206 {
-        return Ok(Ranged::Refused(resp.status()));
-    }
-    let want = format!("bytes {start}-{last}/");
-    let got = resp.header("Content-Range").unwrap_or("-").to_string();
-    if !got.starts_with(&want) {
-        return Err(err(
+impl Client {
+    /// GETs bytes `start..start + len` of `url` into memory (a delta update's
+    /// missing range). The answer must be 206 with exactly those bytes; any
+    /// other success status is [`Ranged::Refused`] and the body is not read.
+    pub fn get_range(&self, url: &str, start: u64, len: u64) -> Result<Ranged, Error> {
+        let t = Transfer::new(self, url, payload_deadline(len));
+        let last = start + len.max(1) - 1;
+        let resp = t
+            .get()
+            .set("Range", &format!("bytes={start}-{last}"))
+            .call()
+            .map_err(|e| t.call_err(e))?;
+        if resp.status() != 206 {
+            return Ok(Ranged::Refused(resp.status()));
+        }
+        let want = format!("bytes {start}-{last}/");
+        let got = resp.header("Content-Range").unwrap_or("-").to_string();
+        if !got.starts_with(&want) {
+            return Err(err(
             url,
             format!("asked for bytes {start}-{last}, the server sent Content-Range {got}: refusing bytes from elsewhere in the file"),
         ));
+        }
+        let mut body = Vec::with_capacity(len as usize);
+        resp.into_reader()
+            .take(len + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| t.err(e))?;
+        if body.len() as u64 != len {
+            return Err(err(
+                url,
+                format!(
+                    "asked for {len} bytes from byte {start}, got {}",
+                    body.len()
+                ),
+            ));
+        }
+        Ok(Ranged::Bytes(body))
     }
-    let mut body = Vec::with_capacity(len as usize);
-    resp.into_reader()
-        .take(len + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| t.err(e))?;
-    if body.len() as u64 != len {
-        return Err(err(
-            url,
-            format!(
-                "asked for {len} bytes from byte {start}, got {}",
-                body.len()
-            ),
-        ));
-    }
-    Ok(Ranged::Bytes(body))
 }
 
 /// Bytes handed over per chunk.
 pub const CHUNK: usize = 1 << 20;
 
-/// Streams `url` from byte `offset` into `sink` in chunks of up to
-/// [`CHUNK`] bytes (the sink may hand a used buffer back for reuse), never
-/// more than `limit` bytes in total (one byte past it is passed on, so the
-/// caller sees an oversized payload); returns the bytes received. The
-/// transfer must end within the [`payload_deadline`] of the bytes left.
-pub fn stream(
-    url: &str,
-    offset: u64,
-    limit: u64,
-    sink: &mut dyn FnMut(Vec<u8>) -> Result<Option<Vec<u8>>, Error>,
-) -> Result<u64, Error> {
-    let deadline = payload_deadline(limit.saturating_sub(offset));
-    stream_within(url, offset, limit, deadline, sink)
+impl Client {
+    /// Streams `url` from byte `offset` into `sink` in chunks of up to
+    /// [`CHUNK`] bytes (the sink may hand a used buffer back for reuse), never
+    /// more than `limit` bytes in total (one byte past it is passed on, so the
+    /// caller sees an oversized payload); returns the bytes received. The
+    /// transfer must end within the [`payload_deadline`] of the bytes left.
+    pub fn stream(
+        &self,
+        url: &str,
+        offset: u64,
+        limit: u64,
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<Option<Vec<u8>>, Error>,
+    ) -> Result<u64, Error> {
+        let deadline = payload_deadline(limit.saturating_sub(offset));
+        self.stream_within(url, offset, limit, deadline, sink)
+    }
 }
 
 /// What the reading thread hands over: a chunk, or why it stopped.
 type Piece = Result<Vec<u8>, Error>;
 
-/// [`stream`] with its own deadline.
-///
-/// The GET runs on its own thread while `sink` runs on the caller's, so
-/// the network and the disk overlap. The thread's request has no ureq
-/// overall timeout: with one, ureq sets the socket's timeouts again before
-/// every 8 KiB read (two `setsockopt` calls each, ~65000 for 256 MiB). The
-/// deadline is kept here instead: the caller stops waiting at the deadline
-/// whatever the thread is doing, and the thread checks it between reads and
-/// stops too (a server that stalls completely is left by ureq's read
-/// timeout).
-pub fn stream_within(
-    url: &str,
-    offset: u64,
-    limit: u64,
-    deadline: Duration,
-    sink: &mut dyn FnMut(Vec<u8>) -> Result<Option<Vec<u8>>, Error>,
-) -> Result<u64, Error> {
-    let t = Transfer::new(url, deadline);
-    let (to_sink, pieces) = std::sync::mpsc::sync_channel::<Piece>(2);
-    let (give_back, spares) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = Reader {
-        t: t.clone(),
-        offset,
-        left: limit.saturating_sub(offset) + 1,
-    };
-    std::thread::Builder::new()
-        .name("herd-update-get".into())
-        .spawn(move || reader.run(&to_sink, &spares))
-        .map_err(|e| err(url, format!("starting the download thread: {e}")))?;
-    let mut got = 0u64;
-    loop {
-        let left = deadline.saturating_sub(t.start.elapsed());
-        match pieces.recv_timeout(left) {
-            Ok(Ok(chunk)) => {
-                got += chunk.len() as u64;
-                if let Some(spare) = sink(chunk)? {
-                    // The reader may be gone already; the buffer is then freed.
-                    let _ = give_back.send(spare);
+impl Client {
+    /// [`Client::stream`] with its own deadline.
+    ///
+    /// The GET runs on its own thread while `sink` runs on the caller's, so
+    /// the network and the disk overlap. The thread's request has no ureq
+    /// overall timeout: with one, ureq sets the socket's timeouts again before
+    /// every 8 KiB read (two `setsockopt` calls each, ~65000 for 256 MiB). The
+    /// deadline is kept here instead: the caller stops waiting at the deadline
+    /// whatever the thread is doing, and the thread checks it between reads and
+    /// stops too (a server that stalls completely is left by ureq's read
+    /// timeout).
+    pub fn stream_within(
+        &self,
+        url: &str,
+        offset: u64,
+        limit: u64,
+        deadline: Duration,
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<Option<Vec<u8>>, Error>,
+    ) -> Result<u64, Error> {
+        let t = Transfer::new(self, url, deadline);
+        let (to_sink, pieces) = std::sync::mpsc::sync_channel::<Piece>(2);
+        let (give_back, spares) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = Reader {
+            t: t.clone(),
+            offset,
+            left: limit.saturating_sub(offset) + 1,
+        };
+        std::thread::Builder::new()
+            .name("herd-update-get".into())
+            .spawn(move || reader.run(&to_sink, &spares))
+            .map_err(|e| err(url, format!("starting the download thread: {e}")))?;
+        let mut got = 0u64;
+        loop {
+            let left = deadline.saturating_sub(t.start.elapsed());
+            match pieces.recv_timeout(left) {
+                Ok(Ok(chunk)) => {
+                    got += chunk.len() as u64;
+                    if let Some(spare) = sink(chunk)? {
+                        // The reader may be gone already; the buffer is then freed.
+                        let _ = give_back.send(spare);
+                    }
                 }
+                Ok(Err(e)) => return Err(e),
+                // The reader ends the transfer by hanging up.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(got),
+                // Dropping the channels tells the reader to stop.
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(t.deadline_error()),
             }
-            Ok(Err(e)) => return Err(e),
-            // The reader ends the transfer by hanging up.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(got),
-            // Dropping the channels tells the reader to stop.
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(t.deadline_error()),
         }
     }
 }
@@ -303,7 +392,7 @@ impl Reader {
         if self.offset > 0 {
             req = req.set("Range", &format!("bytes={}-", self.offset));
         }
-        let resp = req.call().map_err(|e| t.err(e))?;
+        let resp = req.call().map_err(|e| t.call_err(e))?;
         if self.offset > 0 && resp.status() != 206 {
             return Err(err(
                 &t.url,
@@ -325,6 +414,10 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use crate::Error;
+
+    fn plain() -> super::Client {
+        super::Client::new("http://127.0.0.1", None).unwrap()
+    }
 
     /// A server that answers one request with a long body, one byte every
     /// 50 ms: never idle long enough for a read timeout.
@@ -359,7 +452,9 @@ mod tests {
     fn a_trickling_metadata_server_hits_the_deadline() {
         let url = trickler();
         let started = Instant::now();
-        let e = super::get_small_within(&url, 1 << 20, Duration::from_secs(1)).unwrap_err();
+        let e = plain()
+            .get_small_within(&url, 1 << 20, Duration::from_secs(1))
+            .unwrap_err();
         assert_deadline(e, &url, started);
     }
 
@@ -368,11 +463,12 @@ mod tests {
         let url = trickler();
         let started = Instant::now();
         let mut got = 0;
-        let e = super::stream_within(&url, 0, 100_000, Duration::from_secs(1), &mut |c| {
-            got += c.len();
-            Ok(None)
-        })
-        .unwrap_err();
+        let e = plain()
+            .stream_within(&url, 0, 100_000, Duration::from_secs(1), &mut |c| {
+                got += c.len();
+                Ok(None)
+            })
+            .unwrap_err();
         assert_deadline(e, &url, started);
         assert!(got < 100_000);
     }
@@ -395,7 +491,8 @@ mod tests {
     fn a_stalled_payload_server_hits_the_deadline() {
         let url = staller();
         let started = Instant::now();
-        let e = super::stream_within(&url, 0, 100_000, Duration::from_secs(1), &mut |_| Ok(None))
+        let e = plain()
+            .stream_within(&url, 0, 100_000, Duration::from_secs(1), &mut |_| Ok(None))
             .unwrap_err();
         assert_deadline(e, &url, started);
     }

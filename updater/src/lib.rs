@@ -9,6 +9,7 @@
 //! falls back after its tries and herd-update marks that version bad.
 
 pub mod apply;
+pub mod coordinate;
 pub mod delta;
 pub mod download;
 pub mod esp;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod loader;
 pub mod slots;
 pub mod state;
+pub mod tls;
 pub mod trust;
 
 /// The configuration schema lives in its own crate (the builder and

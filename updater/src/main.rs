@@ -11,6 +11,7 @@ use herd_update::apply::{
     boot_is_good, check, install, install_blocked, reconcile, rollback_refusal, trusted_root, Found,
 };
 use herd_update::config::{Reboot, UpdateConfig, CONFIG, LOCAL, STATE_DIR, TRUSTED_ROOT};
+use herd_update::coordinate::{backoff, status_line, Coordinator, Take};
 use herd_update::esp::Esp;
 use herd_update::slots::Slots;
 use herd_update::state::{boot_id, node_id, State};
@@ -30,6 +31,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per run: the size of write-slot's options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// The service: check every interval (with jitter), install, reboot by policy.
@@ -82,6 +85,26 @@ enum Cmd {
         /// The running verity tree (partition or file).
         #[arg(long)]
         from_verity: Option<PathBuf>,
+        /// For an https:// repository: trust only the CA certificate(s) in
+        /// this PEM file (as `ca_file` in update.toml).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Test entry point for the reboot-slot coordination on a build host:
+    /// take a slot of `[lock]` in CONFIG (retrying with back-off, the state
+    /// and node id in --state-dir), run --hook in place of the reboot, then
+    /// give the slot back as after a blessed boot.
+    #[command(hide = true)]
+    LockCycle {
+        /// An update configuration with reboot = "coordinated" and [lock].
+        #[arg(long)]
+        config: PathBuf,
+        /// The updater state directory (its node-id file names the node).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Run instead of rebooting while the slot is held.
+        #[arg(long)]
+        hook: PathBuf,
     },
 }
 
@@ -182,14 +205,20 @@ fn real_main(cmd: Cmd) -> Result<()> {
             state_dir,
             from_usr,
             from_verity,
+            ca_file,
         } => write_slot(
-            &repository,
+            (&repository, ca_file.as_deref()),
             &channel,
             &root,
             (&usr, &verity),
             &state_dir,
             (from_usr.as_deref(), from_verity.as_deref()),
         ),
+        Cmd::LockCycle {
+            config,
+            state_dir,
+            hook,
+        } => lock_cycle(&config, &state_dir, &hook),
         Cmd::Status => {
             let (_, slots, state) = load()?;
             print!("{}", status(&slots, &state));
@@ -258,7 +287,7 @@ fn status(slots: &Slots, state: &State) -> String {
         .unwrap_or("-".into());
     let delta = state.delta.as_ref().map(|d| d.line()).unwrap_or("-".into());
     format!(
-        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nlast delta:       {delta}\nbad versions:     {}\nhighest sequence: {}\ntrusted keys:     {}\ntrusted time:     {}\nlast check:       {}\nlast error:       {}\n",
+        "running:          {} {} from slot {}\nother slot:       {}\npending:          {pending}\ndownloading:      {downloading}\nlast delta:       {delta}\nbad versions:     {}\nhighest sequence: {}\ntrusted keys:     {}\ntrusted time:     {}\nlast check:       {}\nrollout:          {}\nlast error:       {}\nreboot lock:      {}\n",
         slots.image,
         slots.version,
         slots.running,
@@ -268,7 +297,9 @@ fn status(slots: &Slots, state: &State) -> String {
         trusted_keys(state),
         if state.trusted_time == 0 { "-".to_string() } else { format!("{} (unix seconds, newest signing time seen)", state.trusted_time) },
         if state.last_check == 0 { "never".to_string() } else { format!("{} (unix seconds)", state.last_check) },
-        state.last_error.as_deref().unwrap_or("-")
+        state.halted.as_deref().unwrap_or("-"),
+        state.last_error.as_deref().unwrap_or("-"),
+        status_line(state.lock.as_ref())
     )
 }
 
@@ -326,8 +357,27 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
             Reboot::Immediate => "immediate".to_string(),
             Reboot::Never => "never".to_string(),
             Reboot::Window => format!("window {} UTC", cfg.window.as_deref().unwrap_or("")),
+            Reboot::Coordinated => format!(
+                "coordinated ({}){}",
+                cfg.lock.as_ref().map_or("-".into(), |l| format!(
+                    "{:?} group {}",
+                    l.backend, l.group
+                )
+                .to_lowercase()),
+                cfg.window
+                    .as_deref()
+                    .map_or(String::new(), |w| format!(", window {w} UTC"))
+            ),
         }
     ));
+    // A slot held from before a reboot is kept alive and given back even
+    // when the policy changed meanwhile.
+    let mut coord = cfg
+        .lock
+        .as_ref()
+        .map(|l| Coordinator::new(l, &node_id(dir)));
+    let mut attempt = 0u32;
+    let mut said_lock = String::new();
     let me = boot_id();
     let mut last = String::new();
     let mut said_waiting = false;
@@ -342,6 +392,18 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
                 }
                 Ok(_) => {}
                 Err(e) => error!("{e}"),
+            }
+        }
+        if let Some(c) = coord.as_mut() {
+            let before = state.clone();
+            for l in [c.resume(state), c.release_if_settled(state)]
+                .into_iter()
+                .flatten()
+            {
+                log(&l);
+            }
+            if *state != before {
+                let _ = state.save(dir);
             }
         }
         let line = match once(cfg, slots, state, dir, true) {
@@ -361,13 +423,43 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
             }
             last = line;
         }
+        let mut wait_lock = None;
         if state.pending.as_ref().is_some_and(|p| p.boot_id == me) {
-            if cfg.may_reboot(herd_update::now()) {
+            let now = herd_update::now();
+            if cfg.reboot == Reboot::Coordinated && cfg.may_reboot(now) {
+                let Some(c) = coord.as_mut() else {
+                    unreachable!("the configuration check requires [lock]")
+                };
+                match c.take(state, now) {
+                    Take::Holding => {
+                        // Recorded before the reboot: the next boot gives it back.
+                        match state.save(dir) {
+                            Ok(()) => reboot(),
+                            Err(e) => {
+                                error!("not rebooting: the reboot slot could not be recorded: {e}")
+                            }
+                        }
+                    }
+                    Take::Wait(line) => {
+                        let _ = state.save(dir);
+                        if line != said_lock {
+                            log(&line);
+                            said_lock = line;
+                        }
+                        wait_lock = Some(backoff(
+                            attempt,
+                            cfg.interval_secs,
+                            salt(&node_id(dir), now),
+                        ));
+                        attempt += 1;
+                    }
+                }
+            } else if cfg.may_reboot(now) {
                 reboot();
             } else if !said_waiting {
                 said_waiting = true;
                 log(&match cfg.reboot {
-                    Reboot::Window => format!(
+                    Reboot::Window | Reboot::Coordinated => format!(
                         "the new slot boots in the next maintenance window ({} UTC)",
                         cfg.window.as_deref().unwrap_or("")
                     ),
@@ -382,21 +474,79 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
         } else {
             cfg.interval_secs.min(2)
         };
-        std::thread::sleep(Duration::from_secs(wait));
+        std::thread::sleep(wait_lock.unwrap_or(Duration::from_secs(wait)));
     }
 }
 
+/// Spreads the retries of nodes that wait for a slot together.
+fn salt(id: &str, now: u64) -> u64 {
+    id.bytes()
+        .fold(now, |h, b| h.wrapping_mul(131).wrapping_add(b.into()))
+}
+
+/// `lock-cycle`: the coordination code of `serve` around a hook.
+fn lock_cycle(config: &Path, state_dir: &Path, hook: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let cfg = UpdateConfig::parse(&text).with_context(|| config.display().to_string())?;
+    let lock = cfg.lock.as_ref().with_context(|| {
+        format!(
+            "{}: no [lock] table: lock-cycle needs one",
+            config.display()
+        )
+    })?;
+    let id = node_id(state_dir);
+    let mut state = State::load(state_dir)?;
+    let mut coord = Coordinator::new(lock, &id);
+    let mut said = String::new();
+    for attempt in 0.. {
+        let now = herd_update::now();
+        match coord.take(&mut state, now) {
+            Take::Holding => break,
+            Take::Wait(line) => {
+                state.save(state_dir)?;
+                if line != said {
+                    log(&line);
+                    said = line;
+                }
+                std::thread::sleep(backoff(attempt, cfg.interval_secs, salt(&id, now)));
+            }
+        }
+    }
+    state.save(state_dir)?;
+    log(&format!(
+        "{id} holds a reboot slot; running {}",
+        hook.display()
+    ));
+    let st = std::process::Command::new(hook)
+        .status()
+        .with_context(|| format!("running {}", hook.display()))?;
+    anyhow::ensure!(st.success(), "{} failed: {st}", hook.display());
+    // As after the next boot, once it is blessed (nothing pending).
+    let line = coord
+        .release_if_settled(&mut state)
+        .unwrap_or_else(|| "no slot to give back".into());
+    state.save(state_dir)?;
+    log(&line);
+    anyhow::ensure!(state.lock.is_none(), "{line}");
+    Ok(())
+}
+
 fn write_slot(
-    repository: &str,
+    (repository, ca_file): (&str, Option<&Path>),
     channel: &str,
     root: &Path,
     (usr, verity): (&Path, &Path),
     state_dir: &Path,
     from: (Option<&Path>, Option<&Path>),
 ) -> Result<()> {
-    let cfg = UpdateConfig::parse(&format!(
-        "repository = {repository:?}\nchannel = {channel:?}\n"
-    ))?;
+    let mut text = format!("repository = {repository:?}\nchannel = {channel:?}\n");
+    if let Some(ca) = ca_file {
+        let ca = std::path::absolute(ca).context("resolving --ca-file")?;
+        text += &format!("ca_file = {:?}\n", ca.to_string_lossy());
+    }
+    let cfg = UpdateConfig::parse(&text)?;
+    let client = herd_update::http::Client::for_config(&cfg)?;
     let trusted = trusted_root(root)?;
     for target in [usr, verity] {
         if !target.exists() {
@@ -416,6 +566,7 @@ fn write_slot(
         from.1.map(|p| p.to_string_lossy().into_owned()),
     );
     herd_update::download::write_slot(
+        &client,
         repository.trim_end_matches('/'),
         &rel,
         &usr.to_string_lossy(),

@@ -61,6 +61,36 @@ pub struct State {
     /// network), for `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<crate::delta::DeltaStats>,
+    /// "rollout of X halted by the publisher: why" when the last check
+    /// found the channel's release halted and this node not on it, for
+    /// `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
+    /// The reboot slot (`reboot = "coordinated"`): waited for or held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockState>,
+}
+
+/// Where this node stands with its fleet's reboot slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    /// "etcd" or "fleetlock".
+    pub backend: String,
+    /// The group.
+    pub group: String,
+    /// Since when (unix seconds) this node waits for a slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<u64>,
+    /// Since when (unix seconds) this node holds a slot; it keeps it across
+    /// the reboot until the new boot is blessed or fell back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding_since: Option<u64>,
+    /// What keeps the slot across the reboot (the etcd lease id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Why the last try did not get a slot (busy or an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl State {

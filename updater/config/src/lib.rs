@@ -34,6 +34,120 @@ pub enum Reboot {
     Window,
     /// Never by itself: an operator runs `herd-init reboot`.
     Never,
+    /// Only with a reboot slot of the fleet's group (`[lock]`), and inside
+    /// `window` when one is set.
+    Coordinated,
+}
+
+/// Which service hands out reboot slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A counting semaphore in etcd v3 (its JSON gateway).
+    Etcd,
+    /// A FleetLock server (Zincati's protocol).
+    Fleetlock,
+}
+
+/// `[lock]`: where a `reboot = "coordinated"` node takes its reboot slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockConfig {
+    /// The backend.
+    pub backend: Backend,
+    /// etcd client URLs, `http://host:2379`, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// The FleetLock server's base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The group whose slots this node shares.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// How many nodes of the group may reboot at once (etcd; a FleetLock
+    /// server keeps its own count).
+    #[serde(default = "one")]
+    pub max_concurrent: u32,
+    /// The etcd lease's TTL: a node that dies holding a slot frees it after
+    /// this long, so it must exceed the time a reboot takes until the
+    /// updater runs again.
+    #[serde(default = "ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+fn one() -> u32 {
+    1
+}
+fn ttl() -> u64 {
+    300
+}
+
+impl LockConfig {
+    fn check(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(format!("[lock]: {m}")));
+        if self.group.is_empty()
+            || !self
+                .group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return bad(format!(
+                "group {:?}: use letters, digits, '.', '_' and '-' only (it is part of a key path)",
+                self.group
+            ));
+        }
+        let http = |u: &str, what: &str| -> Result<(), Error> {
+            if u.starts_with("http://") && u.len() > 7 {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "[lock]: {what} {u:?}: write http://host:port (TLS to the lock service is not supported yet)"
+                )))
+            }
+        };
+        match self.backend {
+            Backend::Etcd => {
+                if self.endpoints.is_empty() {
+                    return bad(
+                        "backend = \"etcd\" needs endpoints = [\"http://host:2379\", ...]".into(),
+                    );
+                }
+                if self.url.is_some() {
+                    return bad(
+                        "url is for backend = \"fleetlock\"; etcd takes endpoints = [...]".into(),
+                    );
+                }
+                for e in &self.endpoints {
+                    http(e, "endpoint")?;
+                }
+                if self.max_concurrent == 0 {
+                    return bad("max_concurrent must be at least 1".into());
+                }
+                if self.ttl_secs < 2 {
+                    return bad(
+                        "ttl_secs must be at least 2 (the lease is refreshed every third of it)"
+                            .into(),
+                    );
+                }
+            }
+            Backend::Fleetlock => {
+                let Some(u) = &self.url else {
+                    return bad("backend = \"fleetlock\" needs url = \"http://host:port\"".into());
+                };
+                if !self.endpoints.is_empty() {
+                    return bad(
+                        "endpoints are for backend = \"etcd\"; fleetlock takes url = \"...\""
+                            .into(),
+                    );
+                }
+                http(u, "url")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A daily time window in UTC, `HH:MM-HH:MM`; it may wrap past midnight.
@@ -89,8 +203,14 @@ impl Window {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
-    /// Repository base URL, e.g. `http://10.0.2.100:8080`.
+    /// Repository base URL, e.g. `http://10.0.2.100:8080` or
+    /// `https://updates.example.com/herd`.
     pub repository: String,
+    /// For an `https://` repository: a PEM file of the CA certificate(s)
+    /// that alone are trusted for it (pinning), instead of the Mozilla
+    /// root certificates built into herd-update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Channel to follow.
     #[serde(default = "stable")]
     pub channel: String,
@@ -106,6 +226,9 @@ pub struct UpdateConfig {
     /// Boot tries a new slot gets before the boot loader falls back.
     #[serde(default = "tries")]
     pub tries: u32,
+    /// Where reboot slots come from, for `reboot = "coordinated"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockConfig>,
 }
 
 fn stable() -> String {
@@ -122,11 +245,25 @@ impl UpdateConfig {
     /// Parses and checks the TOML text.
     pub fn parse(text: &str) -> Result<UpdateConfig, Error> {
         let c: UpdateConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-        if !c.repository.starts_with("http://") {
+        let https = c.repository.starts_with("https://");
+        if !https && !c.repository.starts_with("http://") {
             return Err(Error::Config(format!(
-                "repository {:?}: only http:// URLs are supported (metadata and payloads are signed)",
+                "repository {:?}: write an http:// or https:// URL",
                 c.repository
             )));
+        }
+        if let Some(ca) = &c.ca_file {
+            if !https {
+                return Err(Error::Config(format!(
+                    "ca_file {ca:?} pins the CA of an https:// repository, but repository is {:?}: write https://, or remove ca_file",
+                    c.repository
+                )));
+            }
+            if !ca.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "ca_file {ca:?}: write an absolute path (e.g. /usr/lib/herd/repository-ca.pem)"
+                )));
+            }
         }
         if c.tries == 0 || c.interval_secs == 0 {
             return Err(Error::Config(
@@ -142,6 +279,15 @@ impl UpdateConfig {
             (_, Some(w)) => {
                 Window::parse(w)?;
             }
+            _ => {}
+        }
+        match (c.reboot, &c.lock) {
+            (Reboot::Coordinated, None) => {
+                return Err(Error::Config(
+                    "reboot = \"coordinated\" needs a [lock] table: backend = \"etcd\" with endpoints, or backend = \"fleetlock\" with url".into(),
+                ))
+            }
+            (_, Some(l)) => l.check()?,
             _ => {}
         }
         Ok(c)
@@ -171,6 +317,8 @@ impl UpdateConfig {
             Reboot::Immediate => true,
             Reboot::Never => false,
             Reboot::Window => self.window().is_some_and(|w| w.contains(unix)),
+            // The slot is taken by the updater; here only the window counts.
+            Reboot::Coordinated => self.window().is_none_or(|w| w.contains(unix)),
         }
     }
 }
@@ -187,6 +335,15 @@ mod tests {
             ("stable", 300, Reboot::Immediate, 3)
         );
         assert!(UpdateConfig::parse("repository = \"ftp://x\"\n").is_err());
+        let https = UpdateConfig::parse(
+            "repository = \"https://x/herd\"\nca_file = \"/usr/lib/herd/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(https.ca_file.as_deref(), Some("/usr/lib/herd/ca.pem"));
+        let e =
+            UpdateConfig::parse("repository = \"http://x\"\nca_file = \"/ca.pem\"\n").unwrap_err();
+        assert!(e.to_string().contains("write https://"), "{e}");
+        assert!(UpdateConfig::parse("repository = \"https://x\"\nca_file = \"ca.pem\"\n").is_err());
         assert!(UpdateConfig::parse("repository = \"http://x\"\nchanel = \"a\"\n").is_err());
         assert!(UpdateConfig::parse("repository = \"http://x\"\nreboot = \"window\"\n").is_err());
     }
@@ -210,6 +367,67 @@ mod tests {
         );
         assert!(UpdateConfig::parse_with_local(image, Some("reboot = \"window\"\n")).is_err());
         assert!(UpdateConfig::parse_with_local(image, Some("chanel = \"x\"\n")).is_err());
+    }
+
+    #[test]
+    fn lock_table() {
+        let base = "repository = \"http://x\"\nreboot = \"coordinated\"\n";
+        let e = UpdateConfig::parse(base).unwrap_err().to_string();
+        assert!(e.contains("needs a [lock] table"), "{e}");
+        let c = UpdateConfig::parse(&format!(
+            "{base}[lock]\nbackend = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379\"]\n"
+        ))
+        .unwrap();
+        let l = c.lock.unwrap();
+        assert_eq!(
+            (l.backend, l.group.as_str(), l.max_concurrent, l.ttl_secs),
+            (Backend::Etcd, "default", 1, 300)
+        );
+        let f = UpdateConfig::parse(&format!(
+            "{base}window = \"02:00-04:00\"\n[lock]\nbackend = \"fleetlock\"\nurl = \"http://a:3333\"\ngroup = \"web\"\n"
+        ))
+        .unwrap();
+        let at = |h: u64| 86_400 * 20_000 + h * 3600;
+        assert!(f.may_reboot(at(3)) && !f.may_reboot(at(5)));
+        for (bad, says) in [
+            ("backend = \"etcd\"\n", "needs endpoints"),
+            (
+                "backend = \"etcd\"\nendpoints = [\"https://a:2379\"]\n",
+                "TLS",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"http://a\"]\nmax_concurrent = 0\n",
+                "at least 1",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"http://a\"]\ngroup = \"a/b\"\n",
+                "key path",
+            ),
+            ("backend = \"fleetlock\"\n", "needs url"),
+            (
+                "backend = \"fleetlock\"\nurl = \"http://a\"\nendpoints = [\"http://a\"]\n",
+                "endpoints are for",
+            ),
+            ("backend = \"zk\"\nurl = \"http://a\"\n", "unknown variant"),
+            (
+                "backend = \"etcd\"\nendpoints = [\"http://a\"]\nttl = 3\n",
+                "unknown field",
+            ),
+        ] {
+            let e = UpdateConfig::parse(&format!("{base}[lock]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // The node's [lock] goes over the image's.
+        let local = UpdateConfig::parse_with_local(
+            "repository = \"http://x\"\n",
+            Some(
+                "reboot = \"coordinated\"\n[lock]\nbackend = \"fleetlock\"\nurl = \"http://f:1\"\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(local.lock.unwrap().backend, Backend::Fleetlock);
     }
 
     #[test]

@@ -1,0 +1,402 @@
+//! Coordinated reboots against real lock services on 127.0.0.1: a real
+//! etcd (Debian's etcd-server, started here with a temporary data dir and
+//! free ports) and a minimal FleetLock server written below. Each node is a
+//! real `herd-update lock-cycle` process (the updater's coordination code
+//! with its own state dir and node id) whose reboot is a hook script.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herd_reboot_lock::etcd::{Client, Etcd};
+use herd_tests::*;
+
+/// The node build of herd-update (static, built by scripts/setup.sh): the
+/// same binary a node runs.
+fn herd_update() -> PathBuf {
+    bin_dir().join("herd-update")
+}
+
+/// A real etcd on 127.0.0.1, killed on drop.
+struct EtcdServer {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    fn start() -> EtcdServer {
+        let etcd = Path::new("/usr/bin/etcd");
+        assert!(
+            etcd.exists(),
+            "/usr/bin/etcd is missing: run scripts/setup.sh (it installs etcd-server)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(etcd)
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("starting etcd");
+        let s = EtcdServer {
+            child,
+            url,
+            _dir: dir,
+        };
+        let c = s.client();
+        let t = Instant::now();
+        while c.range("/", 0, true).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn client(&self) -> Client {
+        Client::new(std::slice::from_ref(&self.url))
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One node: its state dir (with node-id), config, hook and log.
+struct Node {
+    id: String,
+    dir: PathBuf,
+}
+
+fn node(root: &Path, id: &str, lock: &str, hook: &str) -> Node {
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("node-id"), id).unwrap();
+    std::fs::write(
+        dir.join("update.toml"),
+        format!("repository = \"http://127.0.0.1:1\"\ninterval_secs = 1\nreboot = \"coordinated\"\n[lock]\n{lock}"),
+    )
+    .unwrap();
+    let h = dir.join("hook");
+    std::fs::write(
+        &h,
+        format!(
+            "#!/bin/sh\necho \"$(date +%s.%N)\" >> {}/rebooted\n{hook}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&h, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    Node { id: id.into(), dir }
+}
+
+impl Node {
+    fn spawn(&self) -> Child {
+        Command::new(herd_update())
+            .arg("lock-cycle")
+            .arg("--config")
+            .arg(self.dir.join("update.toml"))
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .arg("--hook")
+            .arg(self.dir.join("hook"))
+            .stdout(std::fs::File::create(self.dir.join("log")).unwrap())
+            .stderr(std::fs::File::create(self.dir.join("err")).unwrap())
+            .spawn()
+            .expect("starting herd-update")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.join("err")).unwrap_or_default()
+    }
+
+    fn rebooted(&self) -> bool {
+        self.dir.join("rebooted").exists()
+    }
+}
+
+/// Waits for every child; panics naming the node that failed or hung.
+fn wait_all(nodes: &[Node], mut kids: Vec<Child>, within: Duration) {
+    let t = Instant::now();
+    for (n, k) in nodes.iter().zip(kids.iter_mut()) {
+        loop {
+            if let Some(st) = k.try_wait().unwrap() {
+                assert!(st.success(), "{} failed: {}", n.id, n.log());
+                break;
+            }
+            if t.elapsed() > within {
+                for k in kids.iter_mut() {
+                    let _ = k.kill();
+                }
+                panic!("{} did not finish within {within:?}: {}", n.id, n.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The holders of `group` at every revision of etcd's history:
+/// (revision, holder ids).
+fn history(c: &Client, group: &str) -> Vec<(i64, Vec<String>)> {
+    let prefix = Etcd::holders_prefix(group);
+    let newest = c.range("/", 0, true).unwrap().header.revision;
+    (1..=newest)
+        .map(|rev| {
+            let r = c.range(&prefix, rev, false).unwrap();
+            let ids = r
+                .kvs
+                .iter()
+                .map(|kv| kv.key_text().trim_start_matches(&prefix).to_string())
+                .collect();
+            (rev, ids)
+        })
+        .collect()
+}
+
+#[test]
+fn etcd_twenty_nodes_share_two_slots() {
+    let etcd = EtcdServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let lock = format!(
+        "backend = \"etcd\"\nendpoints = [\"{}\"]\ngroup = \"web\"\nmax_concurrent = 2\nttl_secs = 10\n",
+        etcd.url
+    );
+    let nodes: Vec<Node> = (0..20)
+        .map(|i| node(tmp.path(), &format!("node-{i:02}"), &lock, "sleep 0.4"))
+        .collect();
+    let kids = nodes.iter().map(Node::spawn).collect();
+    wait_all(&nodes, kids, Duration::from_secs(180));
+
+    let h = history(&etcd.client(), "web");
+    let peak = h.iter().map(|(_, ids)| ids.len()).max().unwrap();
+    let over: Vec<_> = h.iter().filter(|(_, ids)| ids.len() > 2).collect();
+    assert!(over.is_empty(), "more than 2 slots held at: {over:?}");
+    assert_eq!(peak, 2, "the two slots were never used together");
+    let held: BTreeSet<&String> = h.iter().flat_map(|(_, ids)| ids).collect();
+    assert_eq!(held.len(), 20, "not every node held a slot: {held:?}");
+    for n in &nodes {
+        assert!(n.rebooted(), "{} never ran its reboot hook", n.id);
+        let state = std::fs::read_to_string(n.dir.join("state.json")).unwrap();
+        assert!(
+            !state.contains("\"lock\""),
+            "{} still records a slot: {state}",
+            n.id
+        );
+    }
+    // Everything given back.
+    assert_eq!(h.last().unwrap().1.len(), 0);
+}
+
+#[test]
+fn etcd_slot_of_a_killed_holder_frees_after_the_lease_ttl() {
+    let etcd = EtcdServer::start();
+    let c = etcd.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let lock = format!(
+        "backend = \"etcd\"\nendpoints = [\"{}\"]\ngroup = \"db\"\nmax_concurrent = 1\nttl_secs = 3\n",
+        etcd.url
+    );
+    let a = node(
+        tmp.path(),
+        "holder",
+        &lock,
+        "echo $$ > \"$(dirname \"$0\")/hook.pid\"; exec sleep 60",
+    );
+    let b = node(tmp.path(), "next", &lock, "true");
+    let mut ka = a.spawn();
+    let holders = Etcd::holders_prefix("db");
+    let t = Instant::now();
+    while c.range(&holders, 0, true).unwrap().count == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "holder never took the slot: {}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state = std::fs::read_to_string(a.dir.join("state.json")).unwrap();
+    assert!(
+        state.contains("holding_since"),
+        "slot not recorded: {state}"
+    );
+    let kb = b.spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !b.rebooted(),
+        "second node rebooted while the slot was held"
+    );
+    // SIGKILL: no release, no more keepalives (the hook, a `sleep`, stays
+    // orphaned until it is killed below).
+    ka.kill().unwrap();
+    ka.wait().unwrap();
+    let killed = Instant::now();
+    let mut freed = None;
+    while killed.elapsed() < Duration::from_secs(15) {
+        let r = c.range(&holders, 0, false).unwrap();
+        if !r.kvs.iter().any(|kv| kv.key_text().ends_with("/holder")) {
+            freed = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let freed = freed.expect("the killed holder's slot was not freed within 15 s");
+    assert!(
+        freed <= Duration::from_secs(5),
+        "freed after {freed:?}, TTL is 3 s"
+    );
+    wait_all(std::slice::from_ref(&b), vec![kb], Duration::from_secs(30));
+    let h = history(&c, "db");
+    assert!(h.iter().all(|(_, ids)| ids.len() <= 1), "{h:?}");
+    assert!(h.iter().any(|(_, ids)| ids == &["next".to_string()]));
+    let pid = std::fs::read_to_string(a.dir.join("hook.pid")).unwrap_or_default();
+    if let Ok(pid @ 1..) = pid.trim().parse::<i32>() {
+        // SAFETY: kill(2) with plain integers, on the hook this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// A minimal FleetLock server: a semaphore of `max` in memory.
+#[derive(Default)]
+struct Fleet {
+    held: BTreeSet<String>,
+    peak: usize,
+    granted: BTreeMap<String, u32>,
+    bad_requests: u32,
+}
+
+fn fleetlock_server(max: usize) -> (String, Arc<Mutex<Fleet>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let fleet = Arc::new(Mutex::new(Fleet::default()));
+    let f = fleet.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (mut len, mut proto) = (0usize, false);
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                proto |= lower.starts_with("fleet-lock-protocol:") && lower.contains("true");
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let id = v["client_params"]["id"].as_str().unwrap_or("").to_string();
+            let mut st = f.lock().unwrap();
+            let (code, answer) = if !proto || id.is_empty() {
+                st.bad_requests += 1;
+                (
+                    400,
+                    r#"{"kind":"bad_request","value":"no fleet-lock-protocol header or id"}"#,
+                )
+            } else if path == "/v1/pre-reboot" {
+                if st.held.contains(&id) || st.held.len() < max {
+                    st.held.insert(id.clone());
+                    st.peak = st.peak.max(st.held.len());
+                    *st.granted.entry(id).or_default() += 1;
+                    (200, "{}")
+                } else {
+                    (409, r#"{"kind":"failed_lock","value":"semaphore full"}"#)
+                }
+            } else if path == "/v1/steady-state" {
+                st.held.remove(&id);
+                (200, "{}")
+            } else {
+                (404, r#"{"kind":"not_found","value":"no such path"}"#)
+            };
+            drop(st);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, fleet)
+}
+
+#[test]
+fn fleetlock_six_nodes_share_two_slots() {
+    let (url, fleet) = fleetlock_server(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let lock = format!("backend = \"fleetlock\"\nurl = \"{url}\"\ngroup = \"edge\"\n");
+    let nodes: Vec<Node> = (0..6)
+        .map(|i| node(tmp.path(), &format!("f{i}"), &lock, "sleep 0.4"))
+        .collect();
+    let kids = nodes.iter().map(Node::spawn).collect();
+    wait_all(&nodes, kids, Duration::from_secs(90));
+    let st = fleet.lock().unwrap();
+    assert_eq!(st.bad_requests, 0);
+    assert_eq!(st.peak, 2, "peak holders {}", st.peak);
+    assert!(st.held.is_empty(), "not given back: {:?}", st.held);
+    assert_eq!(st.granted.len(), 6, "{:?}", st.granted);
+    assert!(nodes.iter().all(Node::rebooted));
+    assert!(nodes.iter().any(|n| n.log().contains("semaphore full")));
+}
+
+#[test]
+fn unreachable_lock_means_no_reboot_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    for (name, lock) in [
+        (
+            "etcd-down",
+            format!("backend = \"etcd\"\nendpoints = [\"http://127.0.0.1:{port}\"]\n"),
+        ),
+        (
+            "fleet-down",
+            format!("backend = \"fleetlock\"\nurl = \"http://127.0.0.1:{port}\"\n"),
+        ),
+    ] {
+        let n = node(tmp.path(), name, &lock, "true");
+        let mut k = n.spawn();
+        std::thread::sleep(Duration::from_secs(3));
+        let still = k.try_wait().unwrap().is_none();
+        let _ = k.kill();
+        let _ = k.wait();
+        assert!(still, "{name} exited: {}", n.log());
+        assert!(!n.rebooted(), "{name} rebooted without a slot");
+        let log = n.log();
+        assert!(
+            log.contains("not rebooting") && log.contains(&format!("127.0.0.1:{port}")),
+            "{name}: {log}"
+        );
+        let state = std::fs::read_to_string(n.dir.join("state.json")).unwrap();
+        assert!(
+            state.contains("waiting_since") && state.contains("does not reboot"),
+            "{name}: {state}"
+        );
+    }
+}

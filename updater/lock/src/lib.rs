@@ -1,0 +1,74 @@
+//! Reboot slots for a fleet of herd nodes: before a node reboots into a new
+//! release it takes one of a group's slots, and gives it back once the new
+//! boot is blessed (or fell back). Two backends, both spoken over plain
+//! HTTP/1.1 with JSON so the node carries no gRPC stack (no protobuf code,
+//! no HTTP/2 client, no extra TLS library beyond what it already has):
+//!
+//! - [`etcd::Etcd`]: a counting semaphore in etcd v3 through its JSON
+//!   gateway (the locksmith design on leases and transactions; see that
+//!   module for why two nodes can never take the last slot together);
+//! - [`fleetlock::FleetLock`]: the FleetLock protocol Zincati speaks, so an
+//!   operator's existing FleetLock server (e.g. airlock) hands out slots.
+
+pub mod b64;
+pub mod etcd;
+pub mod fleetlock;
+
+/// What went wrong talking to a lock backend; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No endpoint answered.
+    #[error("reboot lock {backend} at {endpoint}: {message}: check that it runs and that this node reaches it ([lock] in the update configuration); the node does not reboot until it can take a slot, it keeps running and tries again")]
+    Unreachable {
+        /// "etcd" or "fleetlock"
+        backend: &'static str,
+        /// the endpoint tried last
+        endpoint: String,
+        /// the transport error
+        message: String,
+    },
+    /// The backend answered something this client does not understand.
+    #[error("reboot lock {backend}: {what}: {message}: is this an etcd v3.4+ JSON gateway / a FleetLock server? Check the endpoint in [lock]")]
+    Protocol {
+        /// "etcd" or "fleetlock"
+        backend: &'static str,
+        /// which request
+        what: String,
+        /// what was wrong with the answer
+        message: String,
+    },
+    /// The backend refused a request (e.g. FleetLock steady-state).
+    #[error("reboot lock {backend}: {what} refused: {message}; it is tried again next round")]
+    Refused {
+        /// "etcd" or "fleetlock"
+        backend: &'static str,
+        /// which request
+        what: String,
+        /// the server's reason
+        message: String,
+    },
+}
+
+/// The outcome of one try to take a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// This node holds a slot now (or held it already).
+    Granted,
+    /// All slots are taken; why, for the log and `herd-update status`.
+    Busy(String),
+}
+
+/// A reboot-slot backend.
+pub trait RebootLock: Send {
+    /// "etcd" or "fleetlock".
+    fn backend(&self) -> &'static str;
+    /// One try to take a slot (an etcd client retries its own lost races).
+    fn acquire(&mut self) -> Result<Acquire, Error>;
+    /// Gives the slot back; releasing a slot not held is not an error.
+    fn release(&mut self) -> Result<(), Error>;
+    /// What must survive a reboot to keep holding the slot (the etcd lease).
+    fn token(&self) -> Option<String>;
+    /// Keeps holding the slot taken before a reboot (`token` from then).
+    /// Returns false when the backend says the slot is gone already.
+    fn resume(&mut self, token: Option<&str>) -> Result<bool, Error>;
+}
