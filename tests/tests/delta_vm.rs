@@ -1,0 +1,197 @@
+//! Delta updates in QEMU (issue 17): a node running 0.1.0 from slot A takes
+//! 0.2.0, in which one herd binary changed, from a repository served by
+//! `herd serve` on the host's loopback (through a guestfwd). The updater
+//! assembles slot B from the running slot's chunks plus Range requests; its
+//! log says how many bytes came from each; the node boots 0.2.0 from slot B
+//! and blesses it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use herd_qemu::{GuestForward, OnReboot, Vm, VmConfig};
+use herd_tests::*;
+
+const BOOT: Duration = Duration::from_secs(180);
+
+fn herd_ok(args: &[&str]) -> String {
+    run_ok(Command::new(herd()).args(args))
+}
+
+/// The probe image plus the updater at `version`, built from the node
+/// binaries in `bins`.
+fn build(d: &Path, version: &str, root: &Path, bins: &Path) -> PathBuf {
+    let lock = workspace().join("buildroot/debian.lock");
+    let mut t = std::fs::read_to_string(workspace().join("tests/images/probe.toml"))
+        .unwrap()
+        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+        .replace(
+            "lock = \"../../buildroot/debian.lock\"",
+            &format!("lock = {:?}", lock.to_str().unwrap()),
+        )
+        .replace(
+            "binaries = [\"herd-init\"]",
+            "binaries = [\"herd-init\", \"herd-update\"]",
+        );
+    t.push_str(&format!(
+        "\n[[init.service]]\nname = \"updater\"\nexec = [\"/usr/bin/herd-update\", \"run\"]\n\n\
+         [update]\nrepository = \"http://10.0.2.100:8080\"\nchannel = \"stable\"\ninterval_secs = 2\nroot = {:?}\n",
+        root.to_str().unwrap()
+    ));
+    let toml = d.join(format!("image-{version}.toml"));
+    std::fs::write(&toml, t).unwrap();
+    let out = d.join(format!("out-{version}"));
+    run_ok(
+        Command::new(herd())
+            .arg("build")
+            .arg(&toml)
+            .arg("--out")
+            .arg(&out)
+            .arg("--bin-dir")
+            .arg(bins)
+            .arg("--quiet")
+            .env("HERD_CACHE", cache_dir())
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
+    out
+}
+
+/// The node binaries with herd-init changed: another ELF section of
+/// `kib` KiB of incompressible bytes (the same every run), so the binary
+/// still runs but its file differs from the original from that section on.
+fn changed_bins(d: &Path, kib: usize) -> PathBuf {
+    let bins = d.join("bins-0.2.0");
+    std::fs::create_dir_all(&bins).unwrap();
+    for b in ["herd-init", "herd-update"] {
+        std::fs::copy(bin_dir().join(b), bins.join(b)).unwrap();
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut v = vec![0u8; kib << 10];
+    for w in v.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    let extra = d.join("extra-section");
+    std::fs::write(&extra, v).unwrap();
+    run_ok(
+        Command::new("objcopy")
+            .arg("--add-section")
+            .arg(format!(".herd_test={}", extra.display()))
+            .arg(bins.join("herd-init")),
+    );
+    bins
+}
+
+struct Repo {
+    dir: PathBuf,
+    key: PathBuf,
+}
+
+impl Repo {
+    fn new(d: &Path) -> Repo {
+        let key = d.join("repo.key");
+        herd_ok(&["key", "generate", "--out", key.to_str().unwrap()]);
+        let dir = d.join("repo");
+        herd_ok(&[
+            "release",
+            "init",
+            "--repo",
+            dir.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        Repo { dir, key }
+    }
+
+    fn publish(&self, out: &Path) -> String {
+        herd_ok(&[
+            "release",
+            "publish",
+            "--image-out",
+            out.to_str().unwrap(),
+            "--repo",
+            self.dir.to_str().unwrap(),
+            "--key",
+            self.key.to_str().unwrap(),
+        ])
+    }
+}
+
+fn boot(disk: &Path, port: u16, log: &Path) -> Vm {
+    let mut cfg = VmConfig::new(disk.to_path_buf());
+    cfg.memory_mib = 512;
+    cfg.on_reboot = OnReboot::Reset;
+    cfg.guest_forwards.push(GuestForward {
+        guest: 8080,
+        host: port,
+    });
+    Vm::start(&cfg, log).unwrap()
+}
+
+/// The figure before `what` in a delta line ("N bytes from the local slot").
+fn figure(line: &str, what: &str) -> u64 {
+    let head = line
+        .split(what)
+        .next()
+        .unwrap_or_else(|| panic!("no {what:?} in {line}"));
+    head.split_whitespace()
+        .last()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no figure before {what:?} in {line}"))
+}
+
+#[test]
+fn updates_by_delta_when_one_binary_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let r = Repo::new(d);
+    let root = r.dir.join("root/1.json");
+    let v1 = build(d, "0.1.0", &root, &bin_dir());
+    let v2 = build(d, "0.2.0", &root, &changed_bins(d, 256));
+    r.publish(&v1);
+    let (_srv, port) = herd_serve(&r.dir);
+    let disk = d.join("disk.raw");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(v1.join("disk.raw"))
+            .arg(&disk),
+    );
+    let vm = boot(&disk, port, &d.join("console.log"));
+    vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
+    vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
+        .unwrap();
+
+    r.publish(&v2);
+    let usr = vm
+        .wait_for("updater: delta usr.img of 0.2.0:", BOOT)
+        .unwrap();
+    let total = vm.wait_for("updater: delta update 0.2.0:", BOOT).unwrap();
+    vm.wait_for("updater: slot b verified against usrhash", BOOT)
+        .unwrap();
+    for line in [&usr, &total] {
+        let local = figure(line, "bytes from the local slot");
+        let network = figure(line, "from the network");
+        let size = figure(line, "bytes)");
+        // The changed section is 256 KiB of incompressible bytes: the
+        // network carries that and little more (the index, the squashfs
+        // blocks around it), the rest of the slot is copied locally.
+        assert!(network >= 256 << 10, "{line}");
+        assert!(
+            network * 5 < size,
+            "network much smaller than the payload: {line}"
+        );
+        assert!(
+            local * 10 > size * 7,
+            "most bytes from the local slot: {line}"
+        );
+    }
+    let ready = vm.wait_for("ready slot=b version=0.2.0", BOOT).unwrap();
+    assert!(ready.contains("herd-init: ready"), "{ready}");
+    vm.wait_for("updater: now running 0.2.0 from slot b", BOOT)
+        .unwrap();
+    vm.wait_for("blessed boot entry herd-b+", BOOT).unwrap();
+    vm.kill();
+}
