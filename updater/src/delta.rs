@@ -24,12 +24,18 @@ use crate::{io, Error};
 pub use herd_release::MIN_REUSE_PERCENT;
 
 /// Fetched ranges are split at about this size (whole chunks), bounding the
-/// memory one request needs; several ranges asked in one request add up
-/// to at most this too.
+/// memory one request needs.
 const MAX_RANGE: u64 = 8 << 20;
 
 /// Ranges asked for in one request at most.
 const MAX_RANGES_PER_REQUEST: usize = 32;
+
+/// Bytes asked for in one multi-range request at most. An answer is handed
+/// on only once it is complete, so a small bound keeps the copies that
+/// follow in payload order from waiting long for it (and a power cut
+/// meanwhile loses little); the round trips saved are those of many small
+/// ranges, which is where they count — a large range pays for its own.
+const MAX_BATCH: u64 = 1 << 20;
 
 /// Where a delta's bytes came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +73,7 @@ impl DeltaStats {
     /// One line for the log and `herd-update status`.
     pub fn line(&self) -> String {
         format!(
-            "{}: {} bytes from the local slot, {} already in place, {} from the network ({:.1} % of {} bytes, {} Range request(s)){}",
+            "{}: {} bytes from the local slot, {} already in place, {} from the network ({:.1} % of {} bytes) in {} Range request(s){}",
             self.version,
             self.local,
             self.in_place,
@@ -523,7 +529,7 @@ pub fn execute(
 }
 
 /// How many of `runs` (from the first) go in one request: at most
-/// [`MAX_RANGES_PER_REQUEST`], adding up to at most [`MAX_RANGE`] bytes
+/// [`MAX_RANGES_PER_REQUEST`], adding up to at most [`MAX_BATCH`] bytes
 /// (always at least one).
 fn batch_len(
     runs: &[std::ops::Range<usize>],
@@ -533,7 +539,7 @@ fn batch_len(
     let mut n = 0;
     for r in runs.iter().take(MAX_RANGES_PER_REQUEST) {
         let (s, e) = bounds(r);
-        if n > 0 && bytes + (e - s) > MAX_RANGE {
+        if n > 0 && bytes + (e - s) > MAX_BATCH {
             break;
         }
         bytes += e - s;
@@ -933,8 +939,9 @@ mod tests {
         let files: Vec<Vec<u8>> = (0..8).map(|i| noise(i + 1, 300_000)).collect();
         let old = image(&files);
         let mut files = files;
+        // Three changed files: three runs adding up to less than MAX_BATCH.
         for i in [1, 4, 6] {
-            files[i] = noise(50 + i as u64, 310_000);
+            files[i] = noise(50 + i as u64, 150_000);
         }
         let new = image(&files);
         let idx = ChunkIndex::of_reader(&new[..]).unwrap();
