@@ -267,6 +267,12 @@ impl Client {
         }
     }
 
+    /// Puts `value` at `key` on `lease` (0: no lease).
+    pub fn put(&self, key: &str, value: &str, lease: i64) -> Result<(), Error> {
+        self.call("/v3/kv/put", &crate::status::put_body(key, value, lease))
+            .map(|_| ())
+    }
+
     /// Deletes one key.
     pub fn delete(&self, key: &str) -> Result<(), Error> {
         self.call(
