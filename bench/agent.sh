@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark (issue 5): herd-agent's pod start latency from a cached,
+# Benchmark (issues 5 and 20): herd-agent's pod start latency from a cached,
 # verified image against `crun run` of the same bundle in the same run
-# (target <= 1.2x), and its resident memory with 10 pods running (target
-# <= 25 MiB). Needs root, crun, docker-registry and skopeo (scripts/setup.sh).
+# (target <= 1.2x), and the node's overhead for running pods: PSS and RSS of
+# the agent plus every non-container process it keeps, with 10 and 100 pods
+# (targets <= 15 MiB PSS with 10, <= 100 KiB per extra pod). Needs root,
+# crun, docker-registry and skopeo (scripts/setup.sh).
 # Usage: bench/agent.sh [RUNS]   (default 15)
+#        HERD_AGENT=/path/to/herd-agent bench/agent.sh [RUNS]
+#          measures that agent binary instead (e.g. main's, for "before").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUSTFLAGS='-C target-feature=+crt-static' \

@@ -1,6 +1,7 @@
 //! herd-agent: runs Kubernetes-style static pods on a herd node, only
 //! from container images whose signatures verify against the node's keys.
 
+pub mod adopt;
 pub mod api;
 pub mod backoff;
 pub mod disk;
@@ -9,6 +10,7 @@ pub mod logs;
 pub mod measured;
 pub mod net;
 pub mod policy;
+pub mod reaper;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;

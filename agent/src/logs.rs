@@ -2,13 +2,67 @@
 //! which herd-init forwards) prefixed with `pod/container`, and to a
 //! size-bounded file per container: `<dir>/<pod>/<container>.log`, moved
 //! to `<container>.log.1` when it reaches the bound (one old file kept).
+//!
+//! A container's stdout and stderr are a FIFO in its bundle directory
+//! (`<bundle>/output`, on the `/run` tmpfs), which the container holds
+//! open for reading *and* writing ([`Output::create`]). So the pipe always
+//! has a reader: when the agent dies, the container's writes do not fail
+//! with EPIPE/SIGPIPE but fill the pipe (64 KiB), then block until an
+//! agent reads again. The agent that adopts the container after a restart
+//! opens the same FIFO ([`Output::reopen`]) and carries on; what it finds
+//! there is what was written meanwhile. A line the dead agent had read but
+//! not yet written to the file is lost. The pipe ends (EOF) once every
+//! process of the container is gone.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use herd_clock::rfc3339 as timestamp;
+
+/// A container's output FIFO.
+pub struct Output {
+    /// The agent's end: read it until EOF ([`pump`]).
+    pub reader: File,
+    /// The container's end (read-write, see the module doc): hand it to
+    /// the runtime, then drop it.
+    pub writer: File,
+}
+
+impl Output {
+    /// Makes the FIFO at `path` (replacing whatever is there) and opens
+    /// both ends.
+    pub fn create(path: &Path) -> std::io::Result<Output> {
+        let _ = std::fs::remove_file(path);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )?;
+        // Read-write first: opening a FIFO that way never blocks, and the
+        // reader's open then finds a writer.
+        let writer = OpenOptions::new().read(true).write(true).open(path)?;
+        let reader = File::open(path)?;
+        Ok(Output { reader, writer })
+    }
+
+    /// The agent's end of an existing FIFO (after an agent restart).
+    pub fn reopen(path: &Path) -> std::io::Result<File> {
+        // Non-blocking open: when the container is already gone there is
+        // no writer, and a blocking open would wait for one forever.
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let flags = rustix::fs::fcntl_getfl(&f)?;
+        rustix::fs::fcntl_setfl(&f, flags - rustix::fs::OFlags::NONBLOCK)?;
+        Ok(f)
+    }
+}
 
 /// Seconds since the epoch now.
 pub fn now() -> u64 {
@@ -129,5 +183,25 @@ mod tests {
         assert!(tail.ends_with(" line 199\n"), "{tail}");
         assert!(!tail.contains(" line 0\n"), "old lines are dropped");
         assert!(tail.len() <= 2000);
+    }
+
+    #[test]
+    fn the_output_fifo_outlives_its_reader() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("output");
+        let Output { reader, writer } = Output::create(&p).unwrap();
+        let mut w = writer.try_clone().unwrap();
+        drop(writer);
+        w.write_all(b"before\n").unwrap();
+        // The agent dies: its end closes. Writing still works (the
+        // container's own end reads), and nothing is lost.
+        drop(reader);
+        w.write_all(b"while away\n").unwrap();
+        let again = Output::reopen(&p).unwrap();
+        w.write_all(b"after\n").unwrap();
+        drop(w);
+        let mut got = String::new();
+        BufReader::new(again).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "before\nwhile away\nafter\n");
     }
 }

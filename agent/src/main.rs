@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use herd_agent::adopt::{self, Survivors};
 use herd_agent::images::Images;
 use herd_agent::pod::Pod;
 use herd_agent::runtime::Runtime;
@@ -15,7 +16,7 @@ use herd_agent::status::{Phase, PodStatus, Status};
 use herd_agent::supervise::{self, Env, Handle};
 use herd_agent::volumes::Sources;
 use herd_agent::watch::{Change, Notify, Watch};
-use herd_agent::{api, logs};
+use herd_agent::{api, logs, reaper};
 
 /// herd's node agent: runs Kubernetes-style static pods, only from
 /// container images signed by a key the node trusts.
@@ -237,11 +238,12 @@ fn events(socket: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A pod file's pod: the parsed manifest, or why it is refused.
-fn load(path: &Path) -> Result<Pod, String> {
+/// A pod file's pod and the hash of its bytes, or why it is refused.
+fn load(path: &Path) -> Result<(Pod, String), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
-    Pod::parse(&text, path).map_err(|e| e.to_string())
+    let pod = Pod::parse(&text, path).map_err(|e| e.to_string())?;
+    Ok((pod, adopt::manifest_hash(text.as_bytes())))
 }
 
 fn run(a: RunArgs, socket: &Path) -> Result<()> {
@@ -259,6 +261,9 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
             a.runtime.display()
         );
     }
+    // Containers start detached and are re-parented to the agent, which
+    // collects their exits (reaper.rs).
+    reaper::become_subreaper().context("becoming the child subreaper of the containers")?;
     let status = Status::default();
     let images = Images::open(&a.state.join("images"), a.layouts.clone())
         .context("opening the image store")?
@@ -307,6 +312,17 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
             "cgroups are off (--no-cgroups): resource limits are not enforced",
         );
     }
+    // What an earlier agent left running: adopted by the pods read in the
+    // first scan below, the rest removed after it.
+    let mut survivors = Survivors::scan(&env.runtime);
+    if !survivors.is_empty() {
+        status.event(
+            "",
+            "Found",
+            format!("{} container(s) left by an earlier agent", survivors.len()),
+        );
+    }
+    let mut sweeper = reaper::Sweeper::default();
     let mut watch = Watch::default();
     let mut running: BTreeMap<PathBuf, Handle> = BTreeMap::new();
     // Pods asked to stop, still within their grace period; a changed
@@ -339,7 +355,7 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
                 Some(p) if stopping.iter().any(|(q, _)| *q == p) => {
                     start_after_stop.insert(p);
                 }
-                Some(p) => start_pod(&env, &status, &mut running, p),
+                Some(p) => start_pod(&env, &status, &mut running, &mut survivors, p),
                 None => {
                     if let Some(p) = stop {
                         start_after_stop.remove(&p);
@@ -365,9 +381,19 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
                 }
             }
             if again {
-                start_pod(&env, &status, &mut running, p);
+                start_pod(&env, &status, &mut running, &mut survivors, p);
             }
         }
+        if !survivors.is_empty() {
+            for id in survivors.remove_rest(&env.runtime) {
+                status.event(
+                    "",
+                    "Removed",
+                    format!("container {id} of an earlier agent: no pod manifest claims it"),
+                );
+            }
+        }
+        sweeper.sweep();
         // Not while a pod is being pulled or still stopping (its image is
         // in use until it is gone).
         if gc_at.is_some_and(|t| Instant::now() >= t)
@@ -402,7 +428,13 @@ fn refused_name(p: &Path) -> String {
     format!("{}", p.file_stem().unwrap_or_default().to_string_lossy())
 }
 
-fn start_pod(env: &Arc<Env>, status: &Status, running: &mut BTreeMap<PathBuf, Handle>, p: PathBuf) {
+fn start_pod(
+    env: &Arc<Env>,
+    status: &Status,
+    running: &mut BTreeMap<PathBuf, Handle>,
+    survivors: &mut Survivors,
+    p: PathBuf,
+) {
     let refuse = |name: String, message: String| {
         status.event(
             &name,
@@ -428,7 +460,7 @@ fn start_pod(env: &Arc<Env>, status: &Status, running: &mut BTreeMap<PathBuf, Ha
     };
     match load(&p) {
         Err(m) => refuse(refused_name(&p), m),
-        Ok(pod) => {
+        Ok((pod, manifest)) => {
             if let Some((other, _)) = running.iter().find(|(_, h)| h.name == pod.metadata.name) {
                 refuse(
                     refused_name(&p),
@@ -442,7 +474,14 @@ fn start_pod(env: &Arc<Env>, status: &Status, running: &mut BTreeMap<PathBuf, Ha
                 return;
             }
             status.remove(&refused_name(&p));
-            running.insert(p.clone(), supervise::spawn(env.clone(), pod, p));
+            let found = survivors.take(
+                &pod.metadata.name,
+                pod.spec.containers.iter().map(|c| c.name.as_str()),
+            );
+            running.insert(
+                p.clone(),
+                supervise::spawn(env.clone(), pod, p, manifest, found),
+            );
         }
     }
 }

@@ -1,12 +1,65 @@
 //! The container runtime: Debian's `crun`, shipped in the image's `/usr`.
-//! herd-agent writes an OCI bundle (see [`crate::spec`]) and runs
-//! `crun run` in the foreground, one process per container, so the exit
-//! status of that process is the container's.
+//! herd-agent writes an OCI bundle (see [`crate::spec`]) and starts it
+//! detached (`crun run --detach`): crun exits once the container runs, so
+//! no runtime process stays beside a container; the agent, child
+//! subreaper of its containers, collects their exits ([`crate::reaper`]).
+//! crun's state (`--root`) outlives the agent, which finds its containers
+//! there again after a restart ([`Runtime::list`]).
 
-use std::io::PipeWriter;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// Why a container did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// crun could not be run at all.
+    #[error("cannot run {bin}: {source}; check --runtime")]
+    Spawn {
+        /// the runtime binary
+        bin: PathBuf,
+        /// why
+        source: std::io::Error,
+    },
+    /// crun ran and refused (its message is in the container's log).
+    #[error("the runtime refused it ({status}); its message is in the container's log")]
+    Refused {
+        /// crun's exit status
+        status: ExitStatus,
+    },
+    /// crun said it started the container but wrote no PID.
+    #[error("the runtime wrote no PID to {path}: {source}")]
+    NoPid {
+        /// the PID file
+        path: PathBuf,
+        /// why
+        source: std::io::Error,
+    },
+}
+
+/// A container crun knows (`crun state`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct State {
+    /// The container's ID.
+    pub id: String,
+    /// Its init's PID (0 once stopped).
+    #[serde(default)]
+    pub pid: u32,
+    /// `created`, `running`, `paused`, `stopped`.
+    pub status: String,
+    /// Its bundle.
+    pub bundle: PathBuf,
+}
+
+impl State {
+    /// Whether its init runs.
+    pub fn running(&self) -> bool {
+        self.status == "running" && self.pid > 0
+    }
+}
 
 /// How crun is run.
 #[derive(Debug, Clone)]
@@ -31,26 +84,69 @@ impl Runtime {
         c
     }
 
-    /// Starts container `id` from `bundle`; its output (stdout and stderr
-    /// both) goes to `out`; crun writes the container's PID to `pid_file`.
-    pub fn run(
+    /// Starts container `id` from `bundle`, detached: returns the PID of
+    /// its init once it runs (crun has exited by then, and the init is
+    /// this process's child when it is a child subreaper). The container's
+    /// stdout and stderr, and crun's own messages, go to `output`.
+    pub fn start(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
-        out: PipeWriter,
-    ) -> std::io::Result<Child> {
-        let err = out.try_clone()?;
-        self.command()
-            .arg("run")
-            .arg("--bundle")
+        output: &File,
+    ) -> Result<u32, StartError> {
+        let spawn = |source| StartError::Spawn {
+            bin: self.bin.clone(),
+            source,
+        };
+        let status = self
+            .command()
+            .args(["run", "--detach", "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
             .arg(pid_file)
             .arg(id)
-            .stdout(out)
-            .stderr(err)
-            .spawn()
+            .stdout(output.try_clone().map_err(spawn)?)
+            .stderr(output.try_clone().map_err(spawn)?)
+            .status()
+            .map_err(spawn)?;
+        if !status.success() {
+            return Err(StartError::Refused { status });
+        }
+        let no_pid = |source| StartError::NoPid {
+            path: pid_file.to_path_buf(),
+            source,
+        };
+        std::fs::read_to_string(pid_file)
+            .map_err(no_pid)?
+            .trim()
+            .parse()
+            .map_err(|e| no_pid(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    }
+
+    /// Every container crun knows under its `--root`, with its state.
+    pub fn list(&self) -> Vec<State> {
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| self.state(&e.file_name().to_string_lossy()))
+            .collect()
+    }
+
+    /// What crun knows of container `id` (None when it knows nothing).
+    pub fn state(&self, id: &str) -> Option<State> {
+        let out = self
+            .command()
+            .args(["state", id])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Sends `signal` (e.g. "TERM", "KILL") to the container's first
@@ -103,17 +199,5 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
             return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A container's exit status in words: "exit code 3", "signal 9".
-pub fn describe(s: &ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (s.code(), s.signal()) {
-        // crun reports a container killed by signal N as 128+N.
-        (Some(c), _) if c > 128 && c < 128 + 65 => format!("signal {}", c - 128),
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        (None, None) => "unknown status".into(),
     }
 }

@@ -4,24 +4,34 @@
 //! probe liveness, and when any container ends or fails its probe, stop
 //! the others — a pod's containers live and die together — and start the
 //! pod again as its restartPolicy says, after the kubelet's back-off.
+//!
+//! Containers run detached: nothing but the container stays per container
+//! outside the agent. Per container the agent keeps two threads (one
+//! waits for its exit on a pidfd, [`crate::reaper`]; one copies its output
+//! FIFO to the log, [`crate::logs`]) and, with a liveness probe, a third.
+//! A worker first adopts the containers an earlier agent left running
+//! ([`crate::adopt`]).
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::adopt::{self, Record};
 use crate::backoff::{Backoff, KUBELET};
 use crate::images::{ImageError, Images, Ready};
-use crate::logs::{self, LogFile};
+use crate::logs::{self, LogFile, Output};
 use crate::net::{self, NetNs, PortForward};
 use crate::pod::{Pod, Probe, RestartPolicy};
 use crate::policy::Policy;
+use crate::reaper::{self, Exit};
 use crate::rootfs;
-use crate::runtime::{self, Runtime};
+use crate::runtime::{Runtime, State};
 use crate::spec::{self, SpecInputs, VolumeSource};
 use crate::status::{ContainerStatus, Phase, PodStatus, Status};
 use crate::userns::{self, IdRange, Ranges};
@@ -116,7 +126,7 @@ pub enum Msg {
         /// container index
         idx: usize,
         /// how
-        status: ExitStatus,
+        status: Exit,
     },
     /// Container `idx` of start `gen` failed its liveness probe.
     Unhealthy {
@@ -155,8 +165,17 @@ impl Handle {
     }
 }
 
-/// Starts the worker for `pod` (read from `file`).
-pub fn spawn(env: Arc<Env>, pod: Pod, file: PathBuf) -> Handle {
+/// Starts the worker for `pod` (read from `file`, whose bytes hash to
+/// `manifest`, [`adopt::manifest_hash`]); `found` are the pod's
+/// containers an earlier agent left (one entry per container of the pod,
+/// [`adopt::Survivors::take`]), adopted when they still fit.
+pub fn spawn(
+    env: Arc<Env>,
+    pod: Pod,
+    file: PathBuf,
+    manifest: String,
+    found: Vec<Option<State>>,
+) -> Handle {
     let (tx, rx) = channel();
     let name = pod.metadata.name.clone();
     let tx2 = tx.clone();
@@ -166,10 +185,11 @@ pub fn spawn(env: Arc<Env>, pod: Pod, file: PathBuf) -> Handle {
             Worker {
                 env,
                 pod,
+                manifest,
                 tx: tx2,
                 rx,
             }
-            .life(file)
+            .life(file, found)
         })
         .expect("spawning a pod thread");
     Handle { name, tx, thread }
@@ -195,8 +215,20 @@ struct Started {
 struct Worker {
     env: Arc<Env>,
     pod: Pod,
+    /// The manifest's hash, kept in each container's [`Record`].
+    manifest: String,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
+}
+
+/// What became of the containers an earlier agent left.
+enum Adoption {
+    /// They run on, supervised again; the pod's start number.
+    Adopted(Started, u32),
+    /// There were none, or they were stopped.
+    No,
+    /// They were stopped, and meanwhile the pod was asked to stop.
+    Stopped,
 }
 
 /// Why a start failed, and the event reason for it.
@@ -231,7 +263,7 @@ impl Worker {
         self.env.status.modify(self.name(), f);
     }
 
-    fn life(self, file: PathBuf) {
+    fn life(self, file: PathBuf, found: Vec<Option<State>>) {
         let name = self.name().to_string();
         let containers = self
             .pod
@@ -262,6 +294,7 @@ impl Worker {
         let mut gen = 0u64;
         // Successful starts (restarts = starts - 1, as the kubelet counts).
         let mut starts = 0u32;
+        let mut found = Some(found);
         loop {
             gen += 1;
             self.set(|p| {
@@ -269,31 +302,16 @@ impl Worker {
                 p.message = None;
             });
             let began = Instant::now();
-            let outcome = match self.prepare() {
-                Ok(prep) => match self.start(&prep, gen, starts + 1) {
-                    Ok(started) => {
-                        starts += 1;
-                        self.set(|p| p.restarts = starts - 1);
-                        self.watch(started)
-                    }
-                    Err((f, started)) => {
-                        let stop = self.stop_containers(started);
-                        self.env.status.event(&name, f.reason, &f.message);
-                        Outcome::Ended {
-                            failed: true,
-                            message: f.message,
-                            stop,
-                        }
-                    }
-                },
-                Err(f) => {
-                    self.env.status.event(&name, f.reason, &f.message);
-                    Outcome::Ended {
-                        failed: true,
-                        message: f.message,
-                        stop: false,
-                    }
-                }
+            let adopted = match found.take().map(|f| self.adopt(f, gen)) {
+                Some(Adoption::Adopted(started, start)) => Some((started, start)),
+                Some(Adoption::Stopped) => break,
+                Some(Adoption::No) | None => None,
+            };
+            let outcome = if let Some((started, start)) = adopted {
+                starts = start;
+                self.watch(started)
+            } else {
+                self.start_afresh(gen, &mut starts)
             };
             let (failed, message) = match outcome {
                 Outcome::Stop => break,
@@ -344,6 +362,37 @@ impl Worker {
         }
         volumes::teardown(&name, &self.env.sources);
         self.env.status.event(&name, "Stopped", "pod stopped");
+    }
+
+    /// Prepares and starts the pod, then watches it until it ends.
+    fn start_afresh(&self, gen: u64, starts: &mut u32) -> Outcome {
+        let name = self.name();
+        let f = match self.prepare() {
+            Ok(prep) => match self.start(&prep, gen, *starts + 1) {
+                Ok(started) => {
+                    *starts += 1;
+                    let restarts = *starts - 1;
+                    self.set(|p| p.restarts = restarts);
+                    return self.watch(started);
+                }
+                Err((f, started)) => {
+                    let stop = self.stop_containers(started);
+                    self.env.status.event(name, f.reason, &f.message);
+                    return Outcome::Ended {
+                        failed: true,
+                        message: f.message,
+                        stop,
+                    };
+                }
+            },
+            Err(f) => f,
+        };
+        self.env.status.event(name, f.reason, &f.message);
+        Outcome::Ended {
+            failed: true,
+            message: f.message,
+            stop: false,
+        }
     }
 
     /// Sleeps `d` unless asked to stop (true) first.
@@ -464,10 +513,11 @@ impl Worker {
             reason: "StartFailed",
             message,
         };
+        let began_at = logs::now();
         let mut first_pid = None;
         let mut netns: Option<Arc<NetNs>> = None;
         for (i, c) in self.pod.spec.containers.iter().enumerate() {
-            let id = format!("{name}_{}", c.name);
+            let id = adopt::container_id(&name, &c.name);
             // Leftovers of an agent that died without stopping its pods.
             if self.env.runtime.root.join(&id).exists() {
                 self.env.runtime.kill(&id, "KILL");
@@ -527,75 +577,57 @@ impl Worker {
                 ));
             }
             let pid_file = bundle.join("pid");
-            let (reader, writer) = match std::io::pipe() {
-                Ok(p) => p,
-                Err(e) => {
-                    rootfs::remove_bundle(&bundle);
-                    return Err((fail(format!("creating a pipe: {e}")), started));
-                }
-            };
-            let mut child = match self.env.runtime.run(&id, &bundle, &pid_file, writer) {
-                Ok(c) => c,
+            let output = match Output::create(&bundle.join("output")) {
+                Ok(o) => o,
                 Err(e) => {
                     rootfs::remove_bundle(&bundle);
                     return Err((
-                        fail(format!(
-                            "cannot run {}: {e}",
-                            self.env.runtime.bin.display()
-                        )),
+                        fail(format!("container {}: making its output FIFO: {e}", c.name)),
                         started,
                     ));
                 }
             };
             let label = format!("{name}/{}", c.name);
-            let log = LogFile::open(
-                logs::path(&self.env.log_dir, &name, &c.name),
-                self.env.log_max,
-            );
-            let l2 = label.clone();
-            let _ = std::thread::Builder::new()
-                .name(format!("log-{id}"))
-                .spawn(move || logs::pump(reader, &l2, log));
-            let tx = self.tx.clone();
-            let done = Arc::new(AtomicBool::new(false));
-            let done2 = done.clone();
-            let _ = std::thread::Builder::new()
-                .name(format!("wait-{id}"))
-                .spawn(move || {
-                    if let Ok(status) = child.wait() {
-                        done2.store(true, Ordering::SeqCst);
-                        let _ = tx.send(Msg::Exited {
-                            gen,
-                            idx: i,
-                            status,
-                        });
-                    }
-                });
+            self.pump_logs(&id, &label, &c.name, output.reader);
+            let result = self
+                .env
+                .runtime
+                .start(&id, &bundle, &pid_file, &output.writer);
+            // The container holds its own end; the log sees EOF when it ends.
+            drop(output.writer);
             started.ids.push(id.clone());
+            let pid = match result {
+                Ok(pid) => pid,
+                Err(e) => {
+                    started.exited.push(true);
+                    return Err((
+                        fail(format!(
+                            "container {}: {e} (herd-agent logs {name} {})",
+                            c.name, c.name
+                        )),
+                        started,
+                    ));
+                }
+            };
             started.exited.push(false);
-            // The PID appears once the container exists.
-            let end = Instant::now() + Duration::from_secs(30);
-            let pid = loop {
-                if let Some(pid) = std::fs::read_to_string(&pid_file)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok())
-                {
-                    break Some(pid);
-                }
-                if done.load(Ordering::SeqCst) || Instant::now() > end {
-                    break None;
-                }
-                std::thread::sleep(Duration::from_micros(250));
+            self.wait_for_exit(reaper::open(pid), gen, i);
+            let record = Record {
+                manifest: self.manifest.clone(),
+                start: nth,
+                started_at: began_at,
+                digest: prep.images[i]
+                    .pulled
+                    .reference
+                    .digest
+                    .as_ref()
+                    .map(|d| d.to_string()),
+                signed_by: Some(prep.images[i].pulled.signed_by.clone()),
             };
-            let Some(pid) = pid else {
-                return Err((
-                    fail(format!(
-                        "container {}: the runtime did not start it (see its log: herd-agent logs {name} {})",
-                        c.name, c.name
-                    )),
-                    started,
-                ));
-            };
+            if let Err(e) = record.write(&bundle) {
+                // Not fatal: an agent restart would start the pod again
+                // instead of adopting it.
+                println!("{label}: cannot write its adoption record: {e}");
+            }
             self.set(|p| {
                 p.containers[i].pid = Some(pid);
                 p.containers[i].state = "running".into();
@@ -611,33 +643,13 @@ impl Worker {
             }
         }
         if let Some(ns) = &netns {
-            for c in &self.pod.spec.containers {
-                for p in &c.ports {
-                    let Some(hp) = p.host_port else { continue };
-                    match PortForward::start(
-                        self.env.host_ip,
-                        hp,
-                        ns.clone(),
-                        p.container_port,
-                        format!("{name}/{}", c.name),
-                    ) {
-                        Ok(f) => started.forwards.push(f),
-                        Err(e) => {
-                            return Err((
-                                fail(format!(
-                                    "container {}: hostPort {hp}: cannot listen on the node: {e}",
-                                    c.name
-                                )),
-                                started,
-                            ))
-                        }
-                    }
-                }
+            if let Err(m) = self.carry_ports(ns, &mut started) {
+                return Err((fail(m), started));
             }
         }
         self.set(|p| {
             p.phase = Phase::Running;
-            p.started_at = Some(logs::now());
+            p.started_at = Some(began_at);
         });
         self.env.status.event(
             &name,
@@ -648,6 +660,174 @@ impl Worker {
             ),
         );
         Ok(started)
+    }
+
+    /// Listens on the pod's host ports and carries them into `ns`.
+    fn carry_ports(&self, ns: &Arc<NetNs>, started: &mut Started) -> Result<(), String> {
+        for c in &self.pod.spec.containers {
+            for p in &c.ports {
+                let Some(hp) = p.host_port else { continue };
+                let f = PortForward::start(
+                    self.env.host_ip,
+                    hp,
+                    ns.clone(),
+                    p.container_port,
+                    format!("{}/{}", self.name(), c.name),
+                )
+                .map_err(|e| {
+                    format!(
+                        "container {}: hostPort {hp}: cannot listen on the node: {e}",
+                        c.name
+                    )
+                })?;
+                started.forwards.push(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the container's output (the agent's end of its FIFO) to the
+    /// console and its log file, until every writer is gone.
+    fn pump_logs(&self, id: &str, label: &str, container: &str, reader: File) {
+        let log = LogFile::open(
+            logs::path(&self.env.log_dir, self.name(), container),
+            self.env.log_max,
+        );
+        let label = label.to_string();
+        let _ = std::thread::Builder::new()
+            .name(format!("log-{id}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || logs::pump(reader, &label, log));
+    }
+
+    /// Reports the end of container `idx` of start `gen` (its pidfd, or
+    /// the error opening it: the process is gone) to this worker.
+    fn wait_for_exit(&self, pidfd: std::io::Result<OwnedFd>, gen: u64, idx: usize) {
+        let tx = self.tx.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("wait-{}-{idx}", self.name()))
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let status = match pidfd {
+                    Ok(fd) => reaper::wait(&fd),
+                    Err(_) => Exit::Unknown,
+                };
+                let _ = tx.send(Msg::Exited { gen, idx, status });
+            });
+    }
+
+    /// Takes over the containers an earlier agent left running for this
+    /// pod (see [`crate::adopt`]): all of them run and were started from
+    /// the same manifest bytes, or they are stopped and the pod starts
+    /// afresh.
+    fn adopt(&self, found: Vec<Option<State>>, gen: u64) -> Adoption {
+        if found.iter().all(Option::is_none) {
+            return Adoption::No;
+        }
+        let name = self.name().to_string();
+        let mut started = Started {
+            gen,
+            ids: Vec::new(),
+            exited: Vec::new(),
+            forwards: Vec::new(),
+            probes_stop: Arc::new(AtomicBool::new(false)),
+        };
+        let mut why_not: Option<String> = None;
+        let mut adopted = Vec::new();
+        for (i, (c, state)) in self.pod.spec.containers.iter().zip(found).enumerate() {
+            let id = adopt::container_id(&name, &c.name);
+            started.ids.push(id.clone());
+            let running = state.filter(State::running).and_then(|s| {
+                let fd = reaper::open(s.pid).ok()?;
+                // The PID may have been reused between crun's answer and
+                // pidfd_open: crun checks the process is its container.
+                let again = self.env.runtime.state(&id)?;
+                (again.running() && again.pid == s.pid).then_some((s, fd))
+            });
+            let Some((state, pidfd)) = running else {
+                started.exited.push(true);
+                why_not.get_or_insert(format!("container {} is not running", c.name));
+                continue;
+            };
+            started.exited.push(false);
+            self.wait_for_exit(Ok(pidfd), gen, i);
+            let label = format!("{name}/{}", c.name);
+            match Output::reopen(&state.bundle.join("output")) {
+                Ok(reader) => self.pump_logs(&id, &label, &c.name, reader),
+                Err(e) => println!("{label}: its output cannot be read again: {e}"),
+            }
+            match Record::read(&state.bundle) {
+                Some(r) if r.manifest == self.manifest => adopted.push((state.pid, r)),
+                Some(_) => {
+                    why_not.get_or_insert("its manifest changed while the agent was away".into());
+                }
+                None => {
+                    why_not.get_or_insert(format!("container {} has no adoption record", c.name));
+                }
+            }
+        }
+        if let Some(why) = why_not {
+            self.env.status.event(
+                &name,
+                "NotAdopted",
+                format!("the containers an earlier agent left are stopped: {why}"),
+            );
+            return if self.stop_containers(started) {
+                Adoption::Stopped
+            } else {
+                Adoption::No
+            };
+        }
+        let start = adopted[0].1.start;
+        let started_at = adopted[0].1.started_at;
+        self.set(|p| {
+            for (c, (pid, r)) in p.containers.iter_mut().zip(&adopted) {
+                c.pid = Some(*pid);
+                c.state = "running".into();
+                c.digest = r.digest.clone();
+                c.signed_by = r.signed_by.clone();
+            }
+            p.restarts = start.saturating_sub(1);
+            p.started_at = Some(started_at);
+        });
+        let netns = if self.pod.spec.host_network {
+            None
+        } else {
+            NetNs::of_pid(adopted[0].0).ok().map(Arc::new)
+        };
+        if let Some(ns) = &netns {
+            if let Err(m) = self.carry_ports(ns, &mut started) {
+                self.env.status.event(&name, "StartFailed", &m);
+                return if self.stop_containers(started) {
+                    Adoption::Stopped
+                } else {
+                    Adoption::No
+                };
+            }
+        }
+        for (i, c) in self.pod.spec.containers.iter().enumerate() {
+            if let Some(probe) = &c.liveness_probe {
+                let label = format!("{name}/{}", c.name);
+                self.probe(
+                    probe.clone(),
+                    &started.ids[i],
+                    &label,
+                    netns.clone(),
+                    &started,
+                    i,
+                );
+            }
+        }
+        self.set(|p| p.phase = Phase::Running);
+        self.env.status.event(
+            &name,
+            "Adopted",
+            format!(
+                "{} container(s) still running from before the agent restarted (start {start})",
+                adopted.len()
+            ),
+        );
+        Adoption::Adopted(started, start)
     }
 
     fn probe(
@@ -750,7 +930,7 @@ impl Worker {
                 Ok(Msg::Exited { gen, idx, status }) if gen == started.gen => {
                     started.exited[idx] = true;
                     let c = &self.pod.spec.containers[idx].name;
-                    let how = runtime::describe(&status);
+                    let how = status.describe();
                     self.set(|p| {
                         p.containers[idx].state = "exited".into();
                         p.containers[idx].pid = None;
@@ -804,7 +984,7 @@ impl Worker {
                 Ok(Msg::Stop) => stop_asked = true,
                 Ok(Msg::Exited { gen, idx, status }) if gen == s.gen => {
                     s.exited[idx] = true;
-                    let how = runtime::describe(&status);
+                    let how = status.describe();
                     self.set(|p| {
                         p.containers[idx].state = "exited".into();
                         p.containers[idx].pid = None;
@@ -836,6 +1016,10 @@ impl Worker {
         stop_asked
     }
 }
+
+/// Stack of the per-container threads (they hold little: a pidfd wait,
+/// a line buffer on the heap).
+const THREAD_STACK: usize = 128 * 1024;
 
 enum Outcome {
     /// Asked to stop.

@@ -7,9 +7,16 @@
 //!    container's exit — against `crun run` of the same bundle (the same
 //!    runtime config the agent writes, same image root) timed from spawn to
 //!    exit. Alternating runs; medians; ratio (target ≤ 1.2x).
-//! 2. The agent's resident memory with 10 pods running (target ≤ 25 MiB),
-//!    and, for the record, that of the 10 `crun run` processes waiting on
-//!    the containers.
+//! 2. The node's overhead for running pods (issue 20): the proportional
+//!    and resident set sizes (`Pss:`/`Rss:` of `/proc/PID/smaps_rollup`) of
+//!    the agent plus every process it keeps that is not a container's own
+//!    (its descendants in its own PID namespace: with foreground `crun
+//!    run`, one crun per container; detached, none), with 10 and with 100
+//!    pods of one `busybox sleep` container each; target ≤ 15 MiB PSS with
+//!    10 pods and ≤ 100 KiB per extra pod.
+//!
+//! `HERD_AGENT=PATH` measures another herd-agent binary (e.g. main's, for
+//! the "before" figures) with the same harness.
 //!
 //! Both sides run in the same private mount namespace seeing only cgroup2,
 //! with the runtime's cgroups off (this build host mixes cgroup v1 and v2).
@@ -40,13 +47,56 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn rss_kb(pid: u32) -> u64 {
+/// `Pss:` and `Rss:` of a process, KiB.
+fn pss_rss_kb(pid: u64) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |k: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Pss:"), field("Rss:"))
+}
+
+/// The number of PID namespaces process `pid` is seen in (`NSpid:`).
+fn ns_levels(pid: u64) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map_or(0, |v| v.split_whitespace().count())
+}
+
+/// The children of `pid`, of all its threads.
+fn children(pid: u64) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .flat_map(|c| {
+                    c.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect::<Vec<u64>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The agent and its descendants that are not containers' (those live in
+/// deeper PID namespaces): PIDs.
+fn overhead_pids(agent: u64) -> Vec<u64> {
+    let level = ns_levels(agent);
+    let mut out = vec![agent];
+    let mut todo = children(agent);
+    while let Some(p) = todo.pop() {
+        if ns_levels(p) == level {
+            out.push(p);
+            todo.extend(children(p));
+        }
+    }
+    out
 }
 
 fn main() {
@@ -103,7 +153,11 @@ fn main() {
     }
     std::fs::write(d.join("policy/keys/k.pub"), &key.public().0).unwrap();
 
-    let mut agent = Command::new(bin_dir().join("herd-agent"))
+    let agent_bin = std::env::var_os("HERD_AGENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("herd-agent"));
+    println!("herd-agent: {}", agent_bin.display());
+    let mut agent = Command::new(&agent_bin)
         .arg("--socket")
         .arg(d.join("run/agent.sock"))
         .arg("run")
@@ -243,48 +297,62 @@ fn main() {
         m / p
     );
 
-    // Ten long-running pods.
-    for i in 0..10 {
-        let name = format!("s{i}");
-        place(&name, &pod_yaml(&name, "sleep, \"100000\"", "Always"));
-    }
+    // Long-running pods: 10, then 100.
     let mut started = std::collections::BTreeSet::new();
-    let end = Instant::now() + Duration::from_secs(180);
-    while started.len() < 10 {
-        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok((_, l)) if l.contains(": Started:") => {
-                started.insert(l);
-            }
-            Ok(_) => {}
-            Err(_) => panic!("only {} of 10 pods started within 180 s", started.len()),
+    let mut measured = Vec::new();
+    for (from, to) in [(0, 10), (10, 100)] {
+        for i in from..to {
+            let name = format!("s{i}");
+            place(&name, &pod_yaml(&name, "sleep, \"100000\"", "Always"));
         }
+        let end = Instant::now() + Duration::from_secs(900);
+        while started.len() < to {
+            match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok((_, l)) if l.contains(": Started:") => {
+                    started.insert(l);
+                }
+                Ok(_) => {}
+                Err(_) => panic!("only {} of {to} pods started", started.len()),
+            }
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let pids = overhead_pids(agent_pid as u64);
+        let (mut pss, mut rss) = (0, 0);
+        for p in &pids {
+            let (p, r) = pss_rss_kb(*p);
+            pss += p;
+            rss += r;
+        }
+        let (agent_pss, agent_rss) = pss_rss_kb(agent_pid as u64);
+        println!(
+            "{to} pods running: node overhead PSS {:.1} MiB, RSS {:.1} MiB ({} process(es): the agent PSS {:.1} MiB RSS {:.1} MiB, {} other(s) PSS {:.1} MiB RSS {:.1} MiB)",
+            pss as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            pids.len(),
+            agent_pss as f64 / 1024.0,
+            agent_rss as f64 / 1024.0,
+            pids.len() - 1,
+            (pss - agent_pss) as f64 / 1024.0,
+            (rss - agent_rss) as f64 / 1024.0,
+        );
+        measured.push((to, pss, rss));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    let agent_rss = rss_kb(agent_pid);
-    // The agent's children (every thread's), i.e. the `crun run` processes.
-    let crun_rss: u64 = std::fs::read_dir(format!("/proc/{agent_pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .map(rss_kb)
-        .sum();
+    let (n0, pss0, rss0) = measured[0];
+    let (n1, pss1, rss1) = measured[1];
+    let per = |a: u64, b: u64| (b as f64 - a as f64) / (n1 - n0) as f64;
     println!(
-        "resident memory with 10 pods running: herd-agent {:.1} MiB (target <= 25 MiB); the 10 crun processes waiting on them {:.1} MiB",
-        agent_rss as f64 / 1024.0,
-        crun_rss as f64 / 1024.0
+        "node overhead: {:.1} MiB PSS with {n0} pods (target <= 15 MiB); per extra pod {:.0} KiB PSS, {:.0} KiB RSS (target <= 100 KiB)",
+        pss0 as f64 / 1024.0,
+        per(pss0, pss1),
+        per(rss0, rss1)
     );
-    for i in 0..10 {
+    for i in 0..100 {
         std::fs::remove_file(d.join("pods").join(format!("s{i}.yaml"))).unwrap();
     }
     let _ = Command::new("kill")
         .args(["-TERM", &agent_pid.to_string()])
         .status();
-    let end = Instant::now() + Duration::from_secs(60);
+    let end = Instant::now() + Duration::from_secs(180);
     while agent.try_wait().unwrap().is_none() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -649,17 +649,193 @@ fn root_in_a_pod_is_not_root_on_the_node() {
     let (_, events) = agent.cli(&["events"]);
     assert!(!events.contains("Unhealthy"), "{events}");
 
-    // A pod keeps its range when the agent restarts.
+    // A pod keeps its range when the agent restarts: the killed agent's
+    // pod runs on and is adopted, and its next process (after the
+    // container is killed) gets the same range.
     drop(agent);
     let (agent, log) = start_agent(d, &layout_dir);
-    let pid = wait_for("alpha's new pid", 60, &log, || {
+    let alpha_pid = |agent: &Agent| -> Option<u64> {
         // The socket of the killed agent is there before the new one listens.
         let (ok, out) = agent.cli(&["ps", "--json"]);
         let pods: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
         let alpha = pods.as_array()?.iter().find(|p| p["name"] == "alpha")?;
-        alpha["containers"][0]["pid"]
-            .as_u64()
-            .filter(|p| *p != ranges[0].1)
+        (alpha["phase"] == "Running").then(|| alpha["containers"][0]["pid"].as_u64())?
+    };
+    wait_for("alpha to be adopted", 60, &log, || {
+        alpha_pid(&agent).filter(|p| *p == ranges[0].1)
+    });
+    kill9(ranges[0].1);
+    let pid = wait_for("alpha's new pid", 60, &log, || {
+        alpha_pid(&agent).filter(|p| *p != ranges[0].1)
     });
     assert_eq!(host_ids(pid).0[0], ranges[0].0);
+    stop_agent(agent, &log);
+}
+
+fn kill9(pid: u64) {
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// SIGTERM, as on shutdown: the agent stops its pods and exits.
+fn stop_agent(mut agent: Agent, log: &Path) {
+    kill_term(agent.child.id());
+    wait_for("the agent to stop on SIGTERM", 60, log, || {
+        agent.child.try_wait().unwrap()
+    });
+}
+
+fn kill_term(pid: u32) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with(|c| c != 'Z')))
+        .unwrap_or(false)
+}
+
+/// The children of process `pid` (of all its threads).
+fn children(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// The container PIDs of a running pod.
+fn running_pids(agent: &Agent, pod: &str) -> Option<Vec<u64>> {
+    let (ok, out) = agent.cli(&["ps", "--json"]);
+    let pods: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+    let p = pods.as_array()?.iter().find(|p| p["name"] == pod)?;
+    if p["phase"] != "Running" {
+        return None;
+    }
+    p["containers"]
+        .as_array()?
+        .iter()
+        .map(|c| c["pid"].as_u64())
+        .collect()
+}
+
+#[test]
+fn pods_outlive_a_killed_agent_and_are_adopted() {
+    need_root();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let layout_dir = layout_node(d, &[("ticker", "ticker", &[])]);
+    std::fs::create_dir_all(d.join("pods")).unwrap();
+    // The ticker writes a numbered line every 0.1 s: had its output pipe
+    // died with the agent, its next write would kill it (SIGPIPE).
+    std::fs::write(
+        d.join("pods/tick.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: tick}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: ticker\n    image: oci:ticker\n    command: [/bin/busybox, sh, -c, 'i=0; while true; do echo tick $i; i=$((i+1)); /bin/busybox sleep 0.1; done']\n  - name: idle\n    image: oci:ticker\n    command: [/bin/busybox, sleep, '100000']\n    livenessProbe: {exec: {command: [/bin/busybox, true]}, periodSeconds: 1, failureThreshold: 1}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pods/gone.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: gone}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: oci:ticker\n    command: [/bin/busybox, sleep, '100000']\n",
+    )
+    .unwrap();
+    let (agent, log) = start_agent(d, &layout_dir);
+    let pids = wait_for("the pod to run", 90, &log, || running_pids(&agent, "tick"));
+    let gone = wait_for("the other pod to run", 90, &log, || {
+        running_pids(&agent, "gone")
+    })[0];
+    log_with(&agent, &log, "tick", "ticker", "tick 5");
+    // No runtime process beside the containers: their inits are the
+    // agent's own children (it is their subreaper).
+    let kids = children(agent.child.id());
+    for p in pids.iter().chain([&gone]) {
+        assert!(
+            kids.contains(p),
+            "container {p} is not a child of the agent: {kids:?}"
+        );
+    }
+
+    // SIGKILL: nothing stops the pods. One manifest goes meanwhile.
+    drop(agent);
+    let log_file = d.join("logs/tick/ticker.log");
+    let last_before = last_tick(&std::fs::read_to_string(&log_file).unwrap());
+    std::fs::remove_file(d.join("pods/gone.yaml")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for p in pids.iter().chain([&gone]) {
+        assert!(alive(*p), "container {p} died with the agent");
+    }
+
+    // The next agent adopts the pod (same processes, supervised again) and
+    // removes the container no manifest claims.
+    let (agent, log) = start_agent(d, &layout_dir);
+    wait_for("the pod to be adopted", 60, &log, || {
+        running_pids(&agent, "tick").filter(|p| *p == pids)
+    });
+    wait_for("the unclaimed container to be removed", 30, &log, || {
+        (!alive(gone)).then_some(())
+    });
+    let (_, events) = agent.cli(&["events"]);
+    assert!(
+        events.contains("Adopted") && events.contains("container gone_c of an earlier agent"),
+        "{events}"
+    );
+    assert_eq!(agent.pod("tick").unwrap()["restarts"], 0);
+    // Its output went on: what it wrote while no agent read is in the log,
+    // and later lines follow.
+    let out = log_with(
+        &agent,
+        &log,
+        "tick",
+        "ticker",
+        &format!("tick {}", last_before + 40),
+    );
+    for k in last_before + 1..=last_before + 40 {
+        assert!(
+            out.contains(&format!(" tick {k}\n")),
+            "tick {k} is missing:\n{out}"
+        );
+    }
+
+    // Supervised again: a killed container ends the pod, which is started
+    // anew (the adopted process was not this agent's child: its status is
+    // unknown).
+    kill9(pids[0]);
+    let new = wait_for("the pod to be restarted", 60, &log, || {
+        running_pids(&agent, "tick").filter(|p| p.iter().all(|p| !pids.contains(p)))
+    });
+    assert_eq!(agent.pod("tick").unwrap()["restarts"], 1);
+    let (_, events) = agent.cli(&["events"]);
+    assert!(
+        events.contains("container ticker ended with an unknown status"),
+        "{events}"
+    );
+    assert!(
+        !events.contains("Unhealthy"),
+        "the adopted probe failed: {events}"
+    );
+    let kids = children(agent.child.id());
+    assert!(new.iter().all(|p| kids.contains(p)), "{new:?} {kids:?}");
+    stop_agent(agent, &log);
+    assert!(!new.iter().any(|p| alive(*p)), "SIGTERM stops the pods");
+}
+
+/// The highest `tick N` in a log.
+fn last_tick(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.rsplit_once(" tick ")?.1.trim().parse().ok())
+        .max()
+        .expect("the ticker printed")
 }

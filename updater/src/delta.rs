@@ -275,7 +275,10 @@ fn sha(b: &[u8]) -> [u8; 32] {
 
 /// Which chunks `target` already holds at their place.
 pub fn scan_in_place(target: &File, idx: &ChunkIndex) -> std::io::Result<Vec<bool>> {
-    let len = target.metadata()?.len();
+    use std::io::{Seek, SeekFrom};
+    // A block device's metadata says 0 bytes (a node's slot partition):
+    // ask for its end instead, or nothing is ever found in place there.
+    let len = (&*target).seek(SeekFrom::End(0))?;
     let mut buf = vec![0u8; idx.max as usize];
     let mut out = Vec::with_capacity(idx.chunks.len());
     for c in &idx.chunks {
