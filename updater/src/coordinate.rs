@@ -211,6 +211,7 @@ pub fn record(
         pending: state.pending.as_ref().map(|p| p.version.clone()),
         bad: state.bad.clone(),
         last_error: state.last_error.clone(),
+        halted: state.halted.clone(),
         wave: state.wave,
         updated_at: now,
         lock: lock.into(),

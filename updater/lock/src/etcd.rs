@@ -292,19 +292,22 @@ impl Client {
 /// Keeps a lease alive from a thread until dropped.
 pub struct Keeper {
     stop: Arc<AtomicBool>,
+    expired: Arc<AtomicBool>,
 }
 
 impl Keeper {
     /// Refreshes `lease` every `ttl / 3` seconds (at least every second).
     pub fn start(client: Client, lease: i64, ttl: u64) -> Keeper {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let expired = Arc::new(AtomicBool::new(false));
+        let (flag, gone) = (stop.clone(), expired.clone());
         let every = Duration::from_millis((ttl * 1000 / 3).clamp(300, 30_000));
         std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match client.keepalive(lease) {
                     Ok(t) if t <= 0 => {
-                        tracing::warn!("etcd lease {lease:x} expired: this node's reboot slot is gone (it was not refreshed within its TTL)");
+                        gone.store(true, Ordering::Relaxed);
+                        tracing::warn!("etcd lease {lease:x} expired (it was not refreshed within its TTL): the keys on it are gone (a reboot slot, a fleet status record)");
                         return;
                     }
                     Ok(_) => {}
@@ -317,7 +320,12 @@ impl Keeper {
                 }
             }
         });
-        Keeper { stop }
+        Keeper { stop, expired }
+    }
+
+    /// Whether etcd said the lease is gone (it was not refreshed in time).
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
     }
 }
 

@@ -32,6 +32,10 @@ pub struct NodeStatus {
     /// The updater's last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// "rollout of X halted by the publisher: why" when the channel's
+    /// release is halted and this node is not on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
     /// This node's wave of the channel's current rollout (index into its
     /// waves), when the release is phased.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +95,11 @@ impl Publisher {
     /// it wrote. A lease that expired meanwhile (etcd unreachable for
     /// longer than its TTL) is replaced by a new one.
     pub fn publish(&mut self, rec: &NodeStatus) -> Result<bool, Error> {
+        if self.lease.as_ref().is_some_and(|(_, k)| k.expired()) {
+            // The record went with its lease: write it again on a new one.
+            self.lease = None;
+            self.last = None;
+        }
         if self.last.as_ref().is_some_and(|l| l.same_as(rec)) {
             return Ok(false);
         }
@@ -228,6 +237,7 @@ mod tests {
             pending: None,
             bad: vec![],
             last_error: None,
+            halted: None,
             wave: Some(1),
             updated_at: 100,
             lock: "idle".into(),
