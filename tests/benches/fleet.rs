@@ -658,11 +658,18 @@ fn main() {
         let batches = per_wave[i].div_ceil(MAX_CONCURRENT as usize) as f64;
         bound = bound.max(after as f64) + batches * REBOOT;
     }
-    println!(
-        "  time to update the fleet: {end:.0} s simulated ({:.1} s real) from the rollout start; lower bound {bound:.0} s: ratio {:.2}x",
-        end / scale,
-        end / bound
-    );
+    if updated == n {
+        println!(
+            "  time to update the fleet: {end:.0} s simulated ({:.1} s real) from the rollout start; lower bound {bound:.0} s: ratio {:.2}x",
+            end / scale,
+            end / bound
+        );
+    } else {
+        println!(
+            "  time to update the fleet: NOT FINISHED, {updated} of {n} updated by {end:.0} s simulated ({:.1} s real); lower bound for all {bound:.0} s",
+            end / scale
+        );
+    }
     report_requests(&o, idle, scale);
 
     // Run 2: a bad release, halted by the controller.
