@@ -6,6 +6,7 @@ pub mod boot;
 pub mod config;
 pub mod elf;
 pub mod flash;
+pub mod fleet;
 pub mod manifest;
 pub mod output;
 pub mod pcr;

@@ -70,6 +70,31 @@ enum Command {
     /// Measured boot: predict the TPM PCR values of a node.
     #[command(subcommand)]
     Pcr(PcrCommand),
+    /// A fleet's update status, from the records its nodes publish in etcd.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Show what the nodes of a fleet run and how their update goes: the
+    /// versions, waves and failures their status records in etcd
+    /// (`/herd/nodes/<group>/<node-id>`) say, and who holds reboot slots
+    /// (`/herd/reboot/<group>/holders/`). Nodes publish a record when their
+    /// [update.lock] backend is etcd; a node whose updater stopped drops out
+    /// when its record's lease expires (the lock's ttl_secs).
+    Status {
+        /// etcd client URL (http://HOST:2379), as in the nodes' [update.lock]
+        /// endpoints; repeatable, tried in order.
+        #[arg(long = "etcd", value_name = "URL", required = true)]
+        etcd: Vec<String>,
+        /// Only this group (default: every group found).
+        #[arg(long)]
+        group: Option<String>,
+        /// Print JSON (a list of groups with their records and slot holders).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -285,6 +310,16 @@ fn load_keys(files: &[PathBuf]) -> Result<Vec<herd_release::SigningKey>> {
         .iter()
         .map(|f| Ok(herd_release::SigningKey::load(f)?))
         .collect()
+}
+
+fn fleet_status(etcd: &[String], group: Option<&str>, json: bool) -> Result<()> {
+    let groups = herd::fleet::read(etcd, group)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&groups)?);
+    } else {
+        print!("{}", herd::fleet::render(&groups));
+    }
+    Ok(())
 }
 
 fn run_key(cmd: KeyCommand) -> Result<()> {
@@ -808,6 +843,9 @@ fn main() -> ExitCode {
         Command::Vm(VmCommand::LibvirtXml(a)) => libvirt_xml(a),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),
+        Command::Fleet(FleetCommand::Status { etcd, group, json }) => {
+            fleet_status(&etcd, group.as_deref(), json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Release(r) => run_release(r).map(|()| ExitCode::SUCCESS),
         Command::Serve(a) => herd::serve::serve(&a.repo, &a.listen).map(|()| ExitCode::SUCCESS),
         Command::Flash(a) => herd::flash::flash(

@@ -28,7 +28,7 @@ pub use metadata::{
 pub use repo::Repo;
 pub use verify::{
     check_channel_keys, compare_versions, in_wave, parse_trusted_root, update_root, verify_channel,
-    verify_root_chain, walk_root_chain, NodeState, PayloadCheck, MAX_METADATA_BYTES,
+    verify_root_chain, walk_root_chain, wave_of, NodeState, PayloadCheck, MAX_METADATA_BYTES,
     MAX_ROOT_STEPS,
 };
 

@@ -283,14 +283,31 @@ pub fn in_wave(r: &crate::Rollout, node_id: &str, version: &str, now: u64) -> bo
         .map(|w| w.percent)
         .max()
         .unwrap_or(0);
+    bucket(node_id, version) < u64::from(percent.min(100)) * 100
+}
+
+/// Which wave of `r` (its index in [`crate::Rollout::waves`]) first lets
+/// this node take `version`: the earliest-opening wave whose share covers
+/// the node's bucket; None when no wave reaches it. The same bucket as
+/// [`in_wave`], so a node is in its wave exactly from that wave's time on.
+pub fn wave_of(r: &crate::Rollout, node_id: &str, version: &str) -> Option<usize> {
+    let b = bucket(node_id, version);
+    r.waves
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| b < u64::from(w.percent.min(100)) * 100)
+        .min_by_key(|(i, w)| (w.after_secs, *i))
+        .map(|(i, _)| i)
+}
+
+/// A stable bucket in 0..10000 per node and version.
+fn bucket(node_id: &str, version: &str) -> u64 {
     let h = Sha256::new()
         .chain_update(node_id)
         .chain_update([0])
         .chain_update(version)
         .finalize();
-    // A stable bucket in 0..10000 per node and version.
-    let bucket = u64::from_be_bytes(h[..8].try_into().unwrap()) % 10_000;
-    bucket < u64::from(percent.min(100)) * 100
+    u64::from_be_bytes(h[..8].try_into().unwrap()) % 10_000
 }
 
 /// Checks a payload while it streams: never more than its signed size,
@@ -350,5 +367,56 @@ impl PayloadCheck {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Rollout, Wave};
+
+    #[test]
+    fn a_nodes_wave_is_the_first_that_lets_it_in() {
+        let r = Rollout {
+            start: 1000,
+            waves: vec![
+                Wave {
+                    after_secs: 0,
+                    percent: 5,
+                },
+                Wave {
+                    after_secs: 60,
+                    percent: 25,
+                },
+                Wave {
+                    after_secs: 120,
+                    percent: 100,
+                },
+            ],
+        };
+        let mut per_wave = [0usize; 3];
+        for i in 0..4000 {
+            let id = format!("n{i}");
+            let w = wave_of(&r, &id, "0.2.0").expect("the last wave takes everyone");
+            per_wave[w] += 1;
+            // Consistent with in_wave: out before its wave's time, in from it.
+            let opens = 1000 + r.waves[w].after_secs;
+            assert!(in_wave(&r, &id, "0.2.0", opens), "{id} wave {w}");
+            if w > 0 {
+                assert!(!in_wave(&r, &id, "0.2.0", opens - 1), "{id} wave {w}");
+            }
+        }
+        // 5 %, 20 %, 75 % of 4000, give or take sampling.
+        assert!((140..260).contains(&per_wave[0]), "{per_wave:?}");
+        assert!((680..920).contains(&per_wave[1]), "{per_wave:?}");
+        assert!((2850..3150).contains(&per_wave[2]), "{per_wave:?}");
+        let none = Rollout {
+            start: 0,
+            waves: vec![Wave {
+                after_secs: 0,
+                percent: 0,
+            }],
+        };
+        assert_eq!(wave_of(&none, "n1", "0.2.0"), None);
     }
 }

@@ -5,6 +5,7 @@
 //! The tests expect `./test` (or `scripts/setup.sh`) to have installed the
 //! tools and built `target/release/herd` and the static node binaries.
 
+pub mod etcd;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

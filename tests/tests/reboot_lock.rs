@@ -8,77 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herd_reboot_lock::etcd::{Client, Etcd};
+use herd_tests::etcd::EtcdServer;
 use herd_tests::*;
 
 /// The node build of herd-update (static, built by scripts/setup.sh): the
 /// same binary a node runs.
 fn herd_update() -> PathBuf {
     bin_dir().join("herd-update")
-}
-
-/// A real etcd on 127.0.0.1, killed on drop.
-struct EtcdServer {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl EtcdServer {
-    fn start() -> EtcdServer {
-        let etcd = Path::new("/usr/bin/etcd");
-        assert!(
-            etcd.exists(),
-            "/usr/bin/etcd is missing: run scripts/setup.sh (it installs etcd-server)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(etcd)
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
-            .spawn()
-            .expect("starting etcd");
-        let s = EtcdServer {
-            child,
-            url,
-            _dir: dir,
-        };
-        let c = s.client();
-        let t = Instant::now();
-        while c.range("/", 0, true).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
-    }
-
-    fn client(&self) -> Client {
-        Client::new(std::slice::from_ref(&self.url))
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One node: its state dir (with node-id), config, hook and log.

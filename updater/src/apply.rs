@@ -91,6 +91,12 @@ pub fn check(
         other => other?,
     };
     state.highest_seq = state.highest_seq.max(c.seq);
+    state.wave = c
+        .release
+        .rollout
+        .as_ref()
+        .and_then(|r| herd_release::wave_of(r, node_id, &c.release.version))
+        .and_then(|w| u32::try_from(w).ok());
     state.last_check = trust::trusted_now(now(), trust::image_build_time(), state, baked);
     // Nodes that run the release, or installed it already, are unaffected.
     let taken = c.release.version == slots.version

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use herd_reboot_lock::status::{NodeStatus, Publisher};
 use herd_reboot_lock::{etcd::Etcd, fleetlock::FleetLock, Acquire, RebootLock};
 use herd_update_config::{Backend, LockConfig};
 
@@ -17,6 +18,8 @@ pub struct Coordinator {
     lock: Box<dyn RebootLock>,
     group: String,
     resumed: bool,
+    /// The fleet status record's writer (etcd backends only).
+    publisher: Option<Publisher>,
 }
 
 /// What one try to take a slot came to.
@@ -45,11 +48,23 @@ impl Coordinator {
                 id,
             )),
         };
+        let publisher = (cfg.backend == Backend::Etcd)
+            .then(|| Publisher::new(&cfg.endpoints, &cfg.group, id, cfg.ttl_secs));
         Coordinator {
             lock,
             group: cfg.group.clone(),
             resumed: false,
+            publisher,
         }
+    }
+
+    /// Publishes this node's status record when it changed (etcd only);
+    /// the line to log when that failed.
+    pub fn publish(&mut self, rec: &NodeStatus) -> Option<String> {
+        let p = self.publisher.as_mut()?;
+        p.publish(rec)
+            .err()
+            .map(|e| format!("publishing this node's fleet status record: {e}"))
     }
 
     fn entry<'a>(&self, state: &'a mut State) -> &'a mut LockState {
@@ -172,6 +187,35 @@ pub fn backoff(attempt: u32, cap_secs: u64, salt: u64) -> Duration {
         .min(cap_secs.max(1) * 1000);
     let jitter = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (base_ms / 4 + 1);
     Duration::from_millis(base_ms + jitter)
+}
+
+/// The fleet status record of a node running `version` from `slot`.
+pub fn record(
+    id: &str,
+    version: &str,
+    slot: &str,
+    blessed: bool,
+    state: &State,
+    now: u64,
+) -> NodeStatus {
+    let lock = match state.lock.as_ref() {
+        Some(l) if l.holding_since.is_some() => "holding",
+        Some(l) if l.waiting_since.is_some() => "waiting",
+        _ => "idle",
+    };
+    NodeStatus {
+        node: id.into(),
+        version: version.into(),
+        slot: slot.into(),
+        blessed,
+        pending: state.pending.as_ref().map(|p| p.version.clone()),
+        bad: state.bad.clone(),
+        last_error: state.last_error.clone(),
+        halted: state.halted.clone(),
+        wave: state.wave,
+        updated_at: now,
+        lock: lock.into(),
+    }
 }
 
 /// A line for `status`.

@@ -11,7 +11,7 @@ use herd_update::apply::{
     boot_is_good, check, install, install_blocked, reconcile, rollback_refusal, trusted_root, Found,
 };
 use herd_update::config::{Reboot, UpdateConfig, CONFIG, LOCAL, STATE_DIR, TRUSTED_ROOT};
-use herd_update::coordinate::{backoff, status_line, Coordinator, Take};
+use herd_update::coordinate::{backoff, record, status_line, Coordinator, Take};
 use herd_update::esp::Esp;
 use herd_update::slots::Slots;
 use herd_update::state::{boot_id, node_id, State};
@@ -105,6 +105,17 @@ enum Cmd {
         /// Run instead of rebooting while the slot is held.
         #[arg(long)]
         hook: PathBuf,
+        /// The version this node "runs" before the hook, for its fleet
+        /// status record.
+        #[arg(long, default_value = "0.1.0")]
+        from_version: String,
+        /// The version it "runs" after the hook (the new boot, blessed).
+        #[arg(long, default_value = "0.2.0")]
+        to_version: String,
+        /// Stay for this many seconds after giving the slot back (the
+        /// status record stays alive with its lease meanwhile).
+        #[arg(long, default_value_t = 0)]
+        linger_secs: u64,
     },
 }
 
@@ -218,7 +229,16 @@ fn real_main(cmd: Cmd) -> Result<()> {
             config,
             state_dir,
             hook,
-        } => lock_cycle(&config, &state_dir, &hook),
+            from_version,
+            to_version,
+            linger_secs,
+        } => lock_cycle(
+            &config,
+            &state_dir,
+            &hook,
+            (&from_version, &to_version),
+            linger_secs,
+        ),
         Cmd::Status => {
             let (_, slots, state) = load()?;
             print!("{}", status(&slots, &state));
@@ -381,6 +401,7 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
     let me = boot_id();
     let mut last = String::new();
     let mut said_waiting = false;
+    let mut said_publish = String::new();
     // load() logged how the pending release stands; say only changes.
     let mut settled = settle(slots, state).ok().flatten();
     loop {
@@ -432,6 +453,7 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
                 };
                 match c.take(state, now) {
                     Take::Holding => {
+                        publish(c, &node_id(dir), slots, state, &mut said_publish);
                         // Recorded before the reboot: the next boot gives it back.
                         match state.save(dir) {
                             Ok(()) => reboot(),
@@ -468,6 +490,9 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
                 });
             }
         }
+        if let Some(c) = coord.as_mut() {
+            publish(c, &node_id(dir), slots, state, &mut said_publish);
+        }
         // Until herd-init blesses this boot nothing is checked: look again soon.
         let wait = if boot_is_good() {
             cfg.interval_secs + (herd_update::now() % 10) * cfg.interval_secs / 100
@@ -478,6 +503,27 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
     }
 }
 
+/// Publishes this node's fleet status record when it changed (etcd lock
+/// backends); a failure is logged once, the updater carries on.
+fn publish(c: &mut Coordinator, id: &str, slots: &Slots, state: &State, said: &mut String) {
+    let rec = record(
+        id,
+        &slots.version,
+        slots.running.name(),
+        boot_is_good(),
+        state,
+        herd_update::now(),
+    );
+    match c.publish(&rec) {
+        Some(line) if line != *said => {
+            error!("{line}");
+            *said = line;
+        }
+        Some(_) => {}
+        None => said.clear(),
+    }
+}
+
 /// Spreads the retries of nodes that wait for a slot together.
 fn salt(id: &str, now: u64) -> u64 {
     id.bytes()
@@ -485,7 +531,13 @@ fn salt(id: &str, now: u64) -> u64 {
 }
 
 /// `lock-cycle`: the coordination code of `serve` around a hook.
-fn lock_cycle(config: &Path, state_dir: &Path, hook: &Path) -> Result<()> {
+fn lock_cycle(
+    config: &Path,
+    state_dir: &Path,
+    hook: &Path,
+    (from, to): (&str, &str),
+    linger_secs: u64,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let cfg = UpdateConfig::parse(&text).with_context(|| config.display().to_string())?;
@@ -499,9 +551,22 @@ fn lock_cycle(config: &Path, state_dir: &Path, hook: &Path) -> Result<()> {
     let mut state = State::load(state_dir)?;
     let mut coord = Coordinator::new(lock, &id);
     let mut said = String::new();
+    let mut said_publish = String::new();
+    let mut publish = |c: &mut Coordinator, version: &str, state: &State| {
+        let rec = record(&id, version, "-", true, state, herd_update::now());
+        match c.publish(&rec) {
+            Some(line) if line != said_publish => {
+                error!("{line}");
+                said_publish = line;
+            }
+            _ => {}
+        }
+    };
     for attempt in 0.. {
         let now = herd_update::now();
-        match coord.take(&mut state, now) {
+        let took = coord.take(&mut state, now);
+        publish(&mut coord, from, &state);
+        match took {
             Take::Holding => break,
             Take::Wait(line) => {
                 state.save(state_dir)?;
@@ -527,8 +592,10 @@ fn lock_cycle(config: &Path, state_dir: &Path, hook: &Path) -> Result<()> {
         .release_if_settled(&mut state)
         .unwrap_or_else(|| "no slot to give back".into());
     state.save(state_dir)?;
+    publish(&mut coord, to, &state);
     log(&line);
     anyhow::ensure!(state.lock.is_none(), "{line}");
+    std::thread::sleep(Duration::from_secs(linger_secs));
     Ok(())
 }
 

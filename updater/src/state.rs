@@ -69,6 +69,10 @@ pub struct State {
     /// The reboot slot (`reboot = "coordinated"`): waited for or held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<LockState>,
+    /// This node's wave of the channel's phased rollout at the last check
+    /// (index into its waves), for the fleet status record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
 }
 
 /// Where this node stands with its fleet's reboot slots.

@@ -149,11 +149,17 @@ pub fn acquire_txn(
     })
 }
 
-/// An etcd v3 JSON-gateway client (tries the endpoints in order).
+/// Told of every request a [`Client`] made: its path and how long it took
+/// (answered or not).
+pub type Observer = Arc<dyn Fn(&str, Duration) + Send + Sync>;
+
+/// An etcd v3 JSON-gateway client (tries the endpoints in order). Clones
+/// share their connections.
 #[derive(Clone)]
 pub struct Client {
     endpoints: Vec<String>,
     agent: ureq::Agent,
+    observer: Option<Observer>,
 }
 
 impl Client {
@@ -167,12 +173,30 @@ impl Client {
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(3))
                 .timeout(Duration::from_secs(10))
+                .max_idle_connections_per_host(64)
                 .build(),
+            observer: None,
         }
+    }
+
+    /// This client, telling `observer` of every request (for measuring
+    /// request rates and latencies).
+    pub fn observed(mut self, observer: Observer) -> Client {
+        self.observer = Some(observer);
+        self
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers.
     pub fn call(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        let t = std::time::Instant::now();
+        let r = self.call_once(path, body);
+        if let Some(o) = &self.observer {
+            o(path, t.elapsed());
+        }
+        r
+    }
+
+    fn call_once(&self, path: &str, body: &Value) -> Result<Value, Error> {
         let mut last = Error::Unreachable {
             backend: BACKEND,
             endpoint: "-".into(),
@@ -267,6 +291,12 @@ impl Client {
         }
     }
 
+    /// Puts `value` at `key` on `lease` (0: no lease).
+    pub fn put(&self, key: &str, value: &str, lease: i64) -> Result<(), Error> {
+        self.call("/v3/kv/put", &crate::status::put_body(key, value, lease))
+            .map(|_| ())
+    }
+
     /// Deletes one key.
     pub fn delete(&self, key: &str) -> Result<(), Error> {
         self.call(
@@ -286,19 +316,22 @@ impl Client {
 /// Keeps a lease alive from a thread until dropped.
 pub struct Keeper {
     stop: Arc<AtomicBool>,
+    expired: Arc<AtomicBool>,
 }
 
 impl Keeper {
     /// Refreshes `lease` every `ttl / 3` seconds (at least every second).
     pub fn start(client: Client, lease: i64, ttl: u64) -> Keeper {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let expired = Arc::new(AtomicBool::new(false));
+        let (flag, gone) = (stop.clone(), expired.clone());
         let every = Duration::from_millis((ttl * 1000 / 3).clamp(300, 30_000));
         std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match client.keepalive(lease) {
                     Ok(t) if t <= 0 => {
-                        tracing::warn!("etcd lease {lease:x} expired: this node's reboot slot is gone (it was not refreshed within its TTL)");
+                        gone.store(true, Ordering::Relaxed);
+                        tracing::warn!("etcd lease {lease:x} expired (it was not refreshed within its TTL): the keys on it are gone (a reboot slot, a fleet status record)");
                         return;
                     }
                     Ok(_) => {}
@@ -311,7 +344,12 @@ impl Keeper {
                 }
             }
         });
-        Keeper { stop }
+        Keeper { stop, expired }
+    }
+
+    /// Whether etcd said the lease is gone (it was not refreshed in time).
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
     }
 }
 
@@ -335,8 +373,13 @@ pub struct Etcd {
 impl Etcd {
     /// Node `id`'s view of `group` with `max` slots and leases of `ttl` s.
     pub fn new(endpoints: &[String], group: &str, id: &str, max: u32, ttl: u64) -> Etcd {
+        Self::with_client(Client::new(endpoints), group, id, max, ttl)
+    }
+
+    /// The same, over `client` (shared connections, an observer).
+    pub fn with_client(client: Client, group: &str, id: &str, max: u32, ttl: u64) -> Etcd {
         Etcd {
-            client: Client::new(endpoints),
+            client,
             group: group.into(),
             id: id.into(),
             max,
@@ -358,6 +401,16 @@ impl Etcd {
 
     fn holder_key(&self) -> String {
         format!("{}{}", Self::holders_prefix(&self.group), self.id)
+    }
+
+    /// Revokes this node's lease (deleting any key on it), if it has one.
+    fn drop_lease(&mut self) -> Result<(), Error> {
+        if let Some(l) = self.lease {
+            self.client.revoke(l)?;
+        }
+        self.keeper = None;
+        self.lease = None;
+        Ok(())
     }
 
     fn lease(&mut self) -> Result<i64, Error> {
@@ -403,6 +456,11 @@ impl RebootLock for Etcd {
                 continue;
             }
             if holders.len() as u32 >= self.max {
+                // A lease granted for a race this node lost holds nothing:
+                // give it up rather than refresh it while waiting (10,000
+                // waiting nodes refreshing idle leases swamp etcd: see
+                // bench/fleet.sh).
+                self.drop_lease()?;
                 let names: Vec<&str> = holders.iter().map(|(h, _)| h.as_str()).collect();
                 return Ok(Acquire::Busy(format!(
                     "all {} reboot slots of group {:?} are held (by {})",
@@ -426,6 +484,7 @@ impl RebootLock for Etcd {
                 return Ok(Acquire::Granted);
             }
         }
+        self.drop_lease()?;
         Ok(Acquire::Busy(format!(
             "lost {RACES} races in a row for a reboot slot of group {:?}",
             self.group
@@ -434,12 +493,7 @@ impl RebootLock for Etcd {
 
     fn release(&mut self) -> Result<(), Error> {
         self.client.delete(&self.holder_key())?;
-        if let Some(l) = self.lease {
-            self.client.revoke(l)?;
-        }
-        self.keeper = None;
-        self.lease = None;
-        Ok(())
+        self.drop_lease()
     }
 
     fn token(&self) -> Option<String> {

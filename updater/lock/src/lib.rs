@@ -9,10 +9,13 @@
 //!   module for why two nodes can never take the last slot together);
 //! - [`fleetlock::FleetLock`]: the FleetLock protocol Zincati speaks, so an
 //!   operator's existing FleetLock server (e.g. airlock) hands out slots.
+//!
+//! [`status`] holds the fleet status records nodes on etcd publish.
 
 pub mod b64;
 pub mod etcd;
 pub mod fleetlock;
+pub mod status;
 
 /// What went wrong talking to a lock backend; each message says what to do.
 #[derive(Debug, thiserror::Error)]
