@@ -7,15 +7,19 @@
 #       replaced by another build of it (the dynamically linked one from
 #       target/release: every byte differs, so its floor is its whole
 #       compressed size).
-# (b) "one upgraded Debian library package" needs a second debian.lock
-# with a newer package and is not measured here yet.
+#   (b) the version and one upgraded Debian library package: libzstd1
+#       1.5.4+dfsg2-5 (the lock's) -> 1.5.4+dfsg2-5+deb12u1 (bookworm's
+#       security update of 2026-11-27), through a copy of debian.lock with
+#       that one entry changed; the build fetches the .deb with apt-get
+#       into the package cache like any locked package (set-up, not timed).
 # usr.img and usr.verity go through `herd-update write-slot --from-usr
 # --from-verity` against `herd serve` on 127.0.0.1 (the node's code path;
 # bytes from state.json), timed against the same write-slot without the old
 # slot (full download); the UKI (a node assembles it from the running UKI on
 # the ESP) is planned with the same chunking by examples/delta_plan.
-# The floor: the changed file compressed as squashfs stores it (zstd -15 in
-# 128 KiB blocks). Apply times: RUNS (default 5) runs of each, full and
+# The floor: the changed files compressed as squashfs stores them (zstd -15
+# in 128 KiB blocks); for (b) every file that differs between the two /usr
+# trees (unsquashfs of both, compared file by file). Apply times: RUNS (default 5) runs of each, full and
 # delta alternating, median. BASELINE_UPD=path/to/another/herd-update times
 # that binary's delta in the same runs (an A/B). WORK=dir keeps the built
 # releases there and reuses them on the next run.
@@ -37,8 +41,24 @@ runs=${RUNS:-5}
 export HERD_CACHE=${HERD_CACHE:-$PWD/.cache/debs} SOURCE_DATE_EPOCH=1700000000
 lock=$PWD/buildroot/debian.lock
 
-toml() { # VERSION OUT
-  sed -e "s/^version = \"0.1.0\"/version = \"$1\"/" -e "s|^lock = .*|lock = \"$lock\"|" images/default.toml >"$2"
+toml() { # VERSION OUT [LOCK]
+  sed -e "s/^version = \"0.1.0\"/version = \"$1\"/" -e "s|^lock = .*|lock = \"${3:-$lock}\"|" images/default.toml >"$2"
+}
+lock_b() { # OUT: debian.lock with libzstd1 upgraded, pinned as the lock pins
+  python3 - "$lock" "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+old = re.search(r'\[\[package\]\]\nname = "libzstd1"\n(?:.+\n)+', text)
+assert old, "no libzstd1 entry in " + sys.argv[1]
+new = '''[[package]]
+name = "libzstd1"
+version = "1.5.4+dfsg2-5+deb12u1"
+arch = "amd64"
+sha256 = "67dc1ee693e5c22b1a2be2bb70d8244b040836ce3f5dd79e006f7806bc3d9f1c"
+data_sha256 = "401973046a97fefa5342de00cf73cf262bacdeb5bc99f31d8fc42597d3940a16"
+'''
+open(sys.argv[2], "w").write(text[:old.start()] + new + text[old.end():])
+PY
 }
 build() { # TOML OUT BINDIR
   "$herd" build "$1" --out "$2" --bin-dir "$3" --quiet
@@ -46,9 +66,18 @@ build() { # TOML OUT BINDIR
 floor() { # FILE: bytes of FILE compressed in 128 KiB blocks at zstd -15
   local d; d=$(mktemp -d -p "$work"); split -b 131072 "$1" "$d/b"
   for b in "$d"/b*; do zstd -q -15 -c "$b" | wc -c; done | awk '{s+=$1} END{print s}'
+  rm -rf "$d"
+}
+changed_floor() { # OLD-USR-IMG NEW-USR-IMG: the floor of the files that differ
+  local d; d=$(mktemp -d -p "$work")
+  unsquashfs -q -n -d "$d/old" "$1" >/dev/null; unsquashfs -q -n -d "$d/new" "$2" >/dev/null
+  (cd "$d/new" && find . -type f -size +0) | while read -r f; do
+    if ! cmp -s "$d/old/$f" "$d/new/$f"; then echo "  changed: ${f#./}" >&2; floor "$d/new/$f"; fi
+  done | awk '{s+=$1} END{print s+0}'
+  rm -rf "$d"
 }
 
-if [ -f "$work/a/build.json" ] && [ -f "$work/c/build.json" ] && [ -f "$work/v1/build.json" ]; then
+if [ -f "$work/a/build.json" ] && [ -f "$work/b/build.json" ] && [ -f "$work/c/build.json" ] && [ -f "$work/v1/build.json" ]; then
   echo "reusing the releases in $work" >&2
 else
   echo "building the releases in $work" >&2
@@ -58,6 +87,8 @@ else
   mkdir -p "$work/bins-a"; cp -a "$bins"/herd-init "$bins"/herd-provision "$work/bins-a/"
   cp target/release/herd-agent "$work/bins-a/herd-agent"
   build "$work/v2.toml" "$work/a" "$work/bins-a"
+  lock_b "$work/debian-b.lock"; toml 0.2.0 "$work/v2b.toml" "$work/debian-b.lock"
+  build "$work/v2b.toml" "$work/b" "$bins"
 fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -70,7 +101,7 @@ timed() { # BINARY ARGS...: milliseconds of one write-slot into fresh files
   "$@" --usr "$work/t/usr" --verity "$work/t/verity" --state-dir "$work/t/s" >/dev/null
   echo $(( ($(ms) - t0) / 1000000 ))
 }
-case_run() { # NAME OUT FLOOR-FILE
+case_run() { # NAME OUT FLOOR (a file to compress, or a number of bytes)
   local name=$1 out=$2 repo=$work/repo-$1 key=$work/key-$1.json
   rm -rf "$repo" "$key"
   "$herd" key generate --out "$key" >/dev/null
@@ -96,7 +127,8 @@ case_run() { # NAME OUT FLOOR-FILE
   read -r uki_fetch uki_index uki_size <<<"$("$plan" "$work/v1/boot/uki-a.efi" "$out/boot/uki-b.efi")"
   local full=$(( $(size "$out/usr.img") + $(size "$out/usr.verity") + uki_size ))
   local delta=$(( net + uki_fetch + uki_index ))
-  local fl="-"; [ -n "$3" ] && fl=$(floor "$3")
+  local fl="-"
+  if [[ "$3" =~ ^[0-9]+$ ]]; then fl=$3; elif [ -n "$3" ]; then fl=$(floor "$3"); fi
   echo "($name) full payloads (usr.img + usr.verity + one UKI): $full bytes"
   echo "($name) delta download: $delta bytes = $(awk -v d="$delta" -v f="$full" 'BEGIN{printf "%.2f", d*100/f}') % of full (usr.img + usr.verity + indexes $net, UKI $uki_fetch + index $uki_index)"
   [ "$fl" != "-" ] && echo "($name) floor (changed file, compressed): $fl bytes; delta / floor = $(awk -v d="$delta" -v f="$fl" 'BEGIN{printf "%.2f", d/f}')x"
@@ -107,6 +139,8 @@ case_run() { # NAME OUT FLOOR-FILE
 }
 case_run c "$work/c" ""
 case_run a "$work/a" target/release/herd-agent
+echo "(b) files that differ from 0.1.0:" >&2
+case_run b "$work/b" "$(changed_floor "$work/v1/usr.img" "$work/b/usr.img")"
 idx=$(python3 - "$work/repo-c" <<'EOF'
 import json, sys, os
 d = sys.argv[1]

@@ -235,6 +235,11 @@ impl Sweeper {
 mod tests {
     use super::*;
 
+    /// Being a subreaper is process-wide: the test that needs it holds this
+    /// lock and clears it again, so the stranger test (which needs not to be
+    /// one) cannot run beside it.
+    static SUBREAPER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn only_zombies_of_deeper_namespaces_that_are_not_their_init_are_strays() {
         let st = |state: &str, nspid: &str| format!("Name:\tx\nState:\t{state}\nNSpid:\t{nspid}\n");
@@ -252,6 +257,7 @@ mod tests {
 
     #[test]
     fn the_sweeper_reaps_orphans_that_stay_zombies_and_leaves_fresh_ones() {
+        let _only = SUBREAPER.lock().unwrap_or_else(|e| e.into_inner());
         become_subreaper().unwrap();
         // An orphan re-parented to us (its parent exits first) that ends.
         let out = std::process::Command::new("sh")
@@ -272,6 +278,7 @@ mod tests {
         std::thread::sleep(LINGER + Duration::from_millis(200));
         assert!(sw.sweep() >= 1);
         assert!(!is_zombie(orphan), "still a zombie after LINGER");
+        rustix::process::set_child_subreaper(None).unwrap();
     }
 
     #[test]
@@ -297,6 +304,7 @@ mod tests {
         assert!(!Exit::Unknown.success() && Exit::Code(0).success());
 
         // A grandchild (not ours): its end is seen, its status is not.
+        let _not_a_subreaper = SUBREAPER.lock().unwrap_or_else(|e| e.into_inner());
         let mut sh = std::process::Command::new("sh")
             .args(["-c", "sleep 0.5 >/dev/null & echo $!"])
             .stdout(std::process::Stdio::piped())

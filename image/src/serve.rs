@@ -1,5 +1,6 @@
 //! `herd serve`: a small static HTTP/1.1 file server for release
-//! repositories (GET and HEAD, byte ranges for resumed downloads). For local
+//! repositories (GET and HEAD, byte ranges for resumed downloads and delta
+//! updates, several ranges in one `multipart/byteranges` answer). For local
 //! use and tests; production puts the same files behind nginx, S3 or a CDN.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -45,17 +46,35 @@ fn resolve(root: &Path, url: &str) -> Option<PathBuf> {
     Some(root.join(rel))
 }
 
-/// `bytes=START-` or `bytes=START-END` → (start, end inclusive).
-fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
-    let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
-    let start: u64 = a.parse().ok()?;
-    let end: u64 = if b.is_empty() {
-        len.checked_sub(1)?
-    } else {
-        b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
-    };
-    (start <= end).then_some((start, end))
+/// Ranges asked in one request at most; more are answered with the whole
+/// file (as a server may).
+const MAX_RANGES: usize = 64;
+
+/// `bytes=A-B,C-,…` → the satisfiable ranges (start, end inclusive); None
+/// when none is (416), Some(empty) when there are too many to serve.
+fn parse_ranges(v: &str, len: u64) -> Option<Vec<(u64, u64)>> {
+    let specs: Vec<&str> = v.trim().strip_prefix("bytes=")?.split(',').collect();
+    if specs.len() > MAX_RANGES {
+        return Some(Vec::new());
+    }
+    let ranges: Vec<(u64, u64)> = specs
+        .iter()
+        .filter_map(|spec| {
+            let (a, b) = spec.trim().split_once('-')?;
+            let start: u64 = a.parse().ok()?;
+            let end: u64 = if b.is_empty() {
+                len.checked_sub(1)?
+            } else {
+                b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
+            };
+            (start <= end).then_some((start, end))
+        })
+        .collect();
+    (!ranges.is_empty()).then_some(ranges)
 }
+
+/// The boundary of this server's multi-range answers.
+const BOUNDARY: &str = "herd-byteranges-7f3c1a";
 
 fn handle(root: &Path, conn: TcpStream) -> Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -110,14 +129,9 @@ fn handle(root: &Path, conn: TcpStream) -> Result<()> {
             continue;
         };
         let len = f.metadata()?.len();
-        let (code, start, end, extra) = match range.as_deref().map(|v| parse_range(v, len)) {
-            None => ("200 OK", 0, len, String::new()),
-            Some(Some((s, e))) => (
-                "206 Partial Content",
-                s,
-                e + 1,
-                format!("Content-Range: bytes {s}-{e}/{len}\r\n"),
-            ),
+        let ranges = match range.as_deref().map(|v| parse_ranges(v, len)) {
+            None => Vec::new(),
+            Some(Some(r)) => r,
             Some(None) => {
                 reply(
                     &mut w,
@@ -127,6 +141,37 @@ fn handle(root: &Path, conn: TcpStream) -> Result<()> {
                 )?;
                 continue;
             }
+        };
+        if ranges.len() > 1 {
+            let body = herd_byteranges::body_len(BOUNDARY, &ranges, len);
+            let code = "206 Partial Content";
+            reply(
+                &mut w,
+                code,
+                &format!("Content-Type: multipart/byteranges; boundary={BOUNDARY}\r\n"),
+                body,
+            )?;
+            if method == "GET" {
+                herd_byteranges::write_body(&mut w, BOUNDARY, &ranges, len, &mut |a, n, w| {
+                    f.seek(SeekFrom::Start(a))?;
+                    std::io::copy(&mut (&mut f).take(n), w).map(|_| ())
+                })?;
+            }
+            w.flush()?;
+            tracing::info!("{method} {url} {code} {} ranges", ranges.len());
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
+        let (code, start, end, extra) = match ranges.first() {
+            None => ("200 OK", 0, len, String::new()),
+            Some(&(s, e)) => (
+                "206 Partial Content",
+                s,
+                e + 1,
+                format!("Content-Range: bytes {s}-{e}/{len}\r\n"),
+            ),
         };
         reply(&mut w, code, &extra, end - start)?;
         if method == "GET" {
@@ -147,6 +192,7 @@ mod tests {
 
     #[test]
     fn paths_and_ranges() {
+        let parse_range = |v, len| parse_ranges(v, len).map(|r: Vec<_>| r[0]);
         let r = Path::new("/repo");
         assert_eq!(
             resolve(r, "/channels/stable.json"),
@@ -159,5 +205,12 @@ mod tests {
         assert_eq!(parse_range("bytes=10-999", 100), Some((10, 99)));
         assert_eq!(parse_range("bytes=200-", 100), None);
         assert_eq!(parse_range("items=1-2", 100), None);
+        assert_eq!(
+            parse_ranges("bytes=0-9, 50-59,200-300,90-", 100),
+            Some(vec![(0, 9), (50, 59), (90, 99)])
+        );
+        assert_eq!(parse_ranges("bytes=200-300,400-", 100), None);
+        let many = format!("bytes={}", vec!["1-2"; 65].join(","));
+        assert_eq!(parse_ranges(&many, 100), Some(vec![]));
     }
 }

@@ -18,14 +18,18 @@ use herd_release::{Chunk, ChunkIndex, IndexRef, Payload, PayloadCheck};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::http::{Client, Ranged};
+use crate::http::{Client, MultiRanged, Ranged};
 use crate::{io, Error};
 
 pub use herd_release::MIN_REUSE_PERCENT;
 
 /// Fetched ranges are split at about this size (whole chunks), bounding the
-/// memory one request needs.
+/// memory one request needs; several ranges asked in one request add up
+/// to at most this too.
 const MAX_RANGE: u64 = 8 << 20;
+
+/// Ranges asked for in one request at most.
+const MAX_RANGES_PER_REQUEST: usize = 32;
 
 /// Where a delta's bytes came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,10 @@ pub struct DeltaStats {
     pub refetched: u64,
     /// Bytes of the payloads assembled.
     pub total: u64,
+    /// HTTP Range requests made for the missing bytes (several ranges go
+    /// in one request where the server answers `multipart/byteranges`).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 impl DeltaStats {
@@ -53,18 +61,20 @@ impl DeltaStats {
         self.network += o.network;
         self.refetched += o.refetched;
         self.total += o.total;
+        self.requests += o.requests;
     }
 
     /// One line for the log and `herd-update status`.
     pub fn line(&self) -> String {
         format!(
-            "{}: {} bytes from the local slot, {} already in place, {} from the network ({:.1} % of {} bytes){}",
+            "{}: {} bytes from the local slot, {} already in place, {} from the network ({:.1} % of {} bytes, {} Range request(s)){}",
             self.version,
             self.local,
             self.in_place,
             self.network,
             self.network as f64 * 100.0 / self.total.max(1) as f64,
             self.total,
+            self.requests,
             if self.refetched > 0 {
                 format!(", {} local chunk(s) did not match and were fetched", self.refetched)
             } else {
@@ -275,7 +285,10 @@ fn sha(b: &[u8]) -> [u8; 32] {
 
 /// Which chunks `target` already holds at their place.
 pub fn scan_in_place(target: &File, idx: &ChunkIndex) -> std::io::Result<Vec<bool>> {
-    let len = target.metadata()?.len();
+    use std::io::{Seek, SeekFrom};
+    // A block device's metadata says 0 bytes (a node's slot partition):
+    // ask for its end instead, or nothing is ever found in place there.
+    let len = (&*target).seek(SeekFrom::End(0))?;
     let mut buf = vec![0u8; idx.max as usize];
     let mut out = Vec::with_capacity(idx.chunks.len());
     for c in &idx.chunks {
@@ -377,18 +390,59 @@ pub fn execute(
 ) -> Result<Option<DeltaStats>, Error> {
     let fetch: Vec<bool> = plan.steps.iter().map(|s| *s == Step::Fetch).collect();
     let runs = ranges(&idx.chunks, &fetch);
+    let requests = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|sc| {
         let (to_main, bodies) = std::sync::mpsc::sync_channel::<Fetched>(1);
         let runs_ref = &runs;
+        let requests_ref = &requests;
         sc.spawn(move || {
-            for r in runs_ref {
-                let (start, end) = (idx.chunks[r.start].offset, idx.chunks[r.end - 1].end());
+            let bounds = |r: &std::ops::Range<usize>| {
+                (idx.chunks[r.start].offset, idx.chunks[r.end - 1].end())
+            };
+            let count = || requests_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut multi = true;
+            let mut k = 0;
+            while k < runs_ref.len() {
+                let batch = &runs_ref[k..k + batch_len(&runs_ref[k..], bounds)];
+                if multi && batch.len() > 1 {
+                    let want: Vec<(u64, u64)> = batch
+                        .iter()
+                        .map(&bounds)
+                        .map(|(s, e)| (s, e - s))
+                        .collect();
+                    count();
+                    match client.get_ranges(url, &want) {
+                        Ok(MultiRanged::Bytes(bodies)) => {
+                            for b in bodies {
+                                if to_main.send(Ok(Ranged::Bytes(b))).is_err() {
+                                    return;
+                                }
+                            }
+                            k += batch.len();
+                            continue;
+                        }
+                        Ok(MultiRanged::Unusable(why)) => {
+                            tracing::info!(
+                                "{url}: a request for {} ranges got {why}; asking one range per request",
+                                want.len()
+                            );
+                            multi = false;
+                        }
+                        Err(e) => {
+                            let _ = to_main.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let (start, end) = bounds(&runs_ref[k]);
+                count();
                 let got = client.get_range(url, start, end - start);
                 let stop = !matches!(got, Ok(Ranged::Bytes(_)));
                 // The receiver hangs up when it stops early.
                 if to_main.send(got).is_err() || stop {
                     return;
                 }
+                k += 1;
             }
         });
         let mut next = bodies.iter();
@@ -463,8 +517,29 @@ pub fn execute(
                 }
             }
         }
+        st.requests += requests.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Some(st))
     })
+}
+
+/// How many of `runs` (from the first) go in one request: at most
+/// [`MAX_RANGES_PER_REQUEST`], adding up to at most [`MAX_RANGE`] bytes
+/// (always at least one).
+fn batch_len(
+    runs: &[std::ops::Range<usize>],
+    bounds: impl Fn(&std::ops::Range<usize>) -> (u64, u64),
+) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for r in runs.iter().take(MAX_RANGES_PER_REQUEST) {
+        let (s, e) = bounds(r);
+        if n > 0 && bytes + (e - s) > MAX_RANGE {
+            break;
+        }
+        bytes += e - s;
+        n += 1;
+    }
+    n.max(1).min(runs.len())
 }
 
 /// Hands chunk `c` to `sink`: its `local` bytes when they matched the index
@@ -486,6 +561,7 @@ fn put_or_refetch(
     let b = refetch(client, url, c)?;
     sink.put(c.offset, &b, true)?;
     st.refetched += 1;
+    st.requests += 1;
     st.network += u64::from(c.len);
     Ok(false)
 }
@@ -683,9 +759,31 @@ mod tests {
         assert_eq!(r[3], 138..200);
     }
 
+    /// What a test server does with Range.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Serve {
+        /// Always 200 and the whole body.
+        Whole,
+        /// One range per request (several: 200 and the whole body, as S3).
+        OneRange,
+        /// Several ranges in one `multipart/byteranges` answer.
+        ManyRanges,
+    }
+
     /// A static server for `body` on 127.0.0.1, honouring `Range:
-    /// bytes=A-B` when `ranges` (else always 200 and the whole body).
+    /// bytes=A-B[,C-D…]` when `ranges` (else always 200 and the whole body).
     fn server(body: Vec<u8>, ranges: bool) -> String {
+        server_as(
+            body,
+            if ranges {
+                Serve::ManyRanges
+            } else {
+                Serve::Whole
+            },
+        )
+    }
+
+    fn server_as(body: Vec<u8>, mode: Serve) -> String {
         use std::io::{BufRead, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/payloads/p", l.local_addr().unwrap());
@@ -693,26 +791,38 @@ mod tests {
             for s in l.incoming() {
                 let mut s = s.unwrap();
                 let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-                let mut range = None;
+                let mut ranges = Vec::new();
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).unwrap() == 0 || h.trim().is_empty() {
                         break;
                     }
                     if let Some(v) = h.strip_prefix("Range: bytes=") {
-                        let (a, b) = v.trim().split_once('-').unwrap();
-                        range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                        for spec in v.trim().split(',') {
+                            let (a, b) = spec.split_once('-').unwrap();
+                            ranges.push((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
+                        }
                     }
                 }
-                let _ = match range.filter(|_| ranges) {
-                    Some((a, b)) => write!(
+                let len = body.len() as u64;
+                let _ = match (mode, &ranges[..]) {
+                    (Serve::OneRange | Serve::ManyRanges, &[(a, b)]) => write!(
                         s,
-                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\n\r\n",
-                        body.len(),
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{len}\r\nContent-Length: {}\r\n\r\n",
                         b + 1 - a
                     )
-                    .and_then(|_| s.write_all(&body[a..=b])),
-                    None => write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                    .and_then(|_| s.write_all(&body[a as usize..=b as usize])),
+                    (Serve::ManyRanges, [_, _, ..]) => write!(
+                        s,
+                        "HTTP/1.1 206 Partial Content\r\nContent-Type: multipart/byteranges; boundary=B\r\nContent-Length: {}\r\n\r\n",
+                        herd_byteranges::body_len("B", &ranges, len)
+                    )
+                    .and_then(|_| {
+                        herd_byteranges::write_body(&mut s, "B", &ranges, len, &mut |a, n, w| {
+                            w.write_all(&body[a as usize..(a + n) as usize])
+                        })
+                    }),
+                    _ => write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")
                         .and_then(|_| s.write_all(&body)),
                 };
             }
@@ -816,6 +926,61 @@ mod tests {
                 .is_none()
         );
         assert!(seen.bytes.is_empty());
+    }
+
+    #[test]
+    fn several_ranges_go_in_one_request_where_the_server_can() {
+        let files: Vec<Vec<u8>> = (0..8).map(|i| noise(i + 1, 300_000)).collect();
+        let old = image(&files);
+        let mut files = files;
+        for i in [1, 4, 6] {
+            files[i] = noise(50 + i as u64, 310_000);
+        }
+        let new = image(&files);
+        let idx = ChunkIndex::of_reader(&new[..]).unwrap();
+        let (_s, src) = file_with(&old);
+        let found = scan_source(&src, old.len() as u64, &idx).unwrap();
+        let p = plan(&idx, &vec![false; idx.chunks.len()], &found);
+        let fetch: Vec<bool> = p.steps.iter().map(|s| *s == Step::Fetch).collect();
+        let runs = ranges(&idx.chunks, &fetch).len() as u64;
+        assert!(
+            runs >= 3,
+            "three changed files are three runs at least: {runs}"
+        );
+        for (mode, requests) in [
+            (Serve::ManyRanges, 1),
+            // The multi-range request is answered with 200 and the whole
+            // file (not read): then one request per range.
+            (Serve::OneRange, 1 + runs),
+        ] {
+            let url = server_as(new.clone(), mode);
+            let mut seen = Seen::default();
+            let st = execute(&client(), &url, &idx, &p, Some(&src), None, &mut seen)
+                .unwrap()
+                .unwrap();
+            assert!(seen.bytes == new, "the sink saw exactly the new payload");
+            assert_eq!(st.requests, requests);
+            assert_eq!(st.network, p.fetch_bytes(&idx));
+        }
+        // A tampered byte in one part of the multi-range answer is refused.
+        let c = idx.chunks[fetch.iter().rposition(|f| *f).unwrap()];
+        let mut tampered = new.clone();
+        tampered[c.offset as usize + 1] ^= 1;
+        let url = server_as(tampered, Serve::ManyRanges);
+        let e = execute(
+            &client(),
+            &url,
+            &idx,
+            &p,
+            Some(&src),
+            None,
+            &mut Seen::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::ChunkHash { offset, .. } if *offset == c.offset),
+            "{e}"
+        );
     }
 
     fn client() -> Client {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::tls::Tls;
 use crate::Error;
+use herd_byteranges as byteranges;
 
 /// How to reach one repository: plain HTTP, or HTTPS with its trust
 /// ([`Tls`]) and never a step down to plain HTTP (a redirect from https to
@@ -248,6 +249,75 @@ impl Client {
         }
         Ok(Ranged::Bytes(body))
     }
+
+    /// GETs several ranges `(start, len)` of `url` in one request (`Range:
+    /// bytes=A-B,C-D,…`), their bytes in `want`'s order. A server that
+    /// cannot answer that way (any status but 206, a body that is not
+    /// `multipart/byteranges` or a single range holding all of them, parts
+    /// that miss a range, more than the ranges plus part headers) gives
+    /// [`MultiRanged::Unusable`] and the caller asks one range per request;
+    /// transport errors are errors.
+    pub fn get_ranges(&self, url: &str, want: &[(u64, u64)]) -> Result<MultiRanged, Error> {
+        let total: u64 = want.iter().map(|w| w.1).sum();
+        let spec: Vec<String> = want
+            .iter()
+            .map(|&(s, l)| format!("{s}-{}", s + l.max(1) - 1))
+            .collect();
+        let t = Transfer::new(self, url, payload_deadline(total));
+        let resp = t
+            .get()
+            .set("Range", &format!("bytes={}", spec.join(",")))
+            .call()
+            .map_err(|e| t.call_err(e))?;
+        if resp.status() != 206 {
+            return Ok(MultiRanged::Unusable(format!(
+                "status {} instead of 206",
+                resp.status()
+            )));
+        }
+        let ctype = resp.header("Content-Type").unwrap_or("").to_string();
+        let single = resp
+            .header("Content-Range")
+            .and_then(byteranges::content_range);
+        // The ranges, each part's headers (a few hundred bytes at most from
+        // any server seen), the delimiters.
+        let limit = total + 512 * want.len() as u64 + 4096;
+        let mut body = Vec::with_capacity(total as usize);
+        resp.into_reader()
+            .take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| t.err(e))?;
+        if body.len() as u64 > limit {
+            return Ok(MultiRanged::Unusable(format!(
+                "more than {limit} bytes for {total} bytes asked"
+            )));
+        }
+        let parts = match (byteranges::boundary(&ctype), single) {
+            (Ok(b), _) => match byteranges::parse(&body, b) {
+                Ok(p) => p,
+                Err(e) => return Ok(MultiRanged::Unusable(e.to_string())),
+            },
+            // One range holding them all (a server may coalesce).
+            (Err(_), Some((a, b))) if b - a + 1 == body.len() as u64 => vec![byteranges::Part {
+                start: a,
+                bytes: &body,
+            }],
+            (Err(e), _) => return Ok(MultiRanged::Unusable(e.to_string())),
+        };
+        Ok(match byteranges::pick(&parts, want) {
+            Ok(got) => MultiRanged::Bytes(got),
+            Err(e) => MultiRanged::Unusable(e.to_string()),
+        })
+    }
+}
+
+/// What a multi-range GET got.
+#[derive(Debug)]
+pub enum MultiRanged {
+    /// The bytes of each range asked for, in the order asked.
+    Bytes(Vec<Vec<u8>>),
+    /// Why this server's answer cannot be used (ask one range at a time).
+    Unusable(String),
 }
 
 /// Bytes handed over per chunk.

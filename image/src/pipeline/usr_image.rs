@@ -163,21 +163,27 @@ struct UsrVerity {
     pub data_blocks: u64,
 }
 
-/// Hashes `squashfs` into its dm-verity tree. The salt and the superblock's
-/// UUID derive from the image name and the content, so the same /usr gives
-/// the same tree.
+/// Hashes `squashfs` into its dm-verity tree. The salt derives from the
+/// image name alone, so the hash blocks of data blocks a release did not
+/// change stay the same bytes and a delta update does not fetch them again
+/// (a salt that changed with the content made every release's tree new);
+/// the superblock's UUID derives from the name and the content, so the
+/// same /usr gives the same tree and each release's tree has its own UUID.
 fn verity(name: &str, squashfs: &[u8], progress: &Progress) -> Result<UsrVerity> {
     let step = progress.step("hashing /usr into a dm-verity tree (sha256, 4 KiB blocks)");
     let content_hash = Sha256::digest(squashfs);
     let salt: [u8; 32] = Sha256::new()
         .chain_update(b"herd verity salt\0")
         .chain_update(name.as_bytes())
-        .chain_update(b"\0")
-        .chain_update(content_hash)
         .finalize()
         .into();
     let mut vuuid = [0u8; 16];
-    vuuid.copy_from_slice(&Sha256::digest(salt)[..16]);
+    vuuid.copy_from_slice(
+        &Sha256::new()
+            .chain_update(salt)
+            .chain_update(content_hash)
+            .finalize()[..16],
+    );
     vuuid[6] = (vuuid[6] & 0x0f) | 0x40;
     vuuid[8] = (vuuid[8] & 0x3f) | 0x80;
     let params = herd_verity::Params {
