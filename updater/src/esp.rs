@@ -81,7 +81,8 @@ impl Esp {
             .map_err(io("syncing the ESP"))
     }
 
-    /// Boot entries (`loader/entries/*.conf`) and UKIs (`EFI/Linux/*.efi`),
+    /// Boot entries ([`herd_contract::esp::ENTRIES_DIR`]`/*.conf`) and UKIs
+    /// ([`herd_contract::esp::UKI_DIR`]`/*.efi`),
     /// sorted by directory and name.
     pub fn entries(&self) -> Vec<Entry> {
         let mut v = Vec::new();
