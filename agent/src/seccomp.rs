@@ -7,8 +7,11 @@
 
 use std::sync::OnceLock;
 
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator,
+    LinuxSyscall,
+};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 /// The profile as shipped (compiled in).
 pub const RUNTIME_DEFAULT: &str = include_str!("seccomp/runtime-default.toml");
@@ -74,22 +77,15 @@ pub struct Arg {
     pub op: String,
 }
 
-const OPS: &[&str] = &[
-    "SCMP_CMP_NE",
-    "SCMP_CMP_LT",
-    "SCMP_CMP_LE",
-    "SCMP_CMP_EQ",
-    "SCMP_CMP_GE",
-    "SCMP_CMP_GT",
-    "SCMP_CMP_MASKED_EQ",
-];
-
 /// What is wrong with a profile.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     /// Not TOML of the expected shape.
     #[error("the seccomp profile does not parse: {0}")]
     Parse(#[from] toml::de::Error),
+    /// An architecture name libseccomp (and so the OCI spec) does not know.
+    #[error("the seccomp profile names an unknown architecture {0:?}; use libseccomp names such as SCMP_ARCH_X86_64")]
+    Architecture(String),
     /// A rule that cannot be turned into a filter.
     #[error("seccomp profile rule {index} ({first}): {problem}")]
     Rule {
@@ -106,6 +102,9 @@ impl Profile {
     /// Parses and checks a profile.
     pub fn parse(text: &str) -> Result<Profile, ProfileError> {
         let p: Profile = toml::from_str(text)?;
+        if let Some(a) = p.architectures.iter().find(|a| a.parse::<Arch>().is_err()) {
+            return Err(ProfileError::Architecture(a.clone()));
+        }
         for (index, r) in p.rules.iter().enumerate() {
             let bad = |problem: &str| ProfileError::Rule {
                 index,
@@ -118,7 +117,11 @@ impl Profile {
             if (r.action == Action::Errno) != r.errno.is_some() {
                 return Err(bad("errno goes with action = \"errno\", and only with it"));
             }
-            if let Some(a) = r.args.iter().find(|a| !OPS.contains(&a.op.as_str())) {
+            if let Some(a) = r
+                .args
+                .iter()
+                .find(|a| a.op.parse::<LinuxSeccompOperator>().is_err())
+            {
                 return Err(bad(&format!("unknown op {:?}", a.op)));
             }
             if r.args.iter().any(|a| a.index > 5) {
@@ -130,37 +133,58 @@ impl Profile {
 
     /// The OCI `linux.seccomp` object for a container whose effective
     /// capabilities are `caps` (`CAP_…` names).
-    pub fn oci(&self, caps: &[String]) -> Value {
+    pub fn oci(&self, caps: &[String]) -> LinuxSeccomp {
         let has = |c: &String| caps.contains(c);
-        let syscalls: Vec<Value> = self
+        let syscalls: Vec<LinuxSyscall> = self
             .rules
             .iter()
             .filter(|r| r.caps.iter().all(has) && !r.not_caps.iter().any(has))
-            .map(|r| {
-                let mut s = json!({"names": r.names});
-                match r.action {
-                    Action::Allow => s["action"] = json!("SCMP_ACT_ALLOW"),
-                    Action::Errno => {
-                        s["action"] = json!("SCMP_ACT_ERRNO");
-                        s["errnoRet"] = json!(r.errno);
-                    }
-                }
-                if !r.args.is_empty() {
-                    s["args"] = r
-                        .args
-                        .iter()
-                        .map(|a| json!({"index": a.index, "value": a.value, "valueTwo": a.value_two, "op": a.op}))
-                        .collect();
-                }
-                s
-            })
+            .map(Rule::oci)
             .collect();
-        json!({
-            "defaultAction": "SCMP_ACT_ERRNO",
-            "defaultErrnoRet": self.default_errno,
-            "architectures": self.architectures,
-            "syscalls": syscalls,
-        })
+        let mut s = LinuxSeccomp::default();
+        s.set_default_action(LinuxSeccompAction::ScmpActErrno)
+            .set_default_errno_ret(Some(self.default_errno))
+            .set_architectures(Some(self.architectures.iter().map(|a| arch(a)).collect()))
+            .set_syscalls(Some(syscalls));
+        s
+    }
+}
+
+/// The OCI architecture of a libseccomp name [`Profile::parse`] accepted.
+fn arch(name: &str) -> Arch {
+    name.parse()
+        .expect("Profile::parse refuses unknown architectures")
+}
+
+/// The OCI operator of a libseccomp name [`Profile::parse`] accepted.
+fn op(name: &str) -> LinuxSeccompOperator {
+    name.parse()
+        .expect("Profile::parse refuses unknown operators")
+}
+
+impl Rule {
+    fn oci(&self) -> LinuxSyscall {
+        let mut s = LinuxSyscall::default();
+        s.set_names(self.names.clone());
+        match self.action {
+            Action::Allow => s.set_action(LinuxSeccompAction::ScmpActAllow),
+            Action::Errno => s
+                .set_action(LinuxSeccompAction::ScmpActErrno)
+                .set_errno_ret(self.errno),
+        };
+        if !self.args.is_empty() {
+            let args = self.args.iter().map(|a| {
+                LinuxSeccompArgBuilder::default()
+                    .index(a.index as usize)
+                    .value(a.value)
+                    .value_two(a.value_two)
+                    .op(op(&a.op))
+                    .build()
+                    .expect("every field of a seccomp argument is set")
+            });
+            s.set_args(Some(args.collect()));
+        }
+        s
     }
 }
 
@@ -175,6 +199,7 @@ pub fn runtime_default() -> &'static Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     /// (action, errno, args) of every rule naming `call`.
     fn rules_for<'a>(v: &'a Value, call: &str) -> Vec<&'a Value> {
@@ -193,7 +218,7 @@ mod tests {
             .iter()
             .map(|c| format!("CAP_{c}"))
             .collect();
-        let v = p.oci(&caps);
+        let v = serde_json::to_value(p.oci(&caps)).unwrap();
         assert_eq!(v["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(v["defaultErrnoRet"], 1);
         for call in ["read", "execve", "openat", "socket", "futex", "wait4"] {
@@ -240,11 +265,11 @@ mod tests {
         assert_eq!(clone3[0]["errnoRet"], 38);
         // SYS_CHROOT is a default capability: chroot comes with it.
         assert_eq!(rules_for(&v, "chroot").len(), 1);
-        let none = p.oci(&[]);
+        let none = serde_json::to_value(p.oci(&[])).unwrap();
         assert!(rules_for(&none, "chroot").is_empty());
         // With CAP_SYS_ADMIN (herd's manifests refuse it) the mount family
         // and unfiltered clone come in, as in moby's profile.
-        let admin = p.oci(&["CAP_SYS_ADMIN".to_string()]);
+        let admin = serde_json::to_value(p.oci(&["CAP_SYS_ADMIN".to_string()])).unwrap();
         assert_eq!(rules_for(&admin, "fsopen").len(), 1);
         let clone = rules_for(&admin, "clone");
         assert!(

@@ -12,7 +12,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use herd_oci::manifest::ImageConfig;
-use serde_json::{json, Value};
+use oci_spec::runtime::{
+    Capabilities, Capability, Linux, LinuxBlockIo, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxCpuBuilder, LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder, LinuxThrottleDevice, LinuxThrottleDeviceBuilder, Mount, MountBuilder,
+    Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use oci_spec::OciSpecError;
 
 use crate::pod::{Container, Pod};
 use crate::userns::{IdRange, SIZE};
@@ -152,23 +159,124 @@ fn uid_gid(c: &Container, image: &ImageConfig) -> (u32, u32) {
     )
 }
 
-/// The OCI runtime config for container `c` of `pod`.
-pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &SpecInputs) -> Value {
+/// Why a runtime config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A capability name the OCI types do not know (manifests are checked
+    /// against the same list, so this means the two lists drifted).
+    #[error("capability {0} is not known to the OCI runtime types; remove it from the pod's securityContext.capabilities.add")]
+    Capability(String),
+    /// The OCI builders refused a value.
+    #[error("building the OCI runtime config: {0}")]
+    Oci(#[from] OciSpecError),
+}
+
+/// The typed capability set of `CAP_…` names.
+fn capability_set(caps: &[String]) -> Result<Capabilities, SpecError> {
+    caps.iter()
+        .map(|c| {
+            c.trim_start_matches("CAP_")
+                .parse::<Capability>()
+                .map_err(|_| SpecError::Capability(c.clone()))
+        })
+        .collect()
+}
+
+fn process(
+    c: &Container,
+    image: &ImageConfig,
+    inputs: &SpecInputs,
+    caps: &[String],
+) -> Result<Process, SpecError> {
     let (uid, gid) = uid_gid(c, image);
-    let caps = caps(c);
+    let set = capability_set(caps)?;
+    let mut capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .effective(set.clone())
+        .permitted(set)
+        .build()?;
+    // The builder starts from a default that fills these two too.
+    capabilities.set_inheritable(None).set_ambient(None);
     let cwd = c
         .working_dir
         .clone()
         .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(uid).gid(gid).build()?)
+        .args(argv(c, image))
+        .env(env(c, image, inputs))
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()?;
+    // No rlimits: the container keeps the agent's (the builder's default
+    // would cap open files at 1024).
+    process.set_rlimits(None);
+    Ok(process)
+}
+
+fn mount(
+    destination: &str,
+    kind: &str,
+    source: &Path,
+    options: &[&str],
+) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ(kind)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn mounts(c: &Container, inputs: &SpecInputs) -> Result<Vec<Mount>, SpecError> {
+    let p = Path::new;
     let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]}),
+        mount("/proc", "proc", p("proc"), &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            p("tmpfs"),
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            p("devpts"),
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            p("shm"),
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            p("mqueue"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            p("sysfs"),
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/tmp",
+            "tmpfs",
+            p("tmpfs"),
+            &["nosuid", "nodev", "mode=1777", "size=65536k"],
+        )?,
     ];
     for m in &c.volume_mounts {
         if let Some(v) = inputs.volumes.get(&m.name) {
@@ -176,102 +284,179 @@ pub fn runtime_spec(pod: &Pod, c: &Container, image: &ImageConfig, inputs: &Spec
             if m.read_only {
                 opts.push("ro");
             }
-            mounts.push(json!({"destination": m.mount_path, "type": "bind", "source": v.path, "options": opts}));
+            mounts.push(mount(&m.mount_path, "bind", &v.path, &opts)?);
         }
     }
-    let shared = |kind: &str| match inputs.join {
-        Some(pid) => {
-            json!({"type": kind, "path": format!("/proc/{pid}/ns/{}", if kind == "network" { "net" } else { kind })})
-        }
-        None => json!({"type": kind}),
+    Ok(mounts)
+}
+
+fn namespaces(pod: &Pod, inputs: &SpecInputs) -> Result<Vec<LinuxNamespace>, SpecError> {
+    let own = |typ| LinuxNamespaceBuilder::default().typ(typ).build();
+    // Shared with the pod: joined through the first container's PID.
+    let shared = |typ: LinuxNamespaceType, proc_name: &str| match inputs.join {
+        Some(pid) => LinuxNamespaceBuilder::default()
+            .typ(typ)
+            .path(format!("/proc/{pid}/ns/{proc_name}"))
+            .build(),
+        None => own(typ),
     };
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "mount"}),
-        shared("ipc"),
-        shared("uts"),
-    ];
-    if !pod.spec.host_network {
-        namespaces.push(shared("network"));
-    }
+    let mut namespaces = Vec::new();
     if inputs.userns.is_some() {
-        namespaces.insert(0, shared("user"));
+        namespaces.push(shared(LinuxNamespaceType::User, "user")?);
     }
-    let mut resources = json!({"pids": {"limit": 1024}});
-    if let Some(m) = c
-        .resources
-        .limits
+    namespaces.push(own(LinuxNamespaceType::Pid)?);
+    namespaces.push(own(LinuxNamespaceType::Mount)?);
+    namespaces.push(shared(LinuxNamespaceType::Ipc, "ipc")?);
+    namespaces.push(shared(LinuxNamespaceType::Uts, "uts")?);
+    if !pod.spec.host_network {
+        namespaces.push(shared(LinuxNamespaceType::Network, "net")?);
+    }
+    Ok(namespaces)
+}
+
+fn block_io(c: &Container, (major, minor): (u64, u64)) -> Result<Option<LinuxBlockIo>, SpecError> {
+    let mut lists: [Vec<LinuxThrottleDevice>; 4] = Default::default();
+    for (list, (_, value)) in lists.iter_mut().zip(c.resources.limits.io()) {
+        if let Some(rate) = value.and_then(|v| quantity::io_rate(v).ok()) {
+            list.push(
+                LinuxThrottleDeviceBuilder::default()
+                    .major(signed(major))
+                    .minor(signed(minor))
+                    .rate(rate)
+                    .build()?,
+            );
+        }
+    }
+    if lists.iter().all(Vec::is_empty) {
+        return Ok(None);
+    }
+    let mut io = LinuxBlockIo::default();
+    let [read_bps, write_bps, read_iops, write_iops] = lists.map(|l| (!l.is_empty()).then_some(l));
+    io.set_throttle_read_bps_device(read_bps)
+        .set_throttle_write_bps_device(write_bps)
+        .set_throttle_read_iops_device(read_iops)
+        .set_throttle_write_iops_device(write_iops);
+    Ok(Some(io))
+}
+
+/// The OCI types hold these numbers signed; ours never come near the top.
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn resources(c: &Container, inputs: &SpecInputs) -> Result<LinuxResources, SpecError> {
+    let limits = &c.resources.limits;
+    let mut r = LinuxResourcesBuilder::default()
+        .pids(LinuxPidsBuilder::default().limit(1024).build()?)
+        .build()?;
+    if let Some(m) = limits
         .memory
         .as_deref()
         .and_then(|m| quantity::memory_bytes(m).ok())
     {
-        resources["memory"] = json!({"limit": m});
+        r.set_memory(Some(
+            LinuxMemoryBuilder::default().limit(signed(m)).build()?,
+        ));
     }
-    if let Some(cpu) = c
-        .resources
-        .limits
+    if let Some(cpu) = limits
         .cpu
         .as_deref()
         .and_then(|m| quantity::cpu_millis(m).ok())
     {
-        resources["cpu"] = json!({"quota": cpu * 100, "period": 100_000});
+        let quota = signed(cpu.saturating_mul(100));
+        r.set_cpu(Some(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(100_000u64)
+                .build()?,
+        ));
     }
-    if let Some((major, minor)) = inputs.io_device {
-        let keys = [
-            "throttleReadBpsDevice",
-            "throttleWriteBpsDevice",
-            "throttleReadIOPSDevice",
-            "throttleWriteIOPSDevice",
-        ];
-        for (key, (_, value)) in keys.iter().zip(c.resources.limits.io()) {
-            if let Some(rate) = value.and_then(|v| quantity::io_rate(v).ok()) {
-                resources["blockIO"][key] = json!([{"major": major, "minor": minor, "rate": rate}]);
-            }
-        }
+    if let Some(dev) = inputs.io_device {
+        r.set_block_io(block_io(c, dev)?);
     }
-    let mut spec = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": uid, "gid": gid},
-            "args": argv(c, image),
-            "env": env(c, image, inputs),
-            "cwd": cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": true
-        },
-        "root": {
-            "path": inputs.rootfs,
-            "readonly": c.security_context.read_only_root_filesystem.unwrap_or(true)
-        },
-        "mounts": mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": inputs.cgroup,
-            "resources": resources,
-            "seccomp": seccomp::runtime_default().oci(&caps),
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
-            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-        }
-    });
-    if inputs.join.is_none() {
-        spec["hostname"] = json!(pod.metadata.name);
-    }
+    Ok(r)
+}
+
+fn id_map(first: u32) -> Result<Vec<LinuxIdMapping>, SpecError> {
+    Ok(vec![LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(first)
+        .size(SIZE)
+        .build()?])
+}
+
+fn linux(
+    pod: &Pod,
+    c: &Container,
+    inputs: &SpecInputs,
+    caps: &[String],
+) -> Result<Linux, SpecError> {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces(pod, inputs)?)
+        .cgroups_path(&inputs.cgroup)
+        .resources(resources(c, inputs)?)
+        .seccomp(seccomp::runtime_default().oci(caps))
+        .masked_paths(strings(&[
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+        ]))
+        .readonly_paths(strings(&[
+            "/proc/asound",
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+        ]))
+        .build()?;
     if let Some(r) = inputs.userns {
-        let map = json!([{"containerID": 0, "hostID": r.first, "size": SIZE}]);
-        spec["linux"]["uidMappings"] = map.clone();
-        spec["linux"]["gidMappings"] = map;
+        linux.set_uid_mappings(Some(id_map(r.first)?));
+        linux.set_gid_mappings(Some(id_map(r.first)?));
     }
-    spec
+    Ok(linux)
+}
+
+/// The OCI runtime config for container `c` of `pod`.
+pub fn runtime_spec(
+    pod: &Pod,
+    c: &Container,
+    image: &ImageConfig,
+    inputs: &SpecInputs,
+) -> Result<Spec, SpecError> {
+    let caps = caps(c);
+    let root = RootBuilder::default()
+        .path(&inputs.rootfs)
+        .readonly(c.security_context.read_only_root_filesystem.unwrap_or(true))
+        .build()?;
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process(c, image, inputs, &caps)?)
+        .root(root)
+        .mounts(mounts(c, inputs)?)
+        .linux(linux(pod, c, inputs, &caps)?)
+        .build()?;
+    // The pod's first container names the shared UTS namespace; the
+    // others join it. (The builder's defaults carry a hostname and
+    // empty annotations: neither is wanted.)
+    spec.set_hostname(inputs.join.is_none().then(|| pod.metadata.name.clone()));
+    spec.set_annotations(None);
+    Ok(spec)
 }
 
 /// Writes `config.json` into `bundle`.
-pub fn write_bundle(bundle: &Path, spec: &Value) -> std::io::Result<()> {
+pub fn write_bundle(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
     std::fs::create_dir_all(bundle)?;
     std::fs::write(
         bundle.join("config.json"),
-        serde_json::to_vec_pretty(spec).expect("spec serialises"),
+        serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
     )
 }
 
@@ -279,6 +464,13 @@ pub fn write_bundle(bundle: &Path, spec: &Value) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use herd_oci::manifest::RunConfig;
+    use serde_json::{json, Value};
+
+    /// The config as crun reads it.
+    fn spec_json(p: &Pod, inputs: &SpecInputs) -> Value {
+        let spec = runtime_spec(p, &p.spec.containers[0], &image(), inputs).unwrap();
+        serde_json::to_value(spec).unwrap()
+    }
 
     fn pod(yaml_container: &str) -> Pod {
         let text = format!(
@@ -329,7 +521,7 @@ mod tests {
             ..Default::default()
         };
         inputs.env_from.insert("S".into(), "secret".into());
-        let s = runtime_spec(&p, &p.spec.containers[0], &image(), &inputs);
+        let s = spec_json(&p, &inputs);
         let env: Vec<&str> = s["process"]["env"]
             .as_array()
             .unwrap()
@@ -351,10 +543,8 @@ mod tests {
         assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 25_000);
         assert!(s["linux"]["resources"].get("blockIO").is_none());
         assert_eq!(s["hostname"], "web");
-        let io = runtime_spec(
+        let io = spec_json(
             &p,
-            &p.spec.containers[0],
-            &image(),
             &SpecInputs {
                 io_device: Some((254, 0)),
                 ..inputs.clone()
@@ -367,10 +557,8 @@ mod tests {
                 "throttleReadIOPSDevice": [{"major": 254, "minor": 0, "rate": 100}],
             })
         );
-        let joined = runtime_spec(
+        let joined = spec_json(
             &p,
-            &p.spec.containers[0],
-            &image(),
             &SpecInputs {
                 join: Some(42),
                 ..inputs
@@ -392,16 +580,14 @@ mod tests {
             userns: Some(IdRange { first: 0x30000 }),
             ..Default::default()
         };
-        let s = runtime_spec(&p, &p.spec.containers[0], &image(), &inputs);
+        let s = spec_json(&p, &inputs);
         let map = json!([{"containerID": 0, "hostID": 0x30000, "size": 65536}]);
         assert_eq!(s["linux"]["uidMappings"], map);
         assert_eq!(s["linux"]["gidMappings"], map);
         assert_eq!(s["linux"]["namespaces"][0], json!({"type": "user"}));
         // The pod's other containers join the first one's namespace.
-        let joined = runtime_spec(
+        let joined = spec_json(
             &p,
-            &p.spec.containers[0],
-            &image(),
             &SpecInputs {
                 join: Some(42),
                 ..inputs

@@ -568,8 +568,10 @@ impl Worker {
                 io_device: self.env.io_device,
                 userns: prep.userns.as_ref().map(|(r, _)| *r),
             };
-            let spec = spec::runtime_spec(&self.pod, c, &prep.images[i].pulled.config, &inputs);
-            if let Err(e) = spec::write_bundle(&bundle, &spec) {
+            let written = spec::runtime_spec(&self.pod, c, &prep.images[i].pulled.config, &inputs)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| spec::write_bundle(&bundle, &spec).map_err(|e| e.to_string()));
+            if let Err(e) = written {
                 rootfs::remove_bundle(&bundle);
                 return Err((
                     fail(format!("container {}: writing its bundle: {e}", c.name)),

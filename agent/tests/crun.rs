@@ -75,7 +75,8 @@ fn crun_runs_the_generated_spec() {
         &pod.spec.containers[0],
         &ImageConfig::default(),
         &inputs,
-    );
+    )
+    .unwrap();
     let bundle = t.path().join("bundle");
     write_bundle(&bundle, &spec).unwrap();
     let id = format!("herd-test-{}", std::process::id());

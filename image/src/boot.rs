@@ -1,8 +1,8 @@
 //! What goes on the EFI system partition: systemd-boot, its `loader.conf`,
 //! and slot A's Unified Kernel Image (systemd-stub with the kernel, the
-//! initramfs, the command line and os-release) in `EFI/Linux/`, named with
-//! systemd-boot's boot counting (`herd-a+3-0.efi`). The names and paths are
-//! the node's contract ([`herd_contract`]).
+//! initramfs, the command line and os-release) in [`esp::UKI_DIR`], named
+//! with systemd-boot's boot counting ([`BootEntry::fresh`]). The names and
+//! paths are the node's contract ([`herd_contract`]).
 
 use herd_contract::{esp, BootEntry};
 use herd_fstree::Tree;
@@ -52,9 +52,17 @@ mod tests {
             timeout: 0,
         };
         let t = c.tree().unwrap();
-        assert!(t.get("EFI/Linux/herd-a+3-0.efi").is_some());
-        assert!(t.get("EFI/BOOT/BOOTX64.EFI").is_some());
-        assert!(t.get("loader/loader.conf").is_some());
+        let entry = BootEntry::parse(&format!(
+            "herd-a+3-0{}",
+            herd_contract::EntryKind::Uki.ext()
+        ))
+        .unwrap();
+        assert_eq!(entry, BootEntry::fresh("herd", Slot::A, 3));
+        assert!(t
+            .get(&format!("{}/{}", esp::UKI_DIR, entry.file_name()))
+            .is_some());
+        assert!(t.get(esp::BOOT_EFI).is_some());
+        assert!(t.get(esp::LOADER_CONF).is_some());
         assert!(esp::loader_conf("herd", 0).contains("default herd-*\n"));
     }
 }

@@ -192,6 +192,37 @@ enum KeyCommand {
     },
 }
 
+/// Seconds in a day (`--expires-days`).
+const DAY: u64 = 86_400;
+
+/// The channel a release command signs a new document for, shared by
+/// `publish`, `halt` and `resume`.
+#[derive(clap::Args)]
+struct ChannelArgs {
+    /// Repository directory.
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    /// Channel name.
+    #[arg(long, default_value = "stable")]
+    channel: String,
+    /// Signing key(s) (repeatable; enough for the threshold).
+    #[arg(long = "key", value_name = "FILE", required = true)]
+    keys: Vec<PathBuf>,
+    /// Days the new metadata stays valid; nodes refuse it afterwards, so
+    /// publish (or re-sign) before then.
+    #[arg(long, default_value_t = 30)]
+    expires_days: u64,
+}
+
+impl ChannelArgs {
+    /// The signing keys, the time now and the expiry of what is signed now.
+    fn signing(&self) -> Result<(Vec<herd_release::SigningKey>, u64, u64)> {
+        let keys = load_keys(&self.keys)?;
+        let t = now();
+        Ok((keys, t, t + self.expires_days * DAY))
+    }
+}
+
 #[derive(Subcommand)]
 enum ReleaseCommand {
     /// Start a repository whose first key set is the given keys.
@@ -215,19 +246,8 @@ enum ReleaseCommand {
         /// Output directory of `herd build` (with build.json).
         #[arg(long, value_name = "DIR")]
         image_out: PathBuf,
-        /// Repository directory.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
-        /// Channel name.
-        #[arg(long, default_value = "stable")]
-        channel: String,
-        /// Signing key(s) (repeatable; enough for the threshold).
-        #[arg(long = "key", value_name = "FILE", required = true)]
-        keys: Vec<PathBuf>,
-        /// Days the metadata stays valid; nodes refuse it afterwards, so
-        /// publish (or re-sign) before then.
-        #[arg(long, default_value_t = 30)]
-        expires_days: u64,
+        #[command(flatten)]
+        target: ChannelArgs,
         /// Phased rollout: SECONDS:PERCENT waves from now, e.g. 0:10,3600:50,7200:100.
         #[arg(long, value_name = "WAVES")]
         rollout: Option<String>,
@@ -236,38 +256,18 @@ enum ReleaseCommand {
     /// do not take it (nodes already on it are unaffected). Writes a new
     /// signed channel document with the next sequence.
     Halt {
-        /// Repository directory.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
-        /// Channel name.
-        #[arg(long, default_value = "stable")]
-        channel: String,
-        /// Signing key(s) (repeatable; enough for the threshold).
-        #[arg(long = "key", value_name = "FILE", required = true)]
-        keys: Vec<PathBuf>,
+        #[command(flatten)]
+        target: ChannelArgs,
         /// Why: nodes show it in `herd-update status` and their log.
         #[arg(long, default_value = "no reason given")]
         reason: String,
-        /// Days the new metadata stays valid.
-        #[arg(long, default_value_t = 30)]
-        expires_days: u64,
     },
     /// Continue a halted rollout: its waves keep their original schedule
     /// (waves whose time came during the halt open at once). Writes a new
     /// signed channel document with the next sequence.
     Resume {
-        /// Repository directory.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
-        /// Channel name.
-        #[arg(long, default_value = "stable")]
-        channel: String,
-        /// Signing key(s) (repeatable; enough for the threshold).
-        #[arg(long = "key", value_name = "FILE", required = true)]
-        keys: Vec<PathBuf>,
-        /// Days the new metadata stays valid.
-        #[arg(long, default_value_t = 30)]
-        expires_days: u64,
+        #[command(flatten)]
+        target: ChannelArgs,
     },
     /// Replace the key set: the new set is signed by the current and the new keys.
     Rotate {
@@ -343,7 +343,6 @@ id {}",
 }
 
 fn run_release(cmd: ReleaseCommand) -> Result<()> {
-    const DAY: u64 = 86_400;
     match cmd {
         ReleaseCommand::Init {
             repo,
@@ -365,47 +364,37 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
         }
         ReleaseCommand::Publish {
             image_out,
-            repo,
-            channel,
-            keys,
-            expires_days,
+            target,
             rollout,
         } => {
-            let keys = load_keys(&keys)?;
+            let (keys, t, expires) = target.signing()?;
             let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
-            let t = now();
             let rollout = rollout
                 .map(|r| herd::publish::parse_rollout(&r, t))
                 .transpose()?;
             let (c, expected) = herd::publish::publish(
                 &image_out,
-                &herd_release::Repo::at(&repo),
-                &channel,
+                &herd_release::Repo::at(&target.repo),
+                &target.channel,
                 &refs,
                 t,
-                t + expires_days * DAY,
+                expires,
                 rollout,
             )?;
             println!(
                 "published {} {} on channel {} (sequence {}, expires in {} days)",
-                c.release.image, c.release.version, c.channel, c.seq, expires_days
+                c.release.image, c.release.version, c.channel, c.seq, target.expires_days
             );
             for line in expected.iter().flat_map(|e| e.lines()) {
                 println!("{line}");
             }
         }
-        ReleaseCommand::Halt {
-            repo,
-            channel,
-            keys,
-            reason,
-            expires_days,
-        } => {
-            let keys = load_keys(&keys)?;
+        ReleaseCommand::Halt { target, reason } => {
+            let (keys, t, expires) = target.signing()?;
             let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
-            let t = now();
-            let c = herd_release::Repo::at(&repo)
-                .halt(&channel, &reason, &refs, t, t + expires_days * DAY)
+            let channel = &target.channel;
+            let c = herd_release::Repo::at(&target.repo)
+                .halt(channel, &reason, &refs, t, expires)
                 .with_context(|| format!("halting channel {channel}"))?;
             println!(
                 "halted the rollout of {} {} on channel {} (sequence {}, expires in {} days): nodes not on {} yet will not take it ({reason}); `herd release resume` continues it",
@@ -413,21 +402,16 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
                 c.release.version,
                 c.channel,
                 c.seq,
-                expires_days,
+                target.expires_days,
                 c.release.version
             );
         }
-        ReleaseCommand::Resume {
-            repo,
-            channel,
-            keys,
-            expires_days,
-        } => {
-            let keys = load_keys(&keys)?;
+        ReleaseCommand::Resume { target } => {
+            let (keys, t, expires) = target.signing()?;
             let refs: Vec<&herd_release::SigningKey> = keys.iter().collect();
-            let t = now();
-            let c = herd_release::Repo::at(&repo)
-                .resume(&channel, &refs, t, t + expires_days * DAY)
+            let channel = &target.channel;
+            let c = herd_release::Repo::at(&target.repo)
+                .resume(channel, &refs, t, expires)
                 .with_context(|| format!("resuming channel {channel}"))?;
             println!(
                 "resumed the rollout of {} {} on channel {} (sequence {}, expires in {} days): {}",
@@ -435,7 +419,7 @@ fn run_release(cmd: ReleaseCommand) -> Result<()> {
                 c.release.version,
                 c.channel,
                 c.seq,
-                expires_days,
+                target.expires_days,
                 match &c.release.rollout {
                     None => "every node may take it now".to_string(),
                     Some(r) => format!("waves keep their schedule from {} (unix seconds)", r.start),

@@ -63,7 +63,8 @@ pub mod names {
     pub const BOOTLOADER: &str = "boot/BOOTX64.EFI";
     pub const SBOM: &str = crate::sbom::FILE;
     /// Slot A's and slot B's Unified Kernel Images (the command lines differ
-    /// in `herd.slot=`).
+    /// in `herd.slot=`): `boot/<payload role>.efi`, the roles of
+    /// [`herd_contract::payload::uki`] (a unit test holds them together).
     pub const UKI_A: &str = "boot/uki-a.efi";
     pub const UKI_B: &str = "boot/uki-b.efi";
 
@@ -72,6 +73,17 @@ pub mod names {
         match slot {
             herd_contract::Slot::A => UKI_A,
             herd_contract::Slot::B => UKI_B,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn uki_outputs_are_named_after_their_payload_roles() {
+            for slot in herd_contract::Slot::ALL {
+                let role = herd_contract::payload::uki(slot);
+                assert_eq!(super::uki(slot), format!("boot/{role}.efi"));
+            }
         }
     }
 }

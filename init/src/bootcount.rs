@@ -1,6 +1,6 @@
 //! Boot Loader Specification boot counting: entry file names (type #1
-//! `loader/entries/*.conf` and type #2 UKIs `EFI/Linux/*.efi`, counted the
-//! same way); the EFI variables systemd-boot leaves for the OS are read
+//! entries in [`herd_contract::esp::ENTRIES_DIR`] and type #2 UKIs in
+//! [`herd_contract::esp::UKI_DIR`], counted the same way); the EFI variables systemd-boot leaves for the OS are read
 //! with [`herd_node::efivar`].
 
 pub use herd_node::efivar::{decode_efivar_utf16, decode_efivar_utf16_list, LOADER_GUID};
@@ -10,8 +10,8 @@ pub use herd_node::efivar::{decode_efivar_utf16, decode_efivar_utf16_list, LOADE
 pub use herd_contract::entry::blessed_name;
 
 /// The directory of the file systemd-boot counts tries on, as a path
-/// relative to the ESP root (from `LoaderBootCountPath`,
-/// `\EFI\Linux\herd-a+2-1.efi` → `EFI/Linux`).
+/// relative to the ESP root (from `LoaderBootCountPath`, a UKI's
+/// backslashed path → [`herd_contract::esp::UKI_DIR`]).
 pub fn boot_count_dir(path: &str) -> String {
     let p = path.replace('\\', "/");
     let p = p.trim_start_matches('/');
@@ -27,7 +27,11 @@ mod tests {
 
     #[test]
     fn count_dirs() {
-        assert_eq!(boot_count_dir("\\EFI\\Linux\\herd-a+2-1.efi"), "EFI/Linux");
+        use herd_contract::{esp, BootEntry, Slot, Tries};
+        let uki = BootEntry::fresh("herd", Slot::A, 2).with_tries(Some(Tries { left: 2, done: 1 }));
+        // As systemd-boot writes LoaderBootCountPath: `\EFI\...\herd-a+2-1.efi`.
+        let loader_path = format!("\\{}", uki.path().replace('/', "\\"));
+        assert_eq!(boot_count_dir(&loader_path), esp::UKI_DIR);
         assert_eq!(
             boot_count_dir("\\loader\\entries\\herd-a+2-1.conf"),
             "loader/entries"

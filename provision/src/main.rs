@@ -3,7 +3,6 @@
 //! and checks a configuration file offline (`herd-provision check FILE`,
 //! the same as `herd config check FILE`).
 
-use std::ffi::CString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,45 +63,24 @@ fn say(msg: &str) {
     let _ = out.flush();
 }
 
-fn c(s: &str) -> Result<CString> {
-    CString::new(s).context("a path with a NUL byte")
-}
-
 /// Mounts `dev` read-only, reads `herd.toml`, unmounts.
 fn read_from_fs(dev: &Path, fs: source::FsType) -> Result<Vec<u8>> {
+    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
     let dir = Path::new("/run/herd/config");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (src, target, fstype) = (
-        c(&dev.to_string_lossy())?,
-        c(&dir.to_string_lossy())?,
-        c(fs.mount_name())?,
-    );
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    // SAFETY: mount(2) with valid NUL-terminated strings that outlive the
-    // call and no data argument.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            std::ptr::null(),
+    let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount(dev, dir, fs.mount_name(), flags, None).with_context(|| {
+        format!(
+            "cannot mount {} ({}) read-only on {}",
+            dev.display(),
+            fs.mount_name(),
+            dir.display()
         )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| {
-            format!(
-                "cannot mount {} ({}) read-only on {}",
-                dev.display(),
-                fs.mount_name(),
-                dir.display()
-            )
-        });
-    }
+    })?;
     let file = dir.join(source::FILE);
     let read = read_limited(&file);
-    // SAFETY: umount(2) with a valid NUL-terminated path.
-    unsafe { libc::umount(target.as_ptr()) };
+    // Best effort: a config drive left mounted read-only harms nothing.
+    let _ = unmount(dir, UnmountFlags::empty());
     read.with_context(|| {
         format!(
             "the file system labelled {} on {} has no readable /{}",

@@ -112,8 +112,9 @@ pub struct Release {
     pub usrhash: String,
     /// Kernel command line words herd adds besides usrhash/mount.usr/slot.
     pub cmdline: Vec<String>,
-    /// Payloads by role: `usr.img`, `usr.verity`, `uki-a`, `uki-b` (the
-    /// Unified Kernel Image for each slot), and `linux`, `initrd`.
+    /// Payloads by role ([`herd_contract::payload`]): the usr image, its
+    /// verity tree, the Unified Kernel Image of each slot, the kernel and
+    /// the initrd.
     pub payloads: BTreeMap<String, Payload>,
     /// Phased rollout; absent = everyone at once.
     #[serde(default)]

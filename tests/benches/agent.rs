@@ -235,7 +235,7 @@ fn main() {
     let bundle = d.join("bundle");
     write_bundle(
         &bundle,
-        &runtime_spec(&pod, &pod.spec.containers[0], &img, &inputs),
+        &runtime_spec(&pod, &pod.spec.containers[0], &img, &inputs).unwrap(),
     )
     .unwrap();
     let plain_bundle = d.join("bundle-plain");
@@ -245,7 +245,7 @@ fn main() {
     };
     write_bundle(
         &plain_bundle,
-        &runtime_spec(&pod, &pod.spec.containers[0], &img, &plain),
+        &runtime_spec(&pod, &pod.spec.containers[0], &img, &plain).unwrap(),
     )
     .unwrap();
 

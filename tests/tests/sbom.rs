@@ -119,7 +119,7 @@ fn sbom_is_valid_spdx_and_lists_everything_in_the_image() {
         .map(purl)
         .filter(|p| p.starts_with("pkg:cargo/"))
         .collect();
-    for c in ["libc", "serde", "toml", "serde_yaml_ng", "p256"] {
+    for c in ["libc", "serde", "toml", "yaml_serde", "p256"] {
         assert!(
             crates
                 .iter()

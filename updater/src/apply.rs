@@ -640,12 +640,15 @@ mod tests {
         let bad = vec!["0.2.0".to_string()];
         rollback_refusal(&s, Some("herd-b.efi"), Some("0.1.5"), &bad).unwrap();
         rollback_refusal(&s, Some("herd-b+1-2.efi"), Some("0.1.5"), &bad).unwrap();
-        let e = rollback_refusal(&s, Some("herd-b+0-3.efi"), Some("0.1.5"), &bad)
+        let spent = herd_contract::BootEntry::fresh("herd", herd_contract::Slot::B, 0)
+            .with_tries(Some(herd_contract::Tries { left: 0, done: 3 }))
+            .file_name();
+        let e = rollback_refusal(&s, Some(&spent), Some("0.1.5"), &bad)
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
-            "slot b (herd-b+0-3.efi) has no boot tries left: it failed to come up before; refusing to roll back to it"
+            format!("slot b ({spent}) has no boot tries left: it failed to come up before; refusing to roll back to it")
         );
         let e = rollback_refusal(&s, Some("herd-b.efi"), Some("0.2.0"), &bad)
             .unwrap_err()

@@ -1,7 +1,6 @@
 //! Installing a slot's UKI on the ESP, crash-safely: every file is written
 //! beside its final name, synced, then renamed.
 
-use std::ffi::CString;
 use std::io::Write;
 use std::path::Path;
 
@@ -15,10 +14,6 @@ const MNT: &str = "/run/herd/update-esp";
 /// The ESP, mounted for as long as this lives.
 pub struct Esp;
 
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL in paths")
-}
-
 impl Esp {
     /// Mounts the disk's ESP.
     pub fn mount(disk: &str) -> Result<Esp, Error> {
@@ -27,22 +22,10 @@ impl Esp {
             .find(|p| p.disk == disk && p.entry.type_guid == types::ESP)
             .ok_or_else(|| Error::Disk(format!("no ESP on {disk}")))?;
         std::fs::create_dir_all(MNT).map_err(io(format!("creating {MNT}")))?;
-        let (src, dst, fs) = (cstr(&esp.dev), cstr(MNT), cstr("vfat"));
-        // SAFETY: valid NUL-terminated strings; no data argument.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                fs.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )
-        };
-        if r < 0 {
-            return Err(io(format!("mounting the ESP {}", esp.dev))(
-                std::io::Error::last_os_error(),
-            ));
-        }
+        use rustix::mount::MountFlags;
+        let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        rustix::mount::mount(esp.dev.as_str(), MNT, "vfat", flags, None)
+            .map_err(|e| io(format!("mounting the ESP {}", esp.dev))(e.into()))?;
         Ok(Esp)
     }
 
@@ -81,7 +64,8 @@ impl Esp {
             .map_err(io("syncing the ESP"))
     }
 
-    /// Boot entries (`loader/entries/*.conf`) and UKIs (`EFI/Linux/*.efi`),
+    /// Boot entries ([`herd_contract::esp::ENTRIES_DIR`]`/*.conf`) and UKIs
+    /// ([`herd_contract::esp::UKI_DIR`]`/*.efi`),
     /// sorted by directory and name.
     pub fn entries(&self) -> Vec<Entry> {
         let mut v = Vec::new();
@@ -186,24 +170,14 @@ impl Entry {
 
 /// Free bytes on the file system at `path` (statvfs).
 fn free_bytes(path: &str) -> Result<u64, Error> {
-    let c = cstr(path);
-    // SAFETY: a zeroed statvfs is a valid out buffer; c is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers for the duration of the call.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
-        return Err(io(format!("statvfs {path}"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(path).map_err(|e| io(format!("statvfs {path}"))(e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 impl Drop for Esp {
     fn drop(&mut self) {
-        // SAFETY: plain calls with a valid path.
-        unsafe {
-            libc::sync();
-            libc::umount2(cstr(MNT).as_ptr(), 0);
-        }
+        rustix::fs::sync();
+        // Best effort: the next mount of the ESP reports what is wrong.
+        let _ = rustix::mount::unmount(MNT, rustix::mount::UnmountFlags::empty());
     }
 }

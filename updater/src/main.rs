@@ -143,8 +143,12 @@ fn log(m: &str) {
 
 fn reboot() {
     info!("rebooting into the new slot");
-    // SAFETY: kill(2) with plain integers; PID 1 (herd-init) reboots cleanly on SIGUSR1.
-    unsafe { libc::kill(1, libc::SIGUSR1) };
+    // PID 1 (herd-init) reboots cleanly on SIGUSR1.
+    if let Err(e) =
+        rustix::process::kill_process(rustix::process::Pid::INIT, rustix::process::Signal::USR1)
+    {
+        tracing::error!("asking herd-init (PID 1) to reboot: {e}");
+    }
 }
 
 /// One check; installs when asked. Returns whether a slot was installed.

@@ -452,7 +452,7 @@ impl Pod {
     /// Parses and checks a manifest; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Pod, PodError> {
         let file_s = file.display().to_string();
-        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let de = yaml_serde::Deserializer::from_str(text);
         let pod: Pod = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             PodError {
