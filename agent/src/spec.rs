@@ -454,10 +454,23 @@ pub fn runtime_spec(
 /// Writes `config.json` into `bundle`.
 pub fn write_bundle(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
     std::fs::create_dir_all(bundle)?;
-    std::fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
-    )
+    std::fs::write(bundle.join("config.json"), config_bytes(spec)?)
+}
+
+/// `spec` as `config.json` bytes, the same for the same spec: oci-spec
+/// keeps capability sets in hash sets, whose order changes from one set to
+/// the next, so the capability lists are sorted.
+pub fn config_bytes(spec: &Spec) -> std::io::Result<Vec<u8>> {
+    let mut v = serde_json::to_value(spec).map_err(std::io::Error::other)?;
+    if let Some(caps) = v
+        .pointer_mut("/process/capabilities")
+        .and_then(|c| c.as_object_mut())
+    {
+        for list in caps.values_mut().filter_map(|l| l.as_array_mut()) {
+            list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
+    }
+    serde_json::to_vec_pretty(&v).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -470,6 +483,26 @@ mod tests {
     fn spec_json(p: &Pod, inputs: &SpecInputs) -> Value {
         let spec = runtime_spec(p, &p.spec.containers[0], &image(), inputs).unwrap();
         serde_json::to_value(spec).unwrap()
+    }
+
+    #[test]
+    fn config_json_is_the_same_bytes_for_the_same_pod() {
+        // The default set has several capabilities: hash sets order them
+        // differently from one build of the spec to the next.
+        let p = pod("");
+        let write = || {
+            let spec =
+                runtime_spec(&p, &p.spec.containers[0], &image(), &SpecInputs::default()).unwrap();
+            config_bytes(&spec).unwrap()
+        };
+        let first = write();
+        for _ in 0..20 {
+            assert!(write() == first, "config.json changed between builds");
+        }
+        let v: Value = serde_json::from_slice(&first).unwrap();
+        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(caps.len() > 2);
+        assert!(caps.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
     }
 
     fn pod(yaml_container: &str) -> Pod {
