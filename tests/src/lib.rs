@@ -174,6 +174,22 @@ pub fn put_uki(disk: &Path, file: &Path, name: &str) {
     );
 }
 
+/// Names of the UKIs (boot entries) in the ESP's EFI/Linux directory of
+/// `disk` (the ESP at 1 MiB).
+pub fn esp_entries(disk: &Path) -> Vec<String> {
+    run_ok(
+        Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(format!("{}@@1M", disk.display()))
+            .arg("::/EFI/Linux"),
+    )
+    .lines()
+    .filter_map(|l| l.rsplit('/').next())
+    .filter(|n| n.ends_with(".efi"))
+    .map(str::to_string)
+    .collect()
+}
+
 /// A TCP port on 127.0.0.1 that is free right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -57,21 +57,6 @@ fn disk_copy_named(image: &Path, dir: &Path, name: &str) -> PathBuf {
     d
 }
 
-/// Names of the UKIs in the ESP's EFI/Linux directory.
-fn entries(disk: &Path) -> Vec<String> {
-    let list = run_ok(
-        Command::new("mdir")
-            .args(["-b", "-i"])
-            .arg(format!("{}@@1M", disk.display()))
-            .arg("::/EFI/Linux"),
-    );
-    list.lines()
-        .filter_map(|l| l.rsplit('/').next())
-        .filter(|n| n.ends_with(".efi"))
-        .map(str::to_string)
-        .collect()
-}
-
 fn vm(disk: &Path, log: &Path, on_reboot: OnReboot) -> Vm {
     vm_with(disk, log, on_reboot, |_| {})
 }
@@ -109,7 +94,7 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     let disk = disk_copy(image, tmp.path());
     let m = manifest(image);
     let usrhash = m["usr"]["usrhash"].as_str().unwrap();
-    assert_eq!(entries(&disk), ["herd-a+3-0.efi"]);
+    assert_eq!(esp_entries(&disk), ["herd-a+3-0.efi"]);
     // A bigger disk than the image: STATE must grow to fill it on first boot.
     let grown = fs::metadata(&disk).unwrap().len() + (512 << 20);
     fs::OpenOptions::new()
@@ -170,7 +155,7 @@ fn boots_verified_persists_state_blesses_and_powers_off() {
     assert!(status.success(), "QEMU exit status {status:?}");
 
     // The boot loader counted the try, herd-init blessed it: no counter left.
-    assert_eq!(entries(&disk), ["herd-a.efi"]);
+    assert_eq!(esp_entries(&disk), ["herd-a.efi"]);
     // The grown partition table is valid, backup header at the new end.
     let v = run_ok(Command::new("sgdisk").arg("-v").arg(&disk));
     assert!(v.contains("No problems found"), "{v}");
@@ -222,7 +207,7 @@ fn corrupted_usr_fails_loudly_and_each_try_is_counted() {
         // herd-init reboots by itself; QEMU exits on the reboot.
         vm.wait_exit(Duration::from_secs(60)).unwrap();
         assert_eq!(
-            entries(&disk),
+            esp_entries(&disk),
             [format!("herd-a+{tries_left}-{done}.efi")],
             "systemd-boot counted the failed try"
         );
@@ -350,7 +335,7 @@ fn wrong_root_hash_names_the_missing_partition_and_reboots() {
     );
     vm.wait_exit(Duration::from_secs(60)).unwrap();
     assert_eq!(
-        entries(&disk),
+        esp_entries(&disk),
         ["herd-a+2-1.efi"],
         "the failed try was counted"
     );
@@ -456,7 +441,7 @@ fn a_byte_copy_of_the_boot_disk_is_refused_and_the_try_counted() {
     vm.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(!vm.lines().iter().any(|l| l.contains("var kept stick")));
     assert_eq!(
-        entries(&disk),
+        esp_entries(&disk),
         ["herd-a+2-1.efi"],
         "the failed try was counted"
     );

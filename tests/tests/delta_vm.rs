@@ -324,7 +324,7 @@ fn a_power_cut_mid_delta_resumes_and_finishes() {
         "the cut came after usr.img was complete: {lines:?}"
     );
     vm.kill();
-    let e = entries(&disk);
+    let e = esp_entries(&disk);
     assert!(
         !e.iter().any(|n| n.starts_with("herd-b")),
         "no boot entry for a half-written slot: {e:?}"
@@ -351,19 +351,4 @@ fn a_power_cut_mid_delta_resumes_and_finishes() {
         .unwrap();
     vm.wait_for("blessed boot entry herd-b+", BOOT).unwrap();
     vm.kill();
-}
-
-/// The boot entries on the disk's ESP.
-fn entries(disk: &Path) -> Vec<String> {
-    run_ok(
-        Command::new("mdir")
-            .args(["-b", "-i"])
-            .arg(format!("{}@@1M", disk.display()))
-            .arg("::/EFI/Linux"),
-    )
-    .lines()
-    .filter_map(|l| l.rsplit('/').next())
-    .filter(|n| n.ends_with(".efi"))
-    .map(str::to_string)
-    .collect()
 }

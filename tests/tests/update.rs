@@ -68,20 +68,6 @@ fn build(toml: &Path, out: &Path) {
     run_ok(herd_build(toml, out, 1_700_000_000).arg("--quiet"));
 }
 
-fn entries(disk: &Path) -> Vec<String> {
-    run_ok(
-        Command::new("mdir")
-            .args(["-b", "-i"])
-            .arg(format!("{}@@1M", disk.display()))
-            .arg("::/EFI/Linux"),
-    )
-    .lines()
-    .filter_map(|l| l.rsplit('/').next())
-    .filter(|n| n.ends_with(".efi"))
-    .map(str::to_string)
-    .collect()
-}
-
 /// A release repository with its key, served on 127.0.0.1.
 struct Repo {
     dir: PathBuf,
@@ -273,7 +259,7 @@ fn updates_to_slot_b_then_rolls_back_a_broken_release() {
         .count();
     assert_eq!(fatals, 3, "the broken slot is tried exactly 3 times");
     vm.kill();
-    let e = entries(&disk);
+    let e = esp_entries(&disk);
     assert!(
         e.contains(&"herd-b.efi".to_string()) && e.contains(&"herd-a+0-3.efi".to_string()),
         "{e:?}"
@@ -383,7 +369,7 @@ fn falls_back_from_a_release_that_never_becomes_healthy() {
     assert_eq!(count("blessed boot entry herd-b"), 0);
     assert_eq!(count("updater: now running 0.2.0"), 0);
     vm.kill();
-    let e = entries(&disk);
+    let e = esp_entries(&disk);
     assert!(
         e.contains(&"herd-a.efi".to_string()) && e.contains(&"herd-b+0-2.efi".to_string()),
         "{e:?}"
@@ -492,7 +478,7 @@ fn refuses_every_bad_input_then_resumes_an_interrupted_download() {
     )
     .unwrap();
     vm.kill();
-    let e = entries(&disk);
+    let e = esp_entries(&disk);
     assert!(
         !e.iter().any(|n| n.starts_with("herd-b")),
         "no boot entry for a half-written slot: {e:?}"
