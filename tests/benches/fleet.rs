@@ -7,7 +7,7 @@
 //! node's id, state and the simulated "now": wave, halt, known-bad), the
 //! reboot lock (`herd_reboot_lock::etcd::Etcd`, one per node, max 50
 //! concurrent), the waiting nodes' retry spacing (`herd_update`'s
-//! `backoff`), the status records (`status::Publisher`, `read_fleet`) and
+//! `retry_after`: by queue place), the status records (`status::Publisher`, `read_fleet`) and
 //! the halt (`Repo::halt`: a new signed channel document the nodes read).
 //! What is simulated: time (SCALE simulated seconds per real second), the
 //! download (none) and the reboot (a delay); the nodes are state machines
@@ -225,14 +225,24 @@ impl Node {
                     Some(REBOOT)
                 }
                 r => {
-                    if let Err(e) = r {
-                        self.last_error = Some(e.to_string());
-                    }
+                    let ahead = match r {
+                        Ok(Acquire::Busy { ahead, .. }) => ahead,
+                        Err(e) => {
+                            self.last_error = Some(e.to_string());
+                            None
+                        }
+                        Ok(Acquire::Granted) => None,
+                    };
                     self.publish(now);
                     self.attempt += 1;
                     Some(
-                        herd_update::coordinate::backoff(self.attempt, CHECK_EVERY as u64, salt)
-                            .as_secs_f64(),
+                        herd_update::coordinate::retry_after(
+                            ahead,
+                            self.attempt,
+                            CHECK_EVERY as u64,
+                            salt,
+                        )
+                        .as_secs_f64(),
                     )
                 }
             },

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herd_reboot_lock::etcd::{Client, Etcd};
+use herd_reboot_lock::{Acquire, RebootLock};
 use herd_tests::etcd::EtcdServer;
 use herd_tests::*;
 
@@ -146,6 +147,67 @@ fn etcd_twenty_nodes_share_two_slots() {
     }
     // Everything given back.
     assert_eq!(h.last().unwrap().1.len(), 0);
+}
+
+/// The slots-to-wait of a busy answer (panics on anything else).
+fn ahead(r: Result<Acquire, herd_reboot_lock::Error>) -> u32 {
+    match r.unwrap() {
+        Acquire::Busy { ahead: Some(a), .. } => a,
+        other => panic!("expected a queued busy answer, got {other:?}"),
+    }
+}
+
+/// Slots go in the order nodes joined the queue, not to whoever polls
+/// first after a release; a node that withdraws, or dies while waiting
+/// (its lease expires), stops holding up the nodes behind it; nothing of the
+/// queue stays behind in etcd.
+#[test]
+fn etcd_queue_hands_slots_out_in_join_order() {
+    let etcd = EtcdServer::start();
+    let lock = |id: &str| Etcd::new(std::slice::from_ref(&etcd.url), "q", id, 1, 3);
+    let (mut a, mut b, mut c, mut d, mut e) =
+        (lock("a"), lock("b"), lock("c"), lock("d"), lock("e"));
+    assert_eq!(a.acquire().unwrap(), Acquire::Granted);
+    // b, c, d, e join in this order.
+    assert_eq!(ahead(b.acquire()), 1);
+    assert_eq!(ahead(c.acquire()), 2);
+    assert_eq!(ahead(d.acquire()), 3);
+    assert_eq!(ahead(e.acquire()), 4);
+    a.release().unwrap();
+    // The slot is free, but e, d and c poll before b: not their turn.
+    assert_eq!(ahead(e.acquire()), 3);
+    assert_eq!(ahead(d.acquire()), 2);
+    assert_eq!(ahead(c.acquire()), 1);
+    // b leaves the queue (its window closed): c is next.
+    b.withdraw().unwrap();
+    assert_eq!(ahead(d.acquire()), 1);
+    assert_eq!(c.acquire().unwrap(), Acquire::Granted);
+    // d dies while waiting: its lease (3 s) expires and e moves up.
+    drop(d);
+    c.release().unwrap();
+    let t = Instant::now();
+    loop {
+        match e.acquire().unwrap() {
+            Acquire::Granted => break,
+            Acquire::Busy { ahead, .. } => {
+                assert_eq!(ahead, Some(1));
+                assert!(
+                    t.elapsed() < Duration::from_secs(15),
+                    "d's place was never freed"
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    assert!(
+        t.elapsed() > Duration::from_secs(1),
+        "e overtook d while d's lease lived"
+    );
+    e.release().unwrap();
+    let client = etcd.client();
+    let left = client.range(&Etcd::prefix("q"), 0, false).unwrap();
+    let keys: Vec<String> = left.kvs.iter().map(|kv| kv.key_text()).collect();
+    assert_eq!(keys, ["/herd/reboot/q/sem"], "queue keys left behind");
 }
 
 #[test]

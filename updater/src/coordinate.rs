@@ -27,8 +27,14 @@ pub struct Coordinator {
 pub enum Take {
     /// This node holds a slot: reboot now.
     Holding,
-    /// Not this round; the line to log (busy, or why the lock is unreachable).
-    Wait(String),
+    /// Not this round.
+    Wait {
+        /// The line to log (busy, or why the lock is unreachable).
+        line: String,
+        /// Slots to be freed before this node's turn, when the backend
+        /// queues ([`retry_after`] polls sooner the nearer the turn).
+        ahead: Option<u32>,
+    },
 }
 
 impl Coordinator {
@@ -92,7 +98,12 @@ impl Coordinator {
                 .is_some_and(|l| l.holding_since.is_some());
             match line {
                 None if holding => return Take::Holding,
-                Some(line) if holding => return Take::Wait(format!("not rebooting: {line}")),
+                Some(line) if holding => {
+                    return Take::Wait {
+                        line: format!("not rebooting: {line}"),
+                        ahead: None,
+                    }
+                }
                 _ => {}
             }
         }
@@ -109,15 +120,21 @@ impl Coordinator {
                 self.resumed = true;
                 Take::Holding
             }
-            Ok(Acquire::Busy(why)) => {
+            Ok(Acquire::Busy { why, ahead }) => {
                 l.waiting_since.get_or_insert(now);
                 l.last_error = Some(why.clone());
-                Take::Wait(format!("waiting for a reboot slot ({backend}): {why}"))
+                Take::Wait {
+                    line: format!("waiting for a reboot slot ({backend}): {why}"),
+                    ahead,
+                }
             }
             Err(e) => {
                 l.waiting_since.get_or_insert(now);
                 l.last_error = Some(e.to_string());
-                Take::Wait(format!("not rebooting: {e}"))
+                Take::Wait {
+                    line: format!("not rebooting: {e}"),
+                    ahead: None,
+                }
             }
         }
     }
@@ -147,6 +164,29 @@ impl Coordinator {
                 Some(format!("keeping the reboot slot: {e}"))
             }
         }
+    }
+
+    /// Stops waiting for a slot (the maintenance window closed, or nothing
+    /// is pending any more): leaves the backend's queue so that nodes
+    /// behind this one are not held up. The line to log when it did.
+    pub fn withdraw(&mut self, state: &mut State) -> Option<String> {
+        let l = state.lock.as_mut()?;
+        if l.holding_since.is_some() || l.waiting_since.is_none() {
+            return None;
+        }
+        Some(match self.lock.withdraw() {
+            Ok(()) => {
+                state.lock = None;
+                format!(
+                    "stopped waiting for a reboot slot of group {}; the node queues again when it may reboot",
+                    self.group
+                )
+            }
+            Err(e) => {
+                l.last_error = Some(e.to_string());
+                format!("leaving the reboot slot queue: {e}")
+            }
+        })
     }
 
     /// Gives the slot back once no release is pending (the new boot is
@@ -184,6 +224,22 @@ impl Coordinator {
 pub fn backoff(attempt: u32, cap_secs: u64, salt: u64) -> Duration {
     let base_ms = 1000u64
         .saturating_mul(1 << attempt.min(16))
+        .min(cap_secs.max(1) * 1000);
+    let jitter = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (base_ms / 4 + 1);
+    Duration::from_millis(base_ms + jitter)
+}
+
+/// How long to wait before the next try for a slot: with a queue position
+/// (`ahead` slots to be freed first), about one second per slot ahead, so
+/// the front of the queue takes a freed slot within a second or two and the
+/// back polls rarely; without one (an error, FleetLock), [`backoff`]. At
+/// most `cap_secs` (plus the jitter) either way.
+pub fn retry_after(ahead: Option<u32>, attempt: u32, cap_secs: u64, salt: u64) -> Duration {
+    let Some(ahead) = ahead else {
+        return backoff(attempt, cap_secs, salt);
+    };
+    let base_ms = 1000u64
+        .saturating_mul(u64::from(ahead.max(1)))
         .min(cap_secs.max(1) * 1000);
     let jitter = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (base_ms / 4 + 1);
     Duration::from_millis(base_ms + jitter)
@@ -241,6 +297,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn queued_nodes_poll_by_their_place() {
+        assert!((1000..=1250).contains(&retry_after(Some(1), 9, 600, 7).as_millis()));
+        assert!((40_000..=50_000).contains(&retry_after(Some(40), 0, 600, 7).as_millis()));
+        assert!((600_000..=750_000).contains(&retry_after(Some(5000), 0, 600, 7).as_millis()));
+        assert_eq!(retry_after(None, 2, 60, 7), backoff(2, 60, 7));
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap() {
         assert!((1000..=1250).contains(&backoff(0, 60, 7).as_millis()));
         assert!((4000..=5000).contains(&backoff(2, 60, 7).as_millis()));
@@ -255,7 +319,7 @@ mod tests {
         .unwrap();
         let mut c = Coordinator::new(cfg.lock.as_ref().unwrap(), "n1");
         let mut st = State::default();
-        let Take::Wait(line) = c.take(&mut st, 100) else {
+        let Take::Wait { line, .. } = c.take(&mut st, 100) else {
             panic!("took a slot from nothing")
         };
         assert!(

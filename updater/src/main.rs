@@ -11,7 +11,7 @@ use herd_update::apply::{
     boot_is_good, check, install, install_blocked, reconcile, rollback_refusal, trusted_root, Found,
 };
 use herd_update::config::{Reboot, UpdateConfig, CONFIG, LOCAL, STATE_DIR, TRUSTED_ROOT};
-use herd_update::coordinate::{backoff, record, status_line, Coordinator, Take};
+use herd_update::coordinate::{record, retry_after, status_line, Coordinator, Take};
 use herd_update::esp::Esp;
 use herd_update::slots::Slots;
 use herd_update::state::{boot_id, node_id, State};
@@ -466,13 +466,14 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
                             }
                         }
                     }
-                    Take::Wait(line) => {
+                    Take::Wait { line, ahead } => {
                         let _ = state.save(dir);
                         if line != said_lock {
                             log(&line);
                             said_lock = line;
                         }
-                        wait_lock = Some(backoff(
+                        wait_lock = Some(retry_after(
+                            ahead,
                             attempt,
                             cfg.interval_secs,
                             salt(&node_id(dir), now),
@@ -495,6 +496,14 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
             }
         }
         if let Some(c) = coord.as_mut() {
+            // Not asking for a slot this round (outside the window, nothing
+            // pending): don't hold up the nodes queued behind this one.
+            if wait_lock.is_none() {
+                if let Some(l) = c.withdraw(state) {
+                    log(&l);
+                    let _ = state.save(dir);
+                }
+            }
             publish(c, &node_id(dir), slots, state, &mut said_publish);
         }
         // Until herd-init blesses this boot nothing is checked: look again soon.
@@ -572,13 +581,18 @@ fn lock_cycle(
         publish(&mut coord, from, &state);
         match took {
             Take::Holding => break,
-            Take::Wait(line) => {
+            Take::Wait { line, ahead } => {
                 state.save(state_dir)?;
                 if line != said {
                     log(&line);
                     said = line;
                 }
-                std::thread::sleep(backoff(attempt, cfg.interval_secs, salt(&id, now)));
+                std::thread::sleep(retry_after(
+                    ahead,
+                    attempt,
+                    cfg.interval_secs,
+                    salt(&id, now),
+                ));
             }
         }
     }

@@ -82,7 +82,10 @@ impl RebootLock for FleetLock {
     fn acquire(&mut self) -> Result<Acquire, Error> {
         Ok(match self.post("/v1/pre-reboot")? {
             None => Acquire::Granted,
-            Some(why) => Acquire::Busy(format!("the FleetLock server said no: {why}")),
+            Some(why) => Acquire::Busy {
+                why: format!("the FleetLock server said no: {why}"),
+                ahead: None,
+            },
         })
     }
 

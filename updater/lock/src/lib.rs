@@ -57,8 +57,15 @@ pub enum Error {
 pub enum Acquire {
     /// This node holds a slot now (or held it already).
     Granted,
-    /// All slots are taken; why, for the log and `herd-update status`.
-    Busy(String),
+    /// All slots are taken.
+    Busy {
+        /// Why, for the log and `herd-update status`.
+        why: String,
+        /// How many slots must be freed before it is this node's turn (a
+        /// queue position: 1 = the next freed slot), when the backend keeps
+        /// a queue; callers poll sooner the nearer the turn.
+        ahead: Option<u32>,
+    },
 }
 
 /// A reboot-slot backend.
@@ -69,6 +76,11 @@ pub trait RebootLock: Send {
     fn acquire(&mut self) -> Result<Acquire, Error>;
     /// Gives the slot back; releasing a slot not held is not an error.
     fn release(&mut self) -> Result<(), Error>;
+    /// Stops waiting for a slot (the node no longer wants to reboot now,
+    /// e.g. its maintenance window closed): leaves the queue, if any.
+    fn withdraw(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
     /// What must survive a reboot to keep holding the slot (the etcd lease).
     fn token(&self) -> Option<String>;
     /// Keeps holding the slot taken before a reboot (`token` from then).
