@@ -142,44 +142,40 @@ fn handle(root: &Path, conn: TcpStream) -> Result<()> {
                 continue;
             }
         };
-        if ranges.len() > 1 {
-            let body = herd_byteranges::body_len(BOUNDARY, &ranges, len);
-            let code = "206 Partial Content";
-            reply(
-                &mut w,
-                code,
-                &format!("Content-Type: multipart/byteranges; boundary={BOUNDARY}\r\n"),
-                body,
-            )?;
-            if method == "GET" {
-                herd_byteranges::write_body(&mut w, BOUNDARY, &ranges, len, &mut |a, n, w| {
-                    f.seek(SeekFrom::Start(a))?;
-                    std::io::copy(&mut (&mut f).take(n), w).map(|_| ())
-                })?;
-            }
-            w.flush()?;
-            tracing::info!("{method} {url} {code} {} ranges", ranges.len());
-            if close {
-                return Ok(());
-            }
-            continue;
-        }
-        let (code, start, end, extra) = match ranges.first() {
-            None => ("200 OK", 0, len, String::new()),
-            Some(&(s, e)) => (
-                "206 Partial Content",
-                s,
-                e + 1,
+        // One reply for the three cases: whole file, one range, several
+        // ranges (multipart/byteranges).
+        let code = if ranges.is_empty() {
+            "200 OK"
+        } else {
+            "206 Partial Content"
+        };
+        let (extra, body, what) = match ranges.as_slice() {
+            [] => (String::new(), len, format!("{len} bytes")),
+            &[(s, e)] => (
                 format!("Content-Range: bytes {s}-{e}/{len}\r\n"),
+                e + 1 - s,
+                format!("{} bytes", e + 1 - s),
+            ),
+            many => (
+                format!("Content-Type: multipart/byteranges; boundary={BOUNDARY}\r\n"),
+                herd_byteranges::body_len(BOUNDARY, many, len),
+                format!("{} ranges", many.len()),
             ),
         };
-        reply(&mut w, code, &extra, end - start)?;
+        reply(&mut w, code, &extra, body)?;
         if method == "GET" {
-            f.seek(SeekFrom::Start(start))?;
-            std::io::copy(&mut (&mut f).take(end - start), &mut w)?;
+            let mut copy = |a: u64, n: u64, w: &mut dyn Write| -> std::io::Result<()> {
+                f.seek(SeekFrom::Start(a))?;
+                std::io::copy(&mut (&mut f).take(n), w).map(|_| ())
+            };
+            match ranges.as_slice() {
+                [] => copy(0, len, &mut w)?,
+                &[(s, e)] => copy(s, e + 1 - s, &mut w)?,
+                many => herd_byteranges::write_body(&mut w, BOUNDARY, many, len, &mut copy)?,
+            }
         }
         w.flush()?;
-        tracing::info!("{method} {url} {code} {} bytes", end - start);
+        tracing::info!("{method} {url} {code} {what}");
         if close {
             return Ok(());
         }

@@ -11,8 +11,10 @@
 //! the halt (`Repo::halt`: a new signed channel document the nodes read).
 //! What is simulated: time (SCALE simulated seconds per real second), the
 //! download (none) and the reboot (a delay); the nodes are state machines
-//! run by a bounded pool of worker threads, and their status records share
-//! one lease (one keepalive instead of one per node).
+//! run by a bounded pool of worker threads, and their status records and
+//! places in the lock's queue share one lease (one keepalive instead of one
+//! per node; a real node refreshes one lease while it waits, the status
+//! record's, and a second one while it holds a slot).
 //!
 //! Run 1 (good release): every node updates. Printed: share of nodes per
 //! wave against the configured waves (±1 point), peak concurrent reboots
@@ -465,7 +467,8 @@ fn run(n: usize, scale: f64, bad: bool) -> Outcome {
                 first % FAIL_EVERY == 1
             };
             Mutex::new(Node {
-                lock: Etcd::with_client(client.clone(), GROUP, &id, MAX_CONCURRENT, 30),
+                lock: Etcd::with_client(client.clone(), GROUP, &id, MAX_CONCURRENT, 30)
+                    .queue_on(lease),
                 publisher: Publisher::on_lease(client.clone(), GROUP, &id, lease),
                 id,
                 version: FROM.into(),
@@ -511,12 +514,35 @@ fn run(n: usize, scale: f64, bad: bool) -> Outcome {
     let mut failures_seen = 0;
     let mut decided_at = 0.0;
     let mut next_control = clock.sim() + CONTROL_EVERY;
+    let mut next_progress = Duration::from_secs(15);
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let now = clock.sim();
+        if t0.elapsed() >= next_progress {
+            next_progress += Duration::from_secs(15);
+            let per_sec = requests.per_sec.lock().unwrap();
+            let last: usize = per_sec.iter().rev().skip(1).take(15).map(Vec::len).sum();
+            drop(per_sec);
+            eprintln!(
+                "  {:>4.0} s real ({:>6.0} s simulated after the rollout start): {} took the release, {} holding, {} updated; etcd {} requests/s",
+                t0.elapsed().as_secs_f64(),
+                now - start as f64,
+                sh.took.load(Ordering::Relaxed),
+                sh.holding.load(Ordering::Relaxed),
+                sh.done.load(Ordering::Relaxed),
+                last / 15
+            );
+        }
         if now >= next_control {
             next_control = now + CONTROL_EVERY;
-            let groups = read_fleet(&client, Some(GROUP)).expect("reading the fleet status");
+            // A real controller retries a failed read next round.
+            let groups = match read_fleet(&client, Some(GROUP)) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("controller: reading the fleet status failed, next round: {e}");
+                    continue;
+                }
+            };
             failures_seen = groups[0]
                 .nodes
                 .iter()

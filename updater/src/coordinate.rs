@@ -108,6 +108,11 @@ impl Coordinator {
             }
         }
         let backend = self.lock.backend();
+        // The place in the queue lives on the status record's lease: one
+        // lease refreshed per waiting node (without it, the lock's own).
+        if let Some(l) = self.publisher.as_mut().and_then(|p| p.lease().ok()) {
+            self.lock.queue_on_lease(l);
+        }
         let result = self.lock.acquire();
         let token = self.lock.token();
         let l = self.entry(state);

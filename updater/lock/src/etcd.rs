@@ -461,6 +461,9 @@ pub struct Etcd {
     keeper: Option<Keeper>,
     /// The revision this node joined the queue at (its `queue/` key).
     queued: Option<i64>,
+    /// A lease someone else keeps alive for the queue keys (see
+    /// [`RebootLock::queue_on_lease`]); else they go on `lease`.
+    queue_lease: Option<i64>,
 }
 
 /// What one poll read (one revision).
@@ -491,7 +494,15 @@ impl Etcd {
             lease: None,
             keeper: None,
             queued: None,
+            queue_lease: None,
         }
+    }
+
+    /// This lock with its queue keys on `lease`, which the caller keeps
+    /// alive (see [`RebootLock::queue_on_lease`]).
+    pub fn queue_on(mut self, lease: i64) -> Etcd {
+        self.queue_on_lease(lease);
+        self
     }
 
     /// `/herd/reboot/<group>/`.
@@ -524,6 +535,19 @@ impl Etcd {
         }
         self.keeper = None;
         self.lease = None;
+        if self.queue_lease.is_none() {
+            self.queued = None;
+        }
+        Ok(())
+    }
+
+    /// Leaves the queue: deletes the queue keys (on a lease of someone
+    /// else's, they would outlive this node's wish to reboot).
+    fn leave_queue(&mut self) -> Result<(), Error> {
+        if let (Some(_), Some(rev)) = (self.queue_lease, self.queued) {
+            self.client.delete(&queue_key(&self.group, rev))?;
+            self.client.delete(&self.waiting_key())?;
+        }
         self.queued = None;
         Ok(())
     }
@@ -534,7 +558,9 @@ impl Etcd {
         if self.keeper.as_ref().is_some_and(Keeper::expired) {
             self.keeper = None;
             self.lease = None;
-            self.queued = None;
+            if self.queue_lease.is_none() {
+                self.queued = None;
+            }
         }
         if let Some(l) = self.lease {
             return Ok(l);
@@ -590,14 +616,17 @@ impl RebootLock for Etcd {
 
     fn acquire(&mut self) -> Result<Acquire, Error> {
         for _ in 0..RACES {
-            let lease = self.lease()?;
+            let qlease = match self.queue_lease {
+                Some(l) => l,
+                None => self.lease()?,
+            };
             let rev = match self.queued {
                 Some(r) => r,
-                None => self.join(lease)?,
+                None => self.join(qlease)?,
             };
-            let p = self.poll(rev, lease)?;
+            let p = self.poll(rev, qlease)?;
             if let Some((_, l)) = p.holders.iter().find(|(h, _)| *h == self.id) {
-                if *l == lease {
+                if Some(*l) == self.lease {
                     return Ok(Acquire::Granted);
                 }
                 // A key of an earlier run (another lease): it is this node's
@@ -626,6 +655,9 @@ impl RebootLock for Etcd {
                     ahead: Some(ahead),
                 });
             }
+            // My turn: the holder key goes on a lease of this node's own
+            // (it must outlive the reboot: see `resume`).
+            let lease = self.lease()?;
             let mut list: Vec<String> = p.holders.into_iter().map(|(h, _)| h).collect();
             list.push(self.id.clone());
             let txn = acquire_txn(
@@ -659,8 +691,19 @@ impl RebootLock for Etcd {
         self.drop_lease()
     }
 
+    fn queue_on_lease(&mut self, lease: i64) {
+        if self.queue_lease != Some(lease) {
+            // Joined on another lease (or none): join again; the waiting
+            // key keeps its creation revision, so the place is kept.
+            self.queued = None;
+        }
+        self.queue_lease = Some(lease);
+    }
+
     fn withdraw(&mut self) -> Result<(), Error> {
-        // Waiting only: the lease carries nothing but the queue keys.
+        // Waiting only: this node's own lease carries nothing but the queue
+        // keys, when they are not on a shared lease.
+        self.leave_queue()?;
         self.drop_lease()
     }
 

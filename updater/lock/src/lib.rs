@@ -76,6 +76,10 @@ pub trait RebootLock: Send {
     fn acquire(&mut self) -> Result<Acquire, Error>;
     /// Gives the slot back; releasing a slot not held is not an error.
     fn release(&mut self) -> Result<(), Error>;
+    /// Puts this node's place in the backend's queue (if it keeps one) on
+    /// `lease`, a lease the caller keeps alive anyway (the node's fleet
+    /// status record's): a waiting node then refreshes one lease, not two.
+    fn queue_on_lease(&mut self, _lease: i64) {}
     /// Stops waiting for a slot (the node no longer wants to reboot now,
     /// e.g. its maintenance window closed): leaves the queue, if any.
     fn withdraw(&mut self) -> Result<(), Error> {

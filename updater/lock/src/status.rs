@@ -108,39 +108,46 @@ impl Publisher {
         }
     }
 
-    /// Writes `rec` unless the last record written says the same; whether
-    /// it wrote. A lease that expired meanwhile (etcd unreachable for
-    /// longer than its TTL) is replaced by a new one.
-    pub fn publish(&mut self, rec: &NodeStatus) -> Result<bool, Error> {
+    /// The lease the record lives on (granted, and kept alive from a
+    /// thread, on first use or when the last one expired). The etcd reboot
+    /// lock puts this node's place in its queue on the same lease, so a
+    /// waiting node refreshes one lease, not two.
+    pub fn lease(&mut self) -> Result<i64, Error> {
+        if let Some(l) = self.shared {
+            return Ok(l);
+        }
         if self.lease.as_ref().is_some_and(|(_, k)| k.expired()) {
             // The record went with its lease: write it again on a new one.
             self.lease = None;
             self.last = None;
         }
-        if self.last.as_ref().is_some_and(|l| l.same_as(rec)) {
-            return Ok(false);
+        if let Some((l, _)) = &self.lease {
+            return Ok(*l);
         }
-        let value = serde_json::to_string(rec).expect("a status record serialises");
-        if let Some(lease) = self.shared {
-            self.client.put(&self.key, &value, lease)?;
-            self.last = Some(rec.clone());
-            return Ok(true);
-        }
+        let l = self.client.grant(self.ttl)?;
+        self.lease = Some((l, Keeper::start(self.client.clone(), l, self.ttl)));
+        self.last = None;
+        Ok(l)
+    }
+
+    /// Writes `rec` unless the last record written says the same; whether
+    /// it wrote. A lease that expired meanwhile (etcd unreachable for
+    /// longer than its TTL) is replaced by a new one.
+    pub fn publish(&mut self, rec: &NodeStatus) -> Result<bool, Error> {
         for _ in 0..2 {
-            let lease = match &self.lease {
-                Some((l, _)) => *l,
-                None => {
-                    let l = self.client.grant(self.ttl)?;
-                    self.lease = Some((l, Keeper::start(self.client.clone(), l, self.ttl)));
-                    l
-                }
-            };
+            let lease = self.lease()?;
+            if self.last.as_ref().is_some_and(|l| l.same_as(rec)) {
+                return Ok(false);
+            }
+            let value = serde_json::to_string(rec).expect("a status record serialises");
             match self.client.put(&self.key, &value, lease) {
                 Ok(()) => {
                     self.last = Some(rec.clone());
                     return Ok(true);
                 }
-                Err(Error::Protocol { message, .. }) if message.contains("lease not found") => {
+                Err(Error::Protocol { message, .. })
+                    if message.contains("lease not found") && self.shared.is_none() =>
+                {
                     self.lease = None;
                 }
                 Err(e) => return Err(e),
