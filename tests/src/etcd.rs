@@ -81,3 +81,27 @@ impl Drop for EtcdServer {
         let _ = self.child.wait();
     }
 }
+
+/// `herd-update lock-cycle` (the node build) for the simulated node whose
+/// state directory is `dir`: its configuration `dir/update.toml`, its
+/// reboot hook `dir/hook`, stdout and stderr into `dir/log` and `dir/err`
+/// (read back by [`lock_cycle_log`]). Callers add flags and spawn it.
+pub fn lock_cycle(dir: &Path) -> Command {
+    let mut c = Command::new(crate::bin_dir().join("herd-update"));
+    c.arg("lock-cycle")
+        .arg("--config")
+        .arg(dir.join("update.toml"))
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("--hook")
+        .arg(dir.join("hook"))
+        .stdout(std::fs::File::create(dir.join("log")).expect("creating the node's log"))
+        .stderr(std::fs::File::create(dir.join("err")).expect("creating the node's err"));
+    c
+}
+
+/// What a [`lock_cycle`] process of `dir` printed so far.
+pub fn lock_cycle_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join("err")).unwrap_or_default()
+}

@@ -7,6 +7,7 @@
 
 pub mod etcd;
 pub mod registry;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,62 +9,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use herd_qemu::{GuestForward, OnReboot, Vm, VmConfig};
+use herd_tests::update::*;
 use herd_tests::*;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-fn herd_ok(args: &[&str]) -> String {
-    run_ok(Command::new(herd()).args(args))
-}
-
 /// The probe image plus the updater at `version`, built from the node
-/// binaries in `bins`.
-fn build(d: &Path, version: &str, root: &Path, bins: &Path) -> PathBuf {
-    build_with(d, version, root, bins, None)
-}
-
-/// Same, with `extra` (a host file) carried as /usr/aa-ballast: first in
-/// the image's order.
-fn build_with(d: &Path, version: &str, root: &Path, bins: &Path, extra: Option<&Path>) -> PathBuf {
-    let lock = workspace().join("buildroot/debian.lock");
-    let mut t = std::fs::read_to_string(workspace().join("tests/images/probe.toml"))
-        .unwrap()
-        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
-        .replace(
-            "lock = \"../../buildroot/debian.lock\"",
-            &format!("lock = {:?}", lock.to_str().unwrap()),
-        )
-        .replace(
-            "binaries = [\"herd-init\"]",
-            "binaries = [\"herd-init\", \"herd-update\"]",
-        );
-    t.push_str(&format!(
-        "\n[[init.service]]\nname = \"updater\"\nexec = [\"/usr/bin/herd-update\", \"run\"]\n\n\
-         [update]\nrepository = \"http://10.0.2.100:8080\"\nchannel = \"stable\"\ninterval_secs = 2\nroot = {:?}\n",
-        root.to_str().unwrap()
-    ));
+/// binaries in `bins`, with `extra` (a host file) carried as
+/// /usr/aa-ballast: first in the image's order.
+fn build(d: &Path, version: &str, root: &Path, bins: &Path, extra: Option<&Path>) -> PathBuf {
+    let mut t = updater_image(version, root);
     if let Some(x) = extra {
-        t.push_str(&format!(
-            "\n[[usr.file]]\npath = \"aa-ballast\"\nsource = {:?}\n",
-            x.to_str().unwrap()
-        ));
+        t.push_str(&usr_file("aa-ballast", x));
     }
-    let toml = d.join(format!("image-{version}.toml"));
-    std::fs::write(&toml, t).unwrap();
     let out = d.join(format!("out-{version}"));
-    run_ok(
-        Command::new(herd())
-            .arg("build")
-            .arg(&toml)
-            .arg("--out")
-            .arg(&out)
-            .arg("--bin-dir")
-            .arg(bins)
-            .arg("--quiet")
-            .env("HERD_CACHE", cache_dir())
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-    );
+    build_image(&write_image(d, version, &t), &out, bins);
     out
 }
 
@@ -88,65 +47,6 @@ fn changed_bins(d: &Path, kib: usize) -> PathBuf {
     bins
 }
 
-/// `kib` KiB of incompressible bytes from `seed`, the same every run.
-fn noise(path: &Path, kib: usize, seed: u64) {
-    let mut x = seed;
-    let mut v = vec![0u8; kib << 10];
-    for w in v.chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        w.copy_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(path, v).unwrap();
-}
-
-struct Repo {
-    dir: PathBuf,
-    key: PathBuf,
-}
-
-impl Repo {
-    fn new(d: &Path) -> Repo {
-        let key = d.join("repo.key");
-        herd_ok(&["key", "generate", "--out", key.to_str().unwrap()]);
-        let dir = d.join("repo");
-        herd_ok(&[
-            "release",
-            "init",
-            "--repo",
-            dir.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ]);
-        Repo { dir, key }
-    }
-
-    fn publish(&self, out: &Path) -> String {
-        herd_ok(&[
-            "release",
-            "publish",
-            "--image-out",
-            out.to_str().unwrap(),
-            "--repo",
-            self.dir.to_str().unwrap(),
-            "--key",
-            self.key.to_str().unwrap(),
-        ])
-    }
-}
-
-fn boot(disk: &Path, port: u16, log: &Path) -> Vm {
-    let mut cfg = VmConfig::new(disk.to_path_buf());
-    cfg.memory_mib = 512;
-    cfg.on_reboot = OnReboot::Reset;
-    cfg.guest_forwards.push(GuestForward {
-        guest: 8080,
-        host: port,
-    });
-    Vm::start(&cfg, log).unwrap()
-}
-
 /// The figure before `what` in a delta line ("N bytes from the local slot").
 fn figure(line: &str, what: &str) -> u64 {
     let head = line
@@ -163,25 +63,19 @@ fn figure(line: &str, what: &str) -> u64 {
 fn updates_by_delta_when_one_binary_changed() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let r = Repo::new(d);
-    let root = r.dir.join("root/1.json");
-    let v1 = build(d, "0.1.0", &root, &bin_dir());
-    let v2 = build(d, "0.2.0", &root, &changed_bins(d, 256));
-    r.publish(&v1);
+    let r = Repo::new(d, "repo");
+    let root = r.root();
+    let v1 = build(d, "0.1.0", &root, &bin_dir(), None);
+    let v2 = build(d, "0.2.0", &root, &changed_bins(d, 256), None);
+    r.publish(&v1, &[]);
     let (_srv, port) = herd_serve(&r.dir);
-    let disk = d.join("disk.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(v1.join("disk.raw"))
-            .arg(&disk),
-    );
-    let vm = boot(&disk, port, &d.join("console.log"));
+    let disk = copy_disk(&v1, d);
+    let vm = boot_node(&disk, port, &d.join("console.log"));
     vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
     vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
         .unwrap();
 
-    r.publish(&v2);
+    r.publish(&v2, &[]);
     let usr = vm
         .wait_for("updater: delta usr.img of 0.2.0:", BOOT)
         .unwrap();
@@ -281,34 +175,28 @@ impl SlowLink {
 fn a_power_cut_mid_delta_resumes_and_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let r = Repo::new(d);
-    let root = r.dir.join("root/1.json");
+    let r = Repo::new(d, "repo");
+    let root = r.root();
     // 12 MiB the same in both releases, ahead of the changed binary: the
     // updater starts writeback every 8 MiB it writes, so what it wrote
     // before the cut is on the disk when the power goes.
     let ballast = d.join("ballast");
     noise(&ballast, 12 << 10, 0x2545_f491_4f6c_dd1d);
-    let v1 = build_with(d, "0.1.0", &root, &bin_dir(), Some(&ballast));
+    let v1 = build(d, "0.1.0", &root, &bin_dir(), Some(&ballast));
     // 2 MiB changed: about 8 s through the slow link.
-    let v2 = build_with(d, "0.2.0", &root, &changed_bins(d, 2048), Some(&ballast));
-    r.publish(&v1);
+    let v2 = build(d, "0.2.0", &root, &changed_bins(d, 2048), Some(&ballast));
+    r.publish(&v1, &[]);
     let (_srv, port) = herd_serve(&r.dir);
     let link = SlowLink::new(port);
-    let disk = d.join("disk.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(v1.join("disk.raw"))
-            .arg(&disk),
-    );
-    let vm = boot(&disk, link.port, &d.join("console-1.log"));
+    let disk = copy_disk(&v1, d);
+    let vm = boot_node(&disk, link.port, &d.join("console-1.log"));
     vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
     vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
         .unwrap();
 
     link.slow.store(true, std::sync::atomic::Ordering::Relaxed);
     let before = link.passed();
-    r.publish(&v2);
+    r.publish(&v2, &[]);
     vm.wait_for("updater: installing herd 0.2.0 into slot b", BOOT)
         .unwrap();
     // The channel, the indexes and usr.verity's delta are well under
@@ -333,7 +221,7 @@ fn a_power_cut_mid_delta_resumes_and_finishes() {
     // Power back on, full speed: 0.1.0 boots, the delta runs again over
     // the partly written slot and finishes.
     link.slow.store(false, std::sync::atomic::Ordering::Relaxed);
-    let vm = boot(&disk, link.port, &d.join("console-2.log"));
+    let vm = boot_node(&disk, link.port, &d.join("console-2.log"));
     vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
     let usr = vm
         .wait_for("updater: delta usr.img of 0.2.0:", BOOT)

@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use herd_reboot_lock::status::{node_key, NodeStatus, Publisher};
-use herd_tests::etcd::EtcdServer;
+use herd_tests::etcd::{lock_cycle, lock_cycle_log, EtcdServer};
 use herd_tests::*;
 
 /// One simulated node: a state dir with its id, config and reboot hook.
@@ -42,26 +42,16 @@ impl Node {
     }
 
     fn spawn(&self, linger: u64) -> KillOnDrop {
-        let child: Child = Command::new(bin_dir().join("herd-update"))
-            .arg("lock-cycle")
-            .arg("--config")
-            .arg(self.dir.join("update.toml"))
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .arg("--hook")
-            .arg(self.dir.join("hook"))
+        let child: Child = lock_cycle(&self.dir)
             .args(["--from-version", "0.1.0", "--to-version", "0.2.0"])
             .args(["--linger-secs", &linger.to_string()])
-            .stdout(std::fs::File::create(self.dir.join("log")).unwrap())
-            .stderr(std::fs::File::create(self.dir.join("err")).unwrap())
             .spawn()
             .expect("starting herd-update lock-cycle");
         KillOnDrop(child)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-            + &std::fs::read_to_string(self.dir.join("err")).unwrap_or_default()
+        lock_cycle_log(&self.dir)
     }
 }
 

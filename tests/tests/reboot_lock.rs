@@ -8,20 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herd_reboot_lock::etcd::{Client, Etcd};
 use herd_reboot_lock::{Acquire, RebootLock};
-use herd_tests::etcd::EtcdServer;
+use herd_tests::etcd::{lock_cycle, lock_cycle_log, EtcdServer};
 use herd_tests::*;
-
-/// The node build of herd-update (static, built by scripts/setup.sh): the
-/// same binary a node runs.
-fn herd_update() -> PathBuf {
-    bin_dir().join("herd-update")
-}
 
 /// One node: its state dir (with node-id), config, hook and log.
 struct Node {
@@ -53,23 +47,13 @@ fn node(root: &Path, id: &str, lock: &str, hook: &str) -> Node {
 
 impl Node {
     fn spawn(&self) -> Child {
-        Command::new(herd_update())
-            .arg("lock-cycle")
-            .arg("--config")
-            .arg(self.dir.join("update.toml"))
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .arg("--hook")
-            .arg(self.dir.join("hook"))
-            .stdout(std::fs::File::create(self.dir.join("log")).unwrap())
-            .stderr(std::fs::File::create(self.dir.join("err")).unwrap())
+        lock_cycle(&self.dir)
             .spawn()
-            .expect("starting herd-update")
+            .expect("starting herd-update lock-cycle")
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-            + &std::fs::read_to_string(self.dir.join("err")).unwrap_or_default()
+        lock_cycle_log(&self.dir)
     }
 
     fn rebooted(&self) -> bool {

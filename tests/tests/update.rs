@@ -7,17 +7,13 @@
 //! rebooted at its health deadline until the node falls back the same way.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use herd_qemu::{GuestForward, OnReboot, Vm, VmConfig};
+use herd_qemu::Vm;
+use herd_tests::update::*;
 use herd_tests::*;
 
 const BOOT: Duration = Duration::from_secs(180);
-
-fn herd_ok(args: &[&str]) -> String {
-    run_ok(Command::new(herd()).args(args))
-}
 
 /// An image description: the probe image plus the updater, at `version`.
 fn image_toml(dir: &Path, version: &str, root: &Path, broken: bool) -> PathBuf {
@@ -32,137 +28,19 @@ fn image_toml_with(
     broken: bool,
     extra: Option<&Path>,
 ) -> PathBuf {
-    let probe = std::fs::read_to_string(workspace().join("tests/images/probe.toml")).unwrap();
-    let lock = workspace().join("buildroot/debian.lock");
-    let mut t = probe
-        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
-        .replace(
-            "lock = \"../../buildroot/debian.lock\"",
-            &format!("lock = {:?}", lock.to_str().unwrap()),
-        )
-        .replace(
-            "binaries = [\"herd-init\"]",
-            "binaries = [\"herd-init\", \"herd-update\"]",
-        );
+    let mut t = updater_image(version, root);
     if broken {
         // A release that cannot boot: no dm-verity module in its initramfs.
         t = t.replace("\"dm-verity\", ", "");
     }
-    t.push_str(&format!(
-        "\n[[init.service]]\nname = \"updater\"\nexec = [\"/usr/bin/herd-update\", \"run\"]\n\n\
-         [update]\nrepository = \"http://10.0.2.100:8080\"\nchannel = \"stable\"\ninterval_secs = 2\nroot = {:?}\n",
-        root.to_str().unwrap()
-    ));
     if let Some(x) = extra {
-        t.push_str(&format!(
-            "\n[[usr.file]]\npath = \"share/ballast\"\nsource = {:?}\n",
-            x.to_str().unwrap()
-        ));
+        t.push_str(&usr_file("share/ballast", x));
     }
-    let p = dir.join(format!("image-{version}.toml"));
-    std::fs::write(&p, t).unwrap();
-    p
+    write_image(dir, version, &t)
 }
 
 fn build(toml: &Path, out: &Path) {
-    run_ok(herd_build(toml, out, 1_700_000_000).arg("--quiet"));
-}
-
-/// A release repository with its key, served on 127.0.0.1.
-struct Repo {
-    dir: PathBuf,
-    key: PathBuf,
-    port: u16,
-    _srv: KillOnDrop,
-}
-
-impl Repo {
-    fn new(d: &Path, name: &str) -> Repo {
-        let key = d.join(format!("{name}.key"));
-        herd_ok(&["key", "generate", "--out", key.to_str().unwrap()]);
-        let dir = d.join(name);
-        herd_ok(&[
-            "release",
-            "init",
-            "--repo",
-            dir.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let srv = KillOnDrop(
-            Command::new(herd())
-                .arg("serve")
-                .arg(&dir)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        Repo {
-            dir,
-            key,
-            port,
-            _srv: srv,
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.join("root/1.json")
-    }
-
-    fn publish(&self, out: &Path, extra: &[&str]) {
-        let mut args = vec![
-            "release",
-            "publish",
-            "--image-out",
-            out.to_str().unwrap(),
-            "--repo",
-            self.dir.to_str().unwrap(),
-            "--key",
-            self.key.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        herd_ok(&args);
-    }
-
-    fn channel(&self) -> PathBuf {
-        self.dir.join("channels/stable.json")
-    }
-
-    fn payload(&self, out: &Path, file: &str) -> PathBuf {
-        let m = manifest(out);
-        let sha = m["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["path"] == file)
-            .unwrap()["sha256"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        self.dir.join("payloads").join(sha)
-    }
-}
-
-fn boot(disk: &Path, port: u16, log: &Path) -> Vm {
-    boot_with(disk, port, log, false)
-}
-
-fn boot_with(disk: &Path, port: u16, log: &Path, tpm: bool) -> Vm {
-    let mut cfg = VmConfig::new(disk.to_path_buf());
-    cfg.tpm = tpm;
-    cfg.memory_mib = 512;
-    cfg.on_reboot = OnReboot::Reset;
-    cfg.guest_forwards.push(GuestForward {
-        guest: 8080,
-        host: port,
-    });
-    Vm::start(&cfg, log).unwrap()
+    build_image(toml, out, &bin_dir());
 }
 
 #[test]
@@ -170,6 +48,7 @@ fn updates_to_slot_b_then_rolls_back_a_broken_release() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let r = Repo::new(d, "repo");
+    let (_srv, port) = herd_serve(&r.dir);
     let root = r.root();
     for (v, broken) in [("0.1.0", false), ("0.2.0", false), ("0.3.0", true)] {
         build(
@@ -179,14 +58,10 @@ fn updates_to_slot_b_then_rolls_back_a_broken_release() {
     }
     let publish = |v: &str| r.publish(&d.join(format!("out-{v}")), &[]);
     publish("0.1.0");
-    let disk = d.join("disk.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(d.join("out-0.1.0/disk.raw"))
-            .arg(&disk),
-    );
-    let vm = boot_with(&disk, r.port, &d.join("console.log"), true);
+    let disk = copy_disk(&d.join("out-0.1.0"), d);
+    let mut cfg = node_vm(&disk, port);
+    cfg.tpm = true;
+    let vm = Vm::start(&cfg, &d.join("console.log")).unwrap();
 
     vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
     // Measured boot: the node's PCRs are what `herd pcr predict` and the
@@ -269,14 +144,8 @@ fn updates_to_slot_b_then_rolls_back_a_broken_release() {
 /// Copies the 0.1.0 disk of `out` into `d` and boots it until the updater
 /// has checked the repository once.
 fn first_boot(d: &Path, out: &Path, port: u16, log: &str) -> (PathBuf, Vm) {
-    let disk = d.join("disk.raw");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(out.join("disk.raw"))
-            .arg(&disk),
-    );
-    let vm = boot(&disk, port, &d.join(log));
+    let disk = copy_disk(out, d);
+    let vm = boot_node(&disk, port, &d.join(log));
     vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
     vm.wait_for("updater: 0.1.0 is the newest release on stable", BOOT)
         .unwrap();
@@ -292,6 +161,7 @@ fn falls_back_from_a_release_that_never_becomes_healthy() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let r = Repo::new(d, "repo");
+    let (_srv, port) = herd_serve(&r.dir);
     let out = |v: &str| d.join(format!("out-{v}"));
     for v in ["0.1.0", "0.2.0"] {
         let toml = image_toml(d, v, &r.root(), false);
@@ -310,7 +180,7 @@ fn falls_back_from_a_release_that_never_becomes_healthy() {
         build(&toml, &out(v));
     }
     r.publish(&out("0.1.0"), &[]);
-    let (disk, vm) = first_boot(d, &out("0.1.0"), r.port, "console.log");
+    let (disk, vm) = first_boot(d, &out("0.1.0"), port, "console.log");
 
     r.publish(&out("0.2.0"), &[]);
     vm.wait_for(
@@ -376,27 +246,15 @@ fn falls_back_from_a_release_that_never_becomes_healthy() {
     );
 }
 
-/// Incompressible bytes, the same every run.
-fn ballast(path: &Path, mib: usize) {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut v = vec![0u8; mib << 20];
-    for w in v.chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        w.copy_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(path, v).unwrap();
-}
-
 #[test]
 fn refuses_every_bad_input_then_resumes_an_interrupted_download() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let r = Repo::new(d, "repo");
+    let (_srv, port) = herd_serve(&r.dir);
     let stranger = Repo::new(d, "stranger");
     let big = d.join("ballast");
-    ballast(&big, 40);
+    noise(&big, 40 << 10, 0x2545_f491_4f6c_dd1d);
     let out = |v: &str| d.join(format!("out-{v}"));
     for (v, extra) in [
         ("0.0.9", None),
@@ -407,7 +265,7 @@ fn refuses_every_bad_input_then_resumes_an_interrupted_download() {
     }
     r.publish(&out("0.1.0"), &[]);
     let seq1 = std::fs::read(r.channel()).unwrap();
-    let (disk, vm) = first_boot(d, &out("0.1.0"), r.port, "console-1.log");
+    let (disk, vm) = first_boot(d, &out("0.1.0"), port, "console-1.log");
     let expect = |needle: &str| {
         let line = vm.wait_for(needle, BOOT).unwrap();
         assert!(line.contains("updater: update failed"), "{line}");
@@ -500,7 +358,7 @@ fn refuses_every_bad_input_then_resumes_an_interrupted_download() {
     // delta that finds what the cut left in place in slot B: either way at
     // least the first resume point's 16 MiB (less the chunk it cuts through)
     // are not downloaded again.
-    let vm = boot(&disk, r.port, &d.join("console-2.log"));
+    let vm = boot_node(&disk, port, &d.join("console-2.log"));
     vm.wait_for("ready slot=a version=0.1.0", BOOT).unwrap();
     let (how, resumed) = vm
         .wait_for_any(
