@@ -193,6 +193,26 @@ pub fn acquire_txn(
     })
 }
 
+/// The TTL in a keepalive answer. A streaming call through the gateway
+/// answers `{"result": {...}}`, leaving out a TTL of 0 (the lease is gone),
+/// or `{"error": ...}` when etcd failed the call (overloaded, no leader):
+/// that says nothing about the lease, so it is an error, not "expired".
+pub fn keepalive_ttl(v: &Value) -> Result<i64, Error> {
+    let Some(r) = v.get("result") else {
+        let text: String = v.to_string().chars().take(300).collect();
+        return Err(Error::Protocol {
+            backend: BACKEND,
+            what: "/v3/lease/keepalive".into(),
+            message: format!("no result: {text}"),
+        });
+    };
+    Ok(match r.get("TTL") {
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    })
+}
+
 /// Told of every request a [`Client`] made: its path and how long it took
 /// (answered or not).
 pub type Observer = Arc<dyn Fn(&str, Duration) + Send + Sync>;
@@ -316,14 +336,7 @@ impl Client {
 
     /// Refreshes `lease`; its remaining TTL (0 or less: the lease is gone).
     pub fn keepalive(&self, lease: i64) -> Result<i64, Error> {
-        let v = self.call("/v3/lease/keepalive", &json!({ "ID": lease.to_string() }))?;
-        // A streaming call through the gateway: `{"result": {...}}`.
-        let r = v.get("result").cloned().unwrap_or(v);
-        Ok(match r.get("TTL") {
-            Some(Value::String(s)) => s.parse().unwrap_or(0),
-            Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-            _ => 0,
-        })
+        keepalive_ttl(&self.call("/v3/lease/keepalive", &json!({ "ID": lease.to_string() }))?)
     }
 
     /// Revokes `lease` (and so deletes its keys); a lease gone already is fine.
@@ -800,6 +813,18 @@ mod tests {
         // An empty range: the gateway leaves out zero and empty fields.
         let e: Range = serde_json::from_str(r#"{"header":{"revision":"3"}}"#).unwrap();
         assert_eq!((e.count, e.kvs.len()), (0, 0));
+    }
+
+    #[test]
+    fn keepalive_tells_an_expired_lease_from_a_failed_call() {
+        // As etcd 3.4.23's gateway answers (checked with curl).
+        let live = json!({"result": {"ID": "7587", "TTL": "2"}});
+        let gone = json!({"result": {"ID": "7587"}});
+        let failed = json!({"error": "etcdserver: too many requests", "code": 14});
+        assert_eq!(keepalive_ttl(&live).unwrap(), 2);
+        assert_eq!(keepalive_ttl(&gone).unwrap(), 0);
+        let e = keepalive_ttl(&failed).unwrap_err().to_string();
+        assert!(e.contains("too many requests"), "{e}");
     }
 
     #[test]
