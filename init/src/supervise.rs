@@ -38,6 +38,9 @@ fn spawn(cfg: &Service) -> std::io::Result<i32> {
         .stdin(Stdio::null())
         .stdout(w.try_clone()?)
         .stderr(w);
+    // std's spawn keeps the parent's signal mask (checked: a child of a
+    // thread that blocks SIGTERM starts with it blocked), so the child
+    // unblocks PID 1's handled signals itself.
     // SAFETY: between fork and exec only async-signal-safe calls: setsid and
     // pthread_sigmask (through block_signals) on this thread's own mask.
     unsafe {

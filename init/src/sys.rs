@@ -1,11 +1,13 @@
 //! The system calls herd-init makes, through `rustix` (safe wrappers, no C
-//! dependency of their own). Two things rustix does not offer stay on libc
-//! with `unsafe`: the signal mask with `sigtimedwait` (rustix keeps those in
-//! its `runtime` API, meant for libc implementations) and raw ioctls whose
-//! argument structs are defined next to their callers ([`ioctl_ptr`]).
+//! dependency of their own). The one thing rustix does not offer stays on
+//! libc with `unsafe`: the signal mask and `sigtimedwait` (rustix has them
+//! only in its hidden, unstable `runtime` module, meant for libc
+//! implementations). The ioctls (device-mapper in `dm`, BLKPG and ext4
+//! resize in `grow`) go through `rustix::ioctl` with their `#[repr(C)]`
+//! argument structs next to their callers.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 pub use rustix::mount::MountFlags;
@@ -162,22 +164,4 @@ pub fn boottime() -> Duration {
 /// statvfs(2): the fundamental block size of the file system at `path`.
 pub fn block_size(path: &str) -> io::Result<u64> {
     Ok(rustix::fs::statvfs(path)?.f_bsize)
-}
-
-/// ioctl(2) with a pointer argument.
-///
-/// # Safety
-/// `arg` must point to memory of the size and layout `req` expects.
-pub unsafe fn ioctl_ptr<T>(
-    fd: &impl AsRawFd,
-    req: libc::c_ulong,
-    arg: *mut T,
-) -> io::Result<libc::c_int> {
-    // SAFETY: the caller guarantees arg matches req.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
 }
