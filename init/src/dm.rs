@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 
-use crate::sys;
+use rustix::ioctl::{ioctl, opcode, Opcode, Updater};
 
 /// `struct dm_ioctl` (linux/dm-ioctl.h): the header of every request on
 /// /dev/mapper/control, followed by the request's data.
@@ -61,13 +61,15 @@ struct OneTarget {
 
 const READONLY: u32 = 1 << 0;
 
-const fn iowr(nr: u64) -> u64 {
-    (3 << 30) | ((std::mem::size_of::<DmIoctl>() as u64) << 16) | (0xfd << 8) | nr
+/// `_IOWR(DM_IOCTL, nr, struct dm_ioctl)`: every request names the header's
+/// size, whatever data follows it.
+const fn iowr(nr: u8) -> Opcode {
+    opcode::read_write::<DmIoctl>(0xfd, nr)
 }
-const DM_VERSION: u64 = iowr(0);
-const DM_DEV_CREATE: u64 = iowr(3);
-const DM_DEV_SUSPEND: u64 = iowr(6);
-const DM_TABLE_LOAD: u64 = iowr(9);
+const DM_VERSION: Opcode = iowr(0);
+const DM_DEV_CREATE: Opcode = iowr(3);
+const DM_DEV_SUSPEND: Opcode = iowr(6);
+const DM_TABLE_LOAD: Opcode = iowr(9);
 
 fn request<T>(name: &str, flags: u32, targets: u32, body: T) -> Request<T> {
     let mut header = DmIoctl {
@@ -89,10 +91,17 @@ fn request<T>(name: &str, flags: u32, targets: u32, body: T) -> Request<T> {
     Request { header, body }
 }
 
-fn call<T>(ctl: &File, req: u64, r: &mut Request<T>) -> io::Result<()> {
-    // SAFETY: `r` is a repr(C) dm_ioctl header followed by its data, and
-    // the header's data_size is the size of the whole request (request()).
-    unsafe { sys::ioctl_ptr(ctl, req as libc::c_ulong, r as *mut Request<T>) }.map(|_| ())
+/// Sends request `OP` (one of the `DM_*` opcodes above) on the control
+/// device; the kernel writes its answer into `r`.
+fn call<const OP: Opcode, T>(ctl: &File, r: &mut Request<T>) -> io::Result<()> {
+    // SAFETY: OP is a device-mapper _IOWR request on /dev/mapper/control,
+    // which takes a pointer to a dm_ioctl header followed by its data; `r`
+    // is a repr(C) dm_ioctl (layout checked against linux/dm-ioctl.h's 312
+    // bytes above) followed by that data, and the header's data_size is the
+    // size of all of `r` (request()), so the kernel reads and writes only
+    // inside it, and only during the call.
+    unsafe { ioctl(ctl, Updater::<OP, Request<T>>::new(r)) }?;
+    Ok(())
 }
 
 /// Creates `name` as a read-only device-mapper device with one target
@@ -101,7 +110,7 @@ fn call<T>(ctl: &File, req: u64, r: &mut Request<T>) -> io::Result<()> {
 pub fn create(name: &str, target_type: &str, sectors: u64, params: &str) -> io::Result<(u32, u32)> {
     let ctl = control()?;
     let mut r = request(name, READONLY, 0, ());
-    call(&ctl, DM_DEV_CREATE, &mut r)?;
+    call::<DM_DEV_CREATE, _>(&ctl, &mut r)?;
     let dev = r.header.dev;
     load_and_resume(&ctl, name, target_type, sectors, params)?;
     // Linux's huge dev encoding.
@@ -133,7 +142,7 @@ fn control() -> io::Result<File> {
         .read(true)
         .write(true)
         .open("/dev/mapper/control")?;
-    call(&ctl, DM_VERSION, &mut request("", 0, 0, ()))?;
+    call::<DM_VERSION, _>(&ctl, &mut request("", 0, 0, ()))?;
     Ok(ctl)
 }
 
@@ -166,13 +175,22 @@ fn load_and_resume(
     }
     target.spec.target_type[..t.len()].copy_from_slice(t);
     target.params[..params.len()].copy_from_slice(params.as_bytes());
-    call(ctl, DM_TABLE_LOAD, &mut request(name, READONLY, 1, target))?;
-    call(ctl, DM_DEV_SUSPEND, &mut request(name, 0, 0, ()))
+    call::<DM_TABLE_LOAD, _>(ctl, &mut request(name, READONLY, 1, target))?;
+    call::<DM_DEV_SUSPEND, _>(ctl, &mut request(name, 0, 0, ()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opcodes_are_the_kernel_headers_values() {
+        // linux/dm-ioctl.h, as `_IOWR(0xfd, nr, struct dm_ioctl)` expands on x86-64.
+        assert_eq!(
+            [DM_VERSION, DM_DEV_CREATE, DM_DEV_SUSPEND, DM_TABLE_LOAD],
+            [0xc138_fd00, 0xc138_fd03, 0xc138_fd06, 0xc138_fd09]
+        );
+    }
 
     #[test]
     fn restart_on_corruption_is_one_optional_argument_after_the_salt() {

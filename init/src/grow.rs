@@ -6,31 +6,42 @@
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
 
+use std::ffi::{c_int, c_void};
+
 use herd_gpt::{attrs, Table};
+use rustix::ioctl::{ioctl, opcode, Opcode, Setter, Updater};
 
 use crate::sys;
 use herd_init::disks::Part;
 
-const BLKPG: libc::c_ulong = 0x1269;
-const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
-const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+/// `BLKPG` is `_IO(0x12, 105)` although it takes a pointer to a
+/// `struct blkpg_ioctl_arg`.
+const BLKPG: Opcode = opcode::none(0x12, 105);
+const BLKPG_RESIZE_PARTITION: c_int = 3;
+/// `_IOW('f', 16, __u64)`: the new size in file system blocks.
+const EXT4_IOC_RESIZE_FS: Opcode = opcode::write::<u64>(b'f', 16);
 
+/// `struct blkpg_partition` (linux/blkpg.h).
 #[repr(C)]
 struct BlkpgPartition {
     start: i64,
     length: i64,
-    pno: libc::c_int,
+    pno: c_int,
     devname: [u8; 64],
     volname: [u8; 64],
 }
 
+/// `struct blkpg_ioctl_arg` (linux/blkpg.h).
 #[repr(C)]
 struct BlkpgIoctlArg {
-    op: libc::c_int,
-    flags: libc::c_int,
-    datalen: libc::c_int,
-    data: *mut libc::c_void,
+    op: c_int,
+    flags: c_int,
+    datalen: c_int,
+    data: *mut c_void,
 }
+
+const _: () = assert!(std::mem::size_of::<BlkpgPartition>() == 152);
+const _: () = assert!(std::mem::size_of::<BlkpgIoctlArg>() == 24);
 
 /// Grows `part` to the end of its disk when the disk has room and the
 /// partition asks for it (grow-fs attribute). Returns (old, new) bytes.
@@ -66,18 +77,22 @@ pub fn grow_partition(part: &Part) -> Result<Option<(u64, u64)>, String> {
     let mut p = BlkpgPartition {
         start: start as i64,
         length: new as i64,
-        pno: part.entry.number as libc::c_int,
+        pno: part.entry.number as c_int,
         devname: [0; 64],
         volname: [0; 64],
     };
     let mut arg = BlkpgIoctlArg {
         op: BLKPG_RESIZE_PARTITION,
         flags: 0,
-        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        datalen: std::mem::size_of::<BlkpgPartition>() as c_int,
         data: (&mut p as *mut BlkpgPartition).cast(),
     };
-    // SAFETY: arg points to a blkpg_ioctl_arg whose data is a live blkpg_partition.
-    unsafe { sys::ioctl_ptr(&f, BLKPG, &mut arg) }
+    // SAFETY: BLKPG on a whole-disk block device takes a pointer to a
+    // blkpg_ioctl_arg; `arg` is one (repr(C), layout as linux/blkpg.h) whose
+    // data points to `p`, a blkpg_partition that outlives the call, and
+    // datalen is its size.
+    unsafe { ioctl(&f, Updater::<BLKPG, BlkpgIoctlArg>::new(&mut arg)) }
+        .map_err(std::io::Error::from)
         .map_err(|e| format!("telling the kernel {} grew: {e}", part.dev))?;
     let _ = f.seek(SeekFrom::Start(0));
     Ok(Some((old, new)))
@@ -86,10 +101,25 @@ pub fn grow_partition(part: &Part) -> Result<Option<(u64, u64)>, String> {
 /// Resizes the ext4 file system mounted at `mnt` to `bytes`.
 pub fn resize_ext4(mnt: &str, bytes: u64) -> Result<(), String> {
     let bsize = sys::block_size(mnt).map_err(|e| format!("statvfs {mnt}: {e}"))?;
-    let mut blocks: u64 = bytes / bsize;
+    let blocks: u64 = bytes / bsize;
     let dir = std::fs::File::open(mnt).map_err(|e| format!("opening {mnt}: {e}"))?;
-    // SAFETY: EXT4_IOC_RESIZE_FS takes a pointer to a u64 block count.
-    unsafe { sys::ioctl_ptr(&dir, EXT4_IOC_RESIZE_FS, &mut blocks) }
+    // SAFETY: EXT4_IOC_RESIZE_FS on a directory of a mounted ext4 takes a
+    // pointer to a u64 block count, which Setter passes (to its own copy,
+    // alive during the call).
+    unsafe { ioctl(&dir, Setter::<EXT4_IOC_RESIZE_FS, u64>::new(blocks)) }
+        .map_err(std::io::Error::from)
         .map_err(|e| format!("resizing ext4 on {mnt}: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opcodes_are_the_kernel_headers_values() {
+        // linux/fs.h BLKPG and fs/ext4/ext4.h EXT4_IOC_RESIZE_FS on x86-64.
+        assert_eq!(BLKPG, 0x1269);
+        assert_eq!(EXT4_IOC_RESIZE_FS, 0x4008_6610);
+    }
 }

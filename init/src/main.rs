@@ -7,6 +7,7 @@
 mod bless;
 mod dm;
 mod grow;
+mod health;
 mod initrd;
 mod input;
 mod log;

@@ -12,7 +12,6 @@
 //! it (applied, refused, failed, none found), and later boots read neither
 //! fw_cfg nor any disk for a configuration.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,11 +110,7 @@ fn provision() -> Outcome {
         .env("PATH", "/usr/bin")
         .current_dir("/")
         .stdin(Stdio::null());
-    // SAFETY: between fork and exec only pthread_sigmask (through
-    // block_signals) on this thread's own mask, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| sys::block_signals(false));
-    }
+    sys::child_setup(&mut cmd, false);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

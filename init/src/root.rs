@@ -1,14 +1,15 @@
 //! The real-root stage: services, health, blessing, shutdown.
 
 use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herd_init::cmdline::Cmdline;
-use herd_init::config::{parse_cidr, Config, Local, NetMode, BOOT_GOOD, LOCAL};
+use herd_init::config::{parse_cidr, Config, Local, NetMode, LOCAL};
 
+use crate::health::Health;
 use crate::supervise::Supervisor;
 use crate::sys::{MountFlags, RebootCommand, Signal};
-use crate::{bless, info, input, modules, provision, sys, tpm};
+use crate::{info, input, modules, provision, sys, tpm};
 use herd_contract::pcr;
 
 const GRACE: Duration = Duration::from_secs(5);
@@ -93,7 +94,7 @@ fn local_settings() -> Local {
 /// herd-init's own resident memory, from /proc/self/status: peak and
 /// current, and the current split into private (anonymous) pages and pages
 /// of the binary shared with the page cache.
-fn own_memory() -> String {
+pub fn own_memory() -> String {
     const FIELDS: [&str; 4] = ["VmHWM:", "VmRSS:", "RssAnon:", "RssFile:"];
     fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -150,6 +151,49 @@ pub fn run() -> ! {
     let _ = sys::block_signals(true);
     // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an instant reboot.
     let _ = sys::reboot(RebootCommand::CadOff);
+    mount_cgroup_and_tmp();
+    tpm::phase(pcr::SYSINIT);
+    let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let cfg = image_config();
+    provision::run();
+    let cfg = cfg.with_local(local_settings());
+    let hostname = set_hostname(&cfg);
+    let mut sup = Supervisor::new(&cfg.services);
+    sup.start_due();
+    start_late(&cfg, &hostname);
+    input::watch_power_button();
+    tpm::phase(pcr::READY);
+    tpm::report();
+    let version = herd_init::os_release::field("IMAGE_VERSION")
+        .or_else(|| herd_init::os_release::field("VERSION_ID"))
+        .unwrap_or_default();
+    info!(
+        "ready slot={} version={version} usrhash={} in {} ms",
+        cmdline.slot.as_deref().unwrap_or("?"),
+        cmdline.usrhash.as_deref().unwrap_or("?"),
+        sys::boottime().as_millis()
+    );
+    provision::close_at_ready();
+    let mut health = Health::new(&cfg.health);
+    loop {
+        let sig = sys::wait_signal(Duration::from_millis(250));
+        while let Some((pid, status)) = sys::reap() {
+            sup.exited(pid, status, false);
+        }
+        match sig {
+            Some(Signal::TERM | Signal::POWER | Signal::USR2) => shutdown(&mut sup, Halt::PowerOff),
+            Some(Signal::INT | Signal::USR1) => shutdown(&mut sup, Halt::Reboot),
+            _ => {}
+        }
+        sup.start_due();
+        if health.check(&sup) {
+            shutdown(&mut sup, Halt::Reboot)
+        }
+    }
+}
+
+/// cgroup2 on /sys/fs/cgroup and a tmpfs on /tmp.
+fn mount_cgroup_and_tmp() {
     let _ = fs::create_dir_all("/sys/fs/cgroup");
     if let Err(e) = sys::mount(
         "cgroup2",
@@ -167,18 +211,23 @@ pub fn run() -> ! {
         MountFlags::NOSUID | MountFlags::NODEV,
         "mode=1777",
     );
-    tpm::phase(pcr::SYSINIT);
-    let cmdline = Cmdline::parse(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    let cfg = match fs::read_to_string("/usr/lib/herd/init.toml").map(|t| Config::parse(&t)) {
+}
+
+/// The image's configuration (`/usr/lib/herd/init.toml`), or the defaults.
+fn image_config() -> Config {
+    match fs::read_to_string("/usr/lib/herd/init.toml").map(|t| Config::parse(&t)) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             info!("/usr/lib/herd/init.toml is invalid ({e}); using defaults");
             Config::default()
         }
         Err(_) => Config::default(),
-    };
-    provision::run();
-    let cfg = cfg.with_local(local_settings());
+    }
+}
+
+/// Sets the hostname: the configuration's, else /etc/hostname's, else
+/// `herd`; returns it.
+fn set_hostname(cfg: &Config) -> String {
     let hostname = cfg
         .hostname
         .clone()
@@ -192,127 +241,20 @@ pub fn run() -> ! {
     if let Err(e) = sys::sethostname(&hostname) {
         info!("cannot set hostname {hostname}: {e}");
     }
-    let version = herd_init::os_release::field("IMAGE_VERSION")
-        .or_else(|| herd_init::os_release::field("VERSION_ID"))
-        .unwrap_or_default();
-    let mut sup = Supervisor::new(&cfg.services);
-    sup.start_due();
-    // Late modules (network, ESP, EFI variables, power button) and the
-    // network come up in the background, after the services started:
-    // services do not wait for them.
-    let late_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let (cfg, hostname, done) = (cfg.clone(), hostname.clone(), late_done.clone());
-        let _ = std::thread::Builder::new()
-            .name("late".into())
-            .stack_size(128 * 1024)
-            .spawn(move || {
-                let n = late_modules();
-                info!("loaded {n} modules from /usr");
-                network(&cfg, &hostname);
-                done.store(true, std::sync::atomic::Ordering::Release);
-            });
-    }
-    input::watch_power_button();
-    tpm::phase(pcr::READY);
-    tpm::report();
-    info!(
-        "ready slot={} version={version} usrhash={} in {} ms",
-        cmdline.slot.as_deref().unwrap_or("?"),
-        cmdline.usrhash.as_deref().unwrap_or("?"),
-        sys::boottime().as_millis()
-    );
-    provision::close_at_ready();
-    let bless_after = Duration::from_secs(cfg.health.bless_after_secs);
-    let deadline = Duration::from_secs(cfg.health.deadline_secs);
-    // A failed bless (say the ESP could not be mounted for a moment) is
-    // tried again with a growing pause, until the health deadline.
-    let mut bless_failures = 0u32;
-    let mut bless_again = Instant::now();
-    let mut good = false;
-    let mut overdue = false;
-    let start = Instant::now();
-    loop {
-        let sig = sys::wait_signal(Duration::from_millis(250));
-        while let Some((pid, status)) = sys::reap() {
-            sup.exited(pid, status, false);
-        }
-        match sig {
-            Some(Signal::TERM | Signal::POWER | Signal::USR2) => shutdown(&mut sup, Halt::PowerOff),
-            Some(Signal::INT | Signal::USR1) => shutdown(&mut sup, Halt::Reboot),
-            _ => {}
-        }
-        sup.start_due();
-        if !good
-            && !overdue
-            && Instant::now() >= bless_again
-            && sup.healthy()
-            && sup.last_change.elapsed() >= bless_after
-            && start.elapsed() >= bless_after
-        {
-            match bless::bless() {
-                Ok(m) => {
-                    good = true;
-                    info!("boot is good: {m}");
-                    if let Err(e) = fs::create_dir_all("/run/herd")
-                        .and_then(|_| fs::write(BOOT_GOOD, format!("{m}\n")))
-                    {
-                        info!("cannot write {BOOT_GOOD} ({e}): the updater will wait for it");
-                    }
-                }
-                Err(e) => {
-                    bless_failures += 1;
-                    let pause = bless_pause(bless_failures);
-                    bless_again = Instant::now() + pause;
-                    info!(
-                        "could not bless this boot (try {bless_failures}): {e}; trying again in {} s",
-                        pause.as_secs()
-                    );
-                }
-            }
-            if good || bless_failures == 1 {
-                info!("memory: {}", own_memory());
-            }
-        }
-        if !good && !overdue && !deadline.is_zero() && start.elapsed() >= deadline {
-            overdue = true;
-            let why = sup.unhealthy(bless_after);
-            let why = if why.is_empty() {
-                "it could not be blessed".to_string()
-            } else {
-                format!("unhealthy: {}", why.join(", "))
-            };
-            let secs = deadline.as_secs();
-            match bless::counted_entry() {
-                Ok(Some(entry)) => {
-                    info!(
-                        "boot is not good {secs} s after ready ({why}): rebooting, so the boot loader counts the try of {entry} and boots the other slot once its tries run out"
-                    );
-                    shutdown(&mut sup, Halt::Reboot)
-                }
-                Ok(None) => info!(
-                    "boot is not good {secs} s after ready ({why}); the boot loader counts no tries for this entry, so a reboot would not fall back: staying up"
-                ),
-                Err(e) => info!(
-                    "boot is not good {secs} s after ready ({why}); cannot tell whether the boot loader counts tries ({e}): staying up"
-                ),
-            }
-        }
-    }
+    hostname
 }
 
-/// The pause before bless try `failures + 1`: 2, 4, 8, ... s, at most 60 s.
-fn bless_pause(failures: u32) -> Duration {
-    Duration::from_secs((1u64 << failures.min(6)).min(60))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bless_retries_back_off_to_a_minute() {
-        let secs: Vec<u64> = (1..=8).map(|n| bless_pause(n).as_secs()).collect();
-        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
-    }
+/// Late modules (network, ESP, EFI variables, power button) and the
+/// network come up in the background, after the services started:
+/// services do not wait for them.
+fn start_late(cfg: &Config, hostname: &str) {
+    let (cfg, hostname) = (cfg.clone(), hostname.to_string());
+    let _ = std::thread::Builder::new()
+        .name("late".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let n = late_modules();
+            info!("loaded {n} modules from /usr");
+            network(&cfg, &hostname);
+        });
 }

@@ -1,7 +1,6 @@
 //! Supervised services: start, log forwarding, restart with back-off, stop.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,14 +37,7 @@ fn spawn(cfg: &Service) -> std::io::Result<i32> {
         .stdin(Stdio::null())
         .stdout(w.try_clone()?)
         .stderr(w);
-    // SAFETY: between fork and exec only async-signal-safe calls: setsid and
-    // pthread_sigmask (through block_signals) on this thread's own mask.
-    unsafe {
-        cmd.pre_exec(|| {
-            let _ = rustix::process::setsid();
-            sys::block_signals(false)
-        });
-    }
+    sys::child_setup(&mut cmd, true);
     let child = cmd.spawn()?;
     drop(cmd);
     let pid = child.id() as i32;

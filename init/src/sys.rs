@@ -1,11 +1,15 @@
 //! The system calls herd-init makes, through `rustix` (safe wrappers, no C
-//! dependency of their own). Two things rustix does not offer stay on libc
-//! with `unsafe`: the signal mask with `sigtimedwait` (rustix keeps those in
-//! its `runtime` API, meant for libc implementations) and raw ioctls whose
-//! argument structs are defined next to their callers ([`ioctl_ptr`]).
+//! dependency of their own). The one thing rustix does not offer stays on
+//! libc with `unsafe`: the signal mask and `sigtimedwait` (rustix has them
+//! only in its hidden, unstable `runtime` module, meant for libc
+//! implementations). The ioctls (device-mapper in `dm`, BLKPG and ext4
+//! resize in `grow`) go through `rustix::ioctl` with their `#[repr(C)]`
+//! argument structs next to their callers.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 pub use rustix::mount::MountFlags;
@@ -131,6 +135,24 @@ pub fn block_signals(block: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `cmd`'s child start with the handled signals unblocked (std's
+/// spawn keeps the parent's signal mask, so a child of PID 1 would start
+/// with SIGTERM and the others blocked) and, with `new_session`, in a
+/// session and process group of its own (setsid).
+pub fn child_setup(cmd: &mut Command, new_session: bool) {
+    // SAFETY: between fork and exec the closure makes only async-signal-safe
+    // calls (setsid; sigemptyset, sigaddset and pthread_sigmask on the
+    // child's one thread) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if new_session {
+                let _ = rustix::process::setsid();
+            }
+            block_signals(false)
+        });
+    }
+}
+
 /// Waits up to `timeout` for one of the handled signals.
 pub fn wait_signal(timeout: Duration) -> Option<Signal> {
     let set = handled_signals();
@@ -164,20 +186,54 @@ pub fn block_size(path: &str) -> io::Result<u64> {
     Ok(rustix::fs::statvfs(path)?.f_bsize)
 }
 
-/// ioctl(2) with a pointer argument.
-///
-/// # Safety
-/// `arg` must point to memory of the size and layout `req` expects.
-pub unsafe fn ioctl_ptr<T>(
-    fd: &impl AsRawFd,
-    req: libc::c_ulong,
-    arg: *mut T,
-) -> io::Result<libc::c_int> {
-    // SAFETY: the caller guarantees arg matches req.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a `cat` run from `cmd` (`Command::new("cat")`) sees of itself in
+    /// `/proc/self/stat` and `/proc/self/status`: (pid, session, blocked
+    /// signals). Not a shell: dash clears its signal mask when it starts.
+    fn child_view(mut cmd: Command) -> (u32, u32, u64) {
+        let out = cmd
+            .args(["/proc/self/stat", "/proc/self/status"])
+            .output()
+            .expect("cat runs");
+        let text = String::from_utf8(out.stdout).unwrap();
+        // pid (comm) state ppid pgrp session ...
+        let stat: Vec<&str> = text.lines().next().unwrap().split(' ').collect();
+        let blocked = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .unwrap()
+            .trim();
+        (
+            stat[0].parse().unwrap(),
+            stat[5].parse().unwrap(),
+            u64::from_str_radix(blocked, 16).unwrap(),
+        )
+    }
+
+    #[test]
+    fn children_start_with_pid1s_signals_unblocked_and_services_in_their_own_session() {
+        // On a thread of its own, which blocks the signals as PID 1 does.
+        std::thread::spawn(|| {
+            block_signals(true).unwrap();
+            let term = 1u64 << (Signal::TERM.as_raw() - 1);
+            let chld = 1u64 << (Signal::CHILD.as_raw() - 1);
+            let (_, _, plain) = child_view(Command::new("cat"));
+            assert_eq!(plain & (term | chld), term | chld, "std keeps the mask");
+            let mut cmd = Command::new("cat");
+            child_setup(&mut cmd, false);
+            let (pid, sid, blocked) = child_view(cmd);
+            assert_eq!(blocked & (term | chld), 0, "{blocked:x}");
+            assert_ne!(pid, sid);
+            let mut cmd = Command::new("cat");
+            child_setup(&mut cmd, true);
+            let (pid, sid, blocked) = child_view(cmd);
+            assert_eq!(blocked & (term | chld), 0, "{blocked:x}");
+            assert_eq!(pid, sid, "a service leads a session of its own");
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -1,8 +1,13 @@
 //! Network bring-up for herd-init: interface state through ioctls on an
 //! AF_INET datagram socket, static addresses, and a DHCPv4 client ([`dhcp`]).
 
+use std::ffi::{c_char, c_short, c_ulong, c_ushort, c_void};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use rustix::io::Errno;
+use rustix::ioctl::{ioctl, Opcode, Setter, Updater};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -19,21 +24,41 @@ pub enum Error {
     },
 }
 
+/// `struct ifreq` (linux/if.h) with its `ifr_flags` member.
 #[repr(C)]
 struct IfReqFlags {
-    name: [u8; 16],
-    flags: libc::c_short,
+    name: [u8; IFNAMSIZ],
+    flags: c_short,
     _pad: [u8; 22],
 }
 
+const IFNAMSIZ: usize = 16;
+const IFF_UP: c_short = 0x1;
+// The socket ioctls of linux/sockios.h, numbered before _IOC existed.
+const SIOCADDRT: Opcode = 0x890b;
+const SIOCGIFFLAGS: Opcode = 0x8913;
+const SIOCSIFFLAGS: Opcode = 0x8914;
+const SIOCSIFADDR: Opcode = 0x8916;
+const SIOCSIFNETMASK: Opcode = 0x891c;
+
+const _: () = assert!(std::mem::size_of::<IfReqFlags>() == 40);
+
+/// An AF_INET datagram socket, the handle the interface ioctls take.
 fn socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// `iface` as `ifr_name`: at most 15 bytes and a NUL.
+fn ifname(iface: &str) -> [u8; IFNAMSIZ] {
+    let mut name = [0; IFNAMSIZ];
+    let n = iface.len().min(IFNAMSIZ - 1);
+    name[..n].copy_from_slice(&iface.as_bytes()[..n]);
+    name
 }
 
 /// Sets IFF_UP on `iface`.
@@ -45,21 +70,18 @@ pub fn link_up(iface: &str) -> Result<(), Error> {
     };
     let s = socket().map_err(|e| err("socket", e))?;
     let mut req = IfReqFlags {
-        name: [0; 16],
+        name: ifname(iface),
         flags: 0,
         _pad: [0; 22],
     };
-    let n = iface.len().min(15);
-    req.name[..n].copy_from_slice(&iface.as_bytes()[..n]);
-    // SAFETY: req is a struct ifreq-compatible buffer for SIOCGIFFLAGS.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(err("reading flags", io::Error::last_os_error()));
-    }
-    req.flags |= libc::IFF_UP as libc::c_short;
-    // SAFETY: as above, for SIOCSIFFLAGS.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(err("setting IFF_UP", io::Error::last_os_error()));
-    }
+    // SAFETY: SIOCGIFFLAGS on an AF_INET socket reads and writes a struct
+    // ifreq; `req` is one (repr(C), 40 bytes, the name NUL-terminated).
+    unsafe { ioctl(&s, Updater::<SIOCGIFFLAGS, IfReqFlags>::new(&mut req)) }
+        .map_err(|e| err("reading flags", e.into()))?;
+    req.flags |= IFF_UP;
+    // SAFETY: as above; SIOCSIFFLAGS only reads the struct ifreq.
+    unsafe { ioctl(&s, Setter::<SIOCSIFFLAGS, IfReqFlags>::new(req)) }
+        .map_err(|e| err("setting IFF_UP", e.into()))?;
     Ok(())
 }
 
@@ -100,36 +122,71 @@ pub struct StaticConfig {
     pub dns: Vec<std::net::Ipv4Addr>,
 }
 
+/// `struct sockaddr_in` (linux/in.h), the same size as `struct sockaddr`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockaddrIn {
+    family: u16,
+    /// Network byte order.
+    port: u16,
+    addr: [u8; 4],
+    zero: [u8; 8],
+}
+
+const AF_INET: u16 = 2;
+
+fn sockaddr(a: std::net::Ipv4Addr) -> SockaddrIn {
+    SockaddrIn {
+        family: AF_INET,
+        port: 0,
+        addr: a.octets(),
+        zero: [0; 8],
+    }
+}
+
+/// `struct ifreq` with its `ifr_addr` member.
 #[repr(C)]
 struct IfReqAddr {
-    name: [u8; 16],
-    addr: libc::sockaddr_in,
+    name: [u8; IFNAMSIZ],
+    addr: SockaddrIn,
     _pad: [u8; 8],
 }
 
-fn sockaddr(a: std::net::Ipv4Addr) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.octets()),
-        },
-        sin_zero: [0; 8],
-    }
+/// `struct rtentry` (linux/route.h), for SIOCADDRT.
+#[repr(C)]
+struct RtEntry {
+    pad1: c_ulong,
+    dst: SockaddrIn,
+    gateway: SockaddrIn,
+    genmask: SockaddrIn,
+    flags: c_ushort,
+    pad2: c_short,
+    pad3: c_ulong,
+    pad4: *mut c_void,
+    metric: c_short,
+    dev: *const c_char,
+    mtu: c_ulong,
+    window: c_ulong,
+    irtt: c_ushort,
 }
 
-fn set_addr(s: &OwnedFd, iface: &str, req: libc::c_ulong, a: std::net::Ipv4Addr) -> io::Result<()> {
-    let mut r = IfReqAddr {
-        name: [0; 16],
+const RTF_UP: c_ushort = 0x1;
+const RTF_GATEWAY: c_ushort = 0x2;
+
+const _: () = assert!(std::mem::size_of::<SockaddrIn>() == 16);
+const _: () = assert!(std::mem::size_of::<IfReqAddr>() == 40);
+const _: () = assert!(std::mem::size_of::<RtEntry>() == 120);
+
+/// SIOCSIFADDR or SIOCSIFNETMASK: sets address `a` on `iface`.
+fn set_addr<const REQ: Opcode>(s: &OwnedFd, iface: &str, a: std::net::Ipv4Addr) -> io::Result<()> {
+    let r = IfReqAddr {
+        name: ifname(iface),
         addr: sockaddr(a),
         _pad: [0; 8],
     };
-    let n = iface.len().min(15);
-    r.name[..n].copy_from_slice(&iface.as_bytes()[..n]);
-    // SAFETY: r has the layout of struct ifreq with a sockaddr_in member.
-    if unsafe { libc::ioctl(s.as_raw_fd(), req as _, &r) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: REQ is SIOCSIFADDR or SIOCSIFNETMASK, which read a struct
+    // ifreq holding a sockaddr_in; `r` is one (repr(C), 40 bytes).
+    unsafe { ioctl(s, Setter::<REQ, IfReqAddr>::new(r)) }?;
     Ok(())
 }
 
@@ -141,51 +198,47 @@ pub fn configure_static(iface: &str, cfg: &StaticConfig) -> Result<(), Error> {
         source,
     };
     let s = socket().map_err(|e| err("socket", e))?;
-    set_addr(&s, iface, libc::SIOCSIFADDR, cfg.address)
-        .map_err(|e| err("setting the address", e))?;
+    set_addr::<SIOCSIFADDR>(&s, iface, cfg.address).map_err(|e| err("setting the address", e))?;
     let mask = if cfg.prefix_len == 0 {
         0
     } else {
         u32::MAX << (32 - u32::from(cfg.prefix_len.min(32)))
     };
-    set_addr(
-        &s,
-        iface,
-        libc::SIOCSIFNETMASK,
-        std::net::Ipv4Addr::from(mask),
-    )
-    .map_err(|e| err("setting the netmask", e))?;
+    set_addr::<SIOCSIFNETMASK>(&s, iface, std::net::Ipv4Addr::from(mask))
+        .map_err(|e| err("setting the netmask", e))?;
     link_up(iface)?;
     if let Some(gw) = cfg.gateway {
-        // SAFETY: rtentry is a plain C struct; all-zero is a valid starting value.
-        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-        let put = |dst: &mut libc::sockaddr, a| {
-            let sin = sockaddr(a);
-            // SAFETY: sockaddr_in fits in sockaddr (both 16 bytes).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
-                    (dst as *mut libc::sockaddr).cast::<u8>(),
-                    16,
-                )
-            };
-        };
-        put(&mut rt.rt_dst, std::net::Ipv4Addr::UNSPECIFIED);
-        put(&mut rt.rt_genmask, std::net::Ipv4Addr::UNSPECIFIED);
-        put(&mut rt.rt_gateway, gw);
-        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-        let name = std::ffi::CString::new(iface)
-            .map_err(|e| err("interface name", io::Error::other(e)))?;
-        rt.rt_dev = name.as_ptr() as *mut libc::c_char;
-        // SAFETY: rt is a filled-in struct rtentry; rt_dev points to `name`, alive here.
-        if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCADDRT, &rt) } < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(err("adding the default route", e));
-            }
-        }
+        add_default_route(&s, iface, gw).map_err(|e| err("adding the default route", e))?;
     }
     Ok(())
+}
+
+/// SIOCADDRT: the default route through `gw` on `iface`; one already there
+/// is fine.
+fn add_default_route(s: &OwnedFd, iface: &str, gw: std::net::Ipv4Addr) -> io::Result<()> {
+    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
+    let any = sockaddr(std::net::Ipv4Addr::UNSPECIFIED);
+    let rt = RtEntry {
+        pad1: 0,
+        dst: any,
+        gateway: sockaddr(gw),
+        genmask: any,
+        flags: RTF_UP | RTF_GATEWAY,
+        pad2: 0,
+        pad3: 0,
+        pad4: std::ptr::null_mut(),
+        metric: 0,
+        dev: name.as_ptr(),
+        mtu: 0,
+        window: 0,
+        irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads a struct rtentry; `rt` is one (repr(C), 120
+    // bytes) whose rt_dev points to `name`, a C string alive during the call.
+    match unsafe { ioctl(s, Setter::<SIOCADDRT, RtEntry>::new(rt)) } {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes a resolv.conf naming `dns` (temporary file + rename).
@@ -194,4 +247,44 @@ pub fn write_resolv_conf(path: &std::path::Path, dns: &[std::net::Ipv4Addr]) -> 
     let tmp = path.with_extension("herd-tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_and_layouts_are_the_c_librarys() {
+        let ours = [
+            SIOCADDRT,
+            SIOCGIFFLAGS,
+            SIOCSIFFLAGS,
+            SIOCSIFADDR,
+            SIOCSIFNETMASK,
+        ]
+        .map(u64::from);
+        let libc = [
+            libc::SIOCADDRT,
+            libc::SIOCGIFFLAGS,
+            libc::SIOCSIFFLAGS,
+            libc::SIOCSIFADDR,
+            libc::SIOCSIFNETMASK,
+        ];
+        assert_eq!(ours, libc);
+        assert_eq!(IFF_UP as i32, libc::IFF_UP);
+        assert_eq!([RTF_UP, RTF_GATEWAY], [libc::RTF_UP, libc::RTF_GATEWAY]);
+        assert_eq!(
+            std::mem::size_of::<RtEntry>(),
+            std::mem::size_of::<libc::rtentry>()
+        );
+        assert_eq!(
+            std::mem::size_of::<IfReqAddr>(),
+            std::mem::size_of::<libc::ifreq>()
+        );
+        assert_eq!(
+            std::mem::size_of::<SockaddrIn>(),
+            std::mem::size_of::<libc::sockaddr_in>()
+        );
+        assert_eq!(i32::from(AF_INET), libc::AF_INET);
+    }
 }

@@ -154,16 +154,16 @@ fn static_configuration_in_a_namespace() {
         // SAFETY: setns on a valid namespace fd affects only this thread.
         assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
         herd_net::loopback_up().unwrap();
-        herd_net::configure_static(
-            "st0",
-            &herd_net::StaticConfig {
-                address: "10.9.8.7".parse().unwrap(),
-                prefix_len: 16,
-                gateway: Some("10.9.0.1".parse().unwrap()),
-                dns: vec![],
-            },
-        )
-        .unwrap();
+        let cfg = herd_net::StaticConfig {
+            address: "10.9.8.7".parse().unwrap(),
+            prefix_len: 16,
+            gateway: Some("10.9.0.1".parse().unwrap()),
+            dns: vec![],
+        };
+        herd_net::configure_static("st0", &cfg).unwrap();
+        // Again (a DHCP renewal does this): the default route is there
+        // already (EEXIST), which is no error.
+        herd_net::configure_static("st0", &cfg).unwrap();
     });
     h.join().unwrap();
     let addrs = ip(&["-n", &n, "-j", "addr", "show", "st0"]);
