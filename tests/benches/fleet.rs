@@ -7,7 +7,7 @@
 //! node's id, state and the simulated "now": wave, halt, known-bad), the
 //! reboot lock (`herd_reboot_lock::etcd::Etcd`, one per node, max 50
 //! concurrent), the waiting nodes' retry spacing (`herd_update`'s
-//! `retry_after`: by queue place), the status records (`status::Publisher`, `read_fleet`) and
+//! `Pace`: by how fast the queue moves), the status records (`status::Publisher`, `read_fleet`) and
 //! the halt (`Repo::halt`: a new signed channel document the nodes read).
 //! What is simulated: time (SCALE simulated seconds per real second), the
 //! download (none) and the reboot (a delay); the nodes are state machines
@@ -43,6 +43,7 @@ use herd_reboot_lock::status::{read_fleet, NodeStatus, Publisher};
 use herd_reboot_lock::{Acquire, RebootLock};
 use herd_release::{NodeState, Release, Repo, Rollout, Root, SigningKey, Wave};
 use herd_tests::etcd::EtcdServer;
+use herd_update::coordinate::Pace;
 
 const GROUP: &str = "fleet";
 const CHANNEL: &str = "stable";
@@ -134,6 +135,7 @@ struct Node {
     last_error: Option<String>,
     phase: Phase,
     attempt: u32,
+    pace: Pace,
     fails: bool,
     took: Option<f64>,
     done: Option<f64>,
@@ -237,15 +239,13 @@ impl Node {
                     };
                     self.publish(now);
                     self.attempt += 1;
-                    Some(
-                        herd_update::coordinate::retry_after(
-                            ahead,
-                            self.attempt,
-                            CHECK_EVERY as u64,
-                            salt,
-                        )
-                        .as_secs_f64(),
-                    )
+                    let wait = match ahead {
+                        Some(a) => self.pace.next(now as f64, a, CHECK_EVERY as u64, salt),
+                        None => {
+                            herd_update::coordinate::backoff(self.attempt, CHECK_EVERY as u64, salt)
+                        }
+                    };
+                    Some(wait.as_secs_f64())
                 }
             },
             Phase::Holding => {
@@ -323,10 +323,14 @@ impl Queue {
     }
 }
 
-/// The holders of GROUP at every revision, replayed from a watch from
-/// revision 1 (etcd's own history): (peak concurrent holders, distinct
-/// holders, acquisitions).
-fn holders_history(url: &str) -> (usize, usize, usize) {
+/// Watches the holder keys of GROUP from revision 1 (etcd's own history,
+/// as it happens: etcd compacts its history during the run, see `run`)
+/// until `stop`; then (peak concurrent holders, distinct holders,
+/// acquisitions).
+fn watch_holders(
+    url: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, usize, usize)> {
     let prefix = Etcd::holders_prefix(GROUP);
     let body = serde_json::json!({"create_request": {
         "key": herd_reboot_lock::b64::encode(prefix.as_bytes()),
@@ -334,35 +338,44 @@ fn holders_history(url: &str) -> (usize, usize, usize) {
         "start_revision": "1",
     }});
     let agent = ureq::AgentBuilder::new()
-        .timeout_read(Duration::from_secs(3))
+        .timeout_read(Duration::from_secs(2))
         .build();
     let r = agent
         .post(&format!("{url}/v3/watch"))
         .send_string(&body.to_string())
         .expect("watching etcd");
-    let (mut held, mut peak, mut all, mut puts) = (BTreeSet::new(), 0, BTreeSet::new(), 0);
-    // The history comes at once; the stream then stays open: a read
-    // timeout ends it.
-    for line in std::io::BufReader::new(r.into_reader()).lines() {
-        let Ok(line) = line else { break };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        for ev in v["result"]["events"].as_array().into_iter().flatten() {
-            let key = herd_reboot_lock::b64::decode(ev["kv"]["key"].as_str().unwrap_or(""))
-                .unwrap_or_default();
-            let id = String::from_utf8_lossy(&key)
-                .trim_start_matches(&prefix)
-                .to_string();
-            if ev["type"].as_str() == Some("DELETE") {
-                held.remove(&id);
-            } else {
-                puts += 1;
-                held.insert(id.clone());
-                all.insert(id);
-                peak = peak.max(held.len());
+    std::thread::spawn(move || {
+        let (mut held, mut peak, mut all, mut puts) = (BTreeSet::new(), 0, BTreeSet::new(), 0);
+        let mut lines = std::io::BufReader::new(r.into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match lines.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                // A quiet stream: keep watching until told to stop.
+                Err(_) if !stop.load(Ordering::Relaxed) => continue,
+                Err(_) => break,
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            for ev in v["result"]["events"].as_array().into_iter().flatten() {
+                let key = herd_reboot_lock::b64::decode(ev["kv"]["key"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                let id = String::from_utf8_lossy(&key)
+                    .trim_start_matches(&prefix)
+                    .to_string();
+                if ev["type"].as_str() == Some("DELETE") {
+                    held.remove(&id);
+                } else {
+                    puts += 1;
+                    held.insert(id.clone());
+                    all.insert(id);
+                    peak = peak.max(held.len());
+                }
             }
         }
-    }
-    (peak, all.len(), puts)
+        (peak, all.len(), puts)
+    })
 }
 
 /// A repository with release TO on CHANNEL, its waves from `start`.
@@ -414,7 +427,17 @@ struct Outcome {
 }
 
 fn run(n: usize, scale: f64, bad: bool) -> Outcome {
-    let etcd = EtcdServer::start();
+    // Compacted every 30 s, as production etcds are (Kubernetes' API
+    // server compacts every 5 min): etcd walks deleted keys in a range until
+    // they are compacted, and 10,000 nodes leave 10,000 deleted queue and
+    // holder keys behind. The peak of holders comes from a watch kept open
+    // from the start instead.
+    let etcd = EtcdServer::start_with(&[
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=30s",
+    ]);
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let watch = watch_holders(&etcd.url, watch_stop.clone());
     let tmp = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     let t0 = Instant::now();
@@ -479,6 +502,7 @@ fn run(n: usize, scale: f64, bad: bool) -> Outcome {
                 last_error: None,
                 phase: Phase::Idle,
                 attempt: 0,
+                pace: Pace::default(),
                 fails,
                 took: None,
                 done: None,
@@ -585,7 +609,8 @@ fn run(n: usize, scale: f64, bad: bool) -> Outcome {
     let records = read_fleet(&etcd.client(), Some(GROUP)).unwrap()[0]
         .nodes
         .clone();
-    let peak_etcd = holders_history(&etcd.url);
+    watch_stop.store(true, Ordering::Relaxed);
+    let peak_etcd = watch.join().expect("the holders' watch");
     let nodes = Arc::try_unwrap(nodes)
         .ok()
         .expect("the workers are gone")

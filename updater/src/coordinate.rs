@@ -20,6 +20,11 @@ pub struct Coordinator {
     resumed: bool,
     /// The fleet status record's writer (etcd backends only).
     publisher: Option<Publisher>,
+    /// The spacing of polls while queued, at most `cap_secs` apart.
+    pace: Pace,
+    cap_secs: u64,
+    /// Spreads nodes' polls (from the node id).
+    salt: u64,
 }
 
 /// What one try to take a slot came to.
@@ -31,9 +36,9 @@ pub enum Take {
     Wait {
         /// The line to log (busy, or why the lock is unreachable).
         line: String,
-        /// Slots to be freed before this node's turn, when the backend
-        /// queues ([`retry_after`] polls sooner the nearer the turn).
-        ahead: Option<u32>,
+        /// When to try again, when the backend keeps a queue ([`Pace`]);
+        /// else the caller backs off.
+        after: Option<Duration>,
     },
 }
 
@@ -61,7 +66,18 @@ impl Coordinator {
             group: cfg.group.clone(),
             resumed: false,
             publisher,
+            pace: Pace::default(),
+            cap_secs: 600,
+            salt: id
+                .bytes()
+                .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b))),
         }
+    }
+
+    /// Polls while queued at most `cap_secs` apart (the update interval).
+    pub fn paced(mut self, cap_secs: u64) -> Coordinator {
+        self.cap_secs = cap_secs;
+        self
     }
 
     /// Publishes this node's status record when it changed (etcd only);
@@ -101,7 +117,7 @@ impl Coordinator {
                 Some(line) if holding => {
                     return Take::Wait {
                         line: format!("not rebooting: {line}"),
-                        ahead: None,
+                        after: None,
                     }
                 }
                 _ => {}
@@ -118,6 +134,7 @@ impl Coordinator {
         let l = self.entry(state);
         match result {
             Ok(Acquire::Granted) => {
+                self.pace.reset();
                 l.waiting_since = None;
                 l.holding_since = Some(now);
                 l.token = token;
@@ -128,9 +145,10 @@ impl Coordinator {
             Ok(Acquire::Busy { why, ahead }) => {
                 l.waiting_since.get_or_insert(now);
                 l.last_error = Some(why.clone());
+                let salt = self.salt ^ now;
                 Take::Wait {
                     line: format!("waiting for a reboot slot ({backend}): {why}"),
-                    ahead,
+                    after: ahead.map(|a| self.pace.next(now as f64, a, self.cap_secs, salt)),
                 }
             }
             Err(e) => {
@@ -138,7 +156,7 @@ impl Coordinator {
                 l.last_error = Some(e.to_string());
                 Take::Wait {
                     line: format!("not rebooting: {e}"),
-                    ahead: None,
+                    after: None,
                 }
             }
         }
@@ -179,6 +197,7 @@ impl Coordinator {
         if l.holding_since.is_some() || l.waiting_since.is_none() {
             return None;
         }
+        self.pace.reset();
         Some(match self.lock.withdraw() {
             Ok(()) => {
                 state.lock = None;
@@ -234,20 +253,51 @@ pub fn backoff(attempt: u32, cap_secs: u64, salt: u64) -> Duration {
     Duration::from_millis(base_ms + jitter)
 }
 
-/// How long to wait before the next try for a slot: with a queue position
-/// (`ahead` slots to be freed first), about one second per slot ahead, so
-/// the front of the queue takes a freed slot within a second or two and the
-/// back polls rarely; without one (an error, FleetLock), [`backoff`]. At
-/// most `cap_secs` (plus the jitter) either way.
-pub fn retry_after(ahead: Option<u32>, attempt: u32, cap_secs: u64, salt: u64) -> Duration {
-    let Some(ahead) = ahead else {
-        return backoff(attempt, cap_secs, salt);
-    };
-    let base_ms = 1000u64
-        .saturating_mul(u64::from(ahead.max(1)))
-        .min(cap_secs.max(1) * 1000);
-    let jitter = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (base_ms / 4 + 1);
-    Duration::from_millis(base_ms + jitter)
+/// When a node queued for a slot polls again. It learns how fast the
+/// queue moves (slots freed per second, from its place at two polls) and
+/// comes back after half the time its place should take, so the front of
+/// the queue polls often and the back rarely: about log2(place) polls per
+/// node instead of one per interval (10,000 nodes polling every interval
+/// swamped etcd in bench/fleet.sh). Before it knows a rate it guesses one
+/// slot per second; a queue that did not move doubles the spacing. Always
+/// between 1 s and `cap_secs` (so the node still checks its repository
+/// every interval), plus up to 25 % jitter.
+#[derive(Debug, Default, Clone)]
+pub struct Pace {
+    /// (time, place) at the last poll.
+    last: Option<(f64, u32)>,
+    /// Slots freed per second, smoothed.
+    rate: Option<f64>,
+    /// The last spacing chosen (s).
+    spacing: f64,
+}
+
+impl Pace {
+    /// The wait after a poll at `now` (seconds, any epoch) that found
+    /// `ahead` slots to be freed before this node's turn.
+    pub fn next(&mut self, now: f64, ahead: u32, cap_secs: u64, salt: u64) -> Duration {
+        if let Some((t, was)) = self.last {
+            if now > t {
+                let moved = f64::from(was.saturating_sub(ahead)) / (now - t);
+                self.rate = Some(self.rate.map_or(moved, |r| (r + moved) / 2.0));
+            }
+        }
+        self.last = Some((now, ahead));
+        let secs = match self.rate {
+            None => f64::from(ahead),
+            Some(r) if r > 0.0 => f64::from(ahead) / r / 2.0,
+            Some(_) => self.spacing * 2.0,
+        };
+        self.spacing = secs.clamp(1.0, cap_secs.max(1) as f64);
+        let ms = (self.spacing * 1000.0) as u64;
+        let jitter = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (ms / 4 + 1);
+        Duration::from_millis(ms + jitter)
+    }
+
+    /// Forgets what it learned (the node got its slot or left the queue).
+    pub fn reset(&mut self) {
+        *self = Pace::default();
+    }
 }
 
 /// The fleet status record of a node running `version` from `slot`.
@@ -302,11 +352,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queued_nodes_poll_by_their_place() {
-        assert!((1000..=1250).contains(&retry_after(Some(1), 9, 600, 7).as_millis()));
-        assert!((40_000..=50_000).contains(&retry_after(Some(40), 0, 600, 7).as_millis()));
-        assert!((600_000..=750_000).contains(&retry_after(Some(5000), 0, 600, 7).as_millis()));
-        assert_eq!(retry_after(None, 2, 60, 7), backoff(2, 60, 7));
+    fn queued_nodes_poll_by_how_fast_the_queue_moves() {
+        let secs = |d: Duration| d.as_secs_f64();
+        let mut p = Pace::default();
+        // No rate known yet: one slot per second.
+        assert!((40.0..=50.0).contains(&secs(p.next(0.0, 40, 600, 7))));
+        // 40 -> 20 places in 40 s: 0.5 slot/s; 20 places take 40 s: back in 20.
+        assert!((20.0..=25.0).contains(&secs(p.next(40.0, 20, 600, 7))));
+        // A queue that stopped moving: the rate halves, the wait doubles.
+        assert!((40.0..=50.0).contains(&secs(p.next(60.0, 20, 600, 7))));
+        // It moved again (19 places in 40 s): about 1.4 s for the last one;
+        // never under 1 s nor over the cap.
+        assert!((1.0..=2.0).contains(&secs(p.next(100.0, 1, 600, 7))));
+        assert!((1.0..=1.25).contains(&secs(p.next(101.0, 0, 600, 7))));
+        let mut back = Pace::default();
+        assert!((600.0..=750.0).contains(&secs(back.next(0.0, 5000, 600, 7))));
+        back.reset();
+        assert!(back.last.is_none() && back.rate.is_none());
     }
 
     #[test]

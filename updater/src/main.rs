@@ -11,7 +11,7 @@ use herd_update::apply::{
     boot_is_good, check, install, install_blocked, reconcile, rollback_refusal, trusted_root, Found,
 };
 use herd_update::config::{Reboot, UpdateConfig, CONFIG, LOCAL, STATE_DIR, TRUSTED_ROOT};
-use herd_update::coordinate::{record, retry_after, status_line, Coordinator, Take};
+use herd_update::coordinate::{backoff, record, status_line, Coordinator, Take};
 use herd_update::esp::Esp;
 use herd_update::slots::Slots;
 use herd_update::state::{boot_id, node_id, State};
@@ -399,7 +399,7 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
     let mut coord = cfg
         .lock
         .as_ref()
-        .map(|l| Coordinator::new(l, &node_id(dir)));
+        .map(|l| Coordinator::new(l, &node_id(dir)).paced(cfg.interval_secs));
     let mut attempt = 0u32;
     let mut said_lock = String::new();
     let me = boot_id();
@@ -466,18 +466,15 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
                             }
                         }
                     }
-                    Take::Wait { line, ahead } => {
+                    Take::Wait { line, after } => {
                         let _ = state.save(dir);
                         if line != said_lock {
                             log(&line);
                             said_lock = line;
                         }
-                        wait_lock = Some(retry_after(
-                            ahead,
-                            attempt,
-                            cfg.interval_secs,
-                            salt(&node_id(dir), now),
-                        ));
+                        wait_lock = Some(after.unwrap_or_else(|| {
+                            backoff(attempt, cfg.interval_secs, salt(&node_id(dir), now))
+                        }));
                         attempt += 1;
                     }
                 }
@@ -562,7 +559,7 @@ fn lock_cycle(
     })?;
     let id = node_id(state_dir);
     let mut state = State::load(state_dir)?;
-    let mut coord = Coordinator::new(lock, &id);
+    let mut coord = Coordinator::new(lock, &id).paced(cfg.interval_secs);
     let mut said = String::new();
     let mut said_publish = String::new();
     let mut publish = |c: &mut Coordinator, version: &str, state: &State| {
@@ -581,18 +578,15 @@ fn lock_cycle(
         publish(&mut coord, from, &state);
         match took {
             Take::Holding => break,
-            Take::Wait { line, ahead } => {
+            Take::Wait { line, after } => {
                 state.save(state_dir)?;
                 if line != said {
                     log(&line);
                     said = line;
                 }
-                std::thread::sleep(retry_after(
-                    ahead,
-                    attempt,
-                    cfg.interval_secs,
-                    salt(&id, now),
-                ));
+                std::thread::sleep(
+                    after.unwrap_or_else(|| backoff(attempt, cfg.interval_secs, salt(&id, now))),
+                );
             }
         }
     }

@@ -542,16 +542,17 @@ impl Etcd {
     }
 
     /// Revokes this node's lease (deleting any key on it), if it has one.
+    /// The lease is forgotten (and no longer refreshed) even when the
+    /// revoke fails, so it expires within its TTL at the latest: a lease
+    /// kept alive after a failed release would hold its slot for ever.
     fn drop_lease(&mut self) -> Result<(), Error> {
-        if let Some(l) = self.lease {
-            self.client.revoke(l)?;
-        }
+        let revoked = self.lease.map_or(Ok(()), |l| self.client.revoke(l));
         self.keeper = None;
         self.lease = None;
         if self.queue_lease.is_none() {
             self.queued = None;
         }
-        Ok(())
+        revoked
     }
 
     /// Leaves the queue: deletes the queue keys (on a lease of someone
@@ -700,8 +701,10 @@ impl RebootLock for Etcd {
     }
 
     fn release(&mut self) -> Result<(), Error> {
-        self.client.delete(&self.holder_key())?;
-        self.drop_lease()
+        // Both, whatever the first did: the revoke alone frees the slot.
+        let deleted = self.client.delete(&self.holder_key());
+        let dropped = self.drop_lease();
+        deleted.and(dropped)
     }
 
     fn queue_on_lease(&mut self, lease: i64) {
