@@ -247,6 +247,9 @@ fn load(path: &Path) -> Result<(Pod, String), String> {
 }
 
 fn run(a: RunArgs, socket: &Path) -> Result<()> {
+    // rustix has no signal handlers for programs on libc (its
+    // runtime::kernel_sigaction is for libc-free runtimes), so signal(3)
+    // stays raw.
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
