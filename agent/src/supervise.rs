@@ -950,23 +950,7 @@ impl Worker {
                 let timeout = Duration::from_secs(probe.timeout_seconds.max(1));
                 let mut failures = 0;
                 loop {
-                    let result: Result<(), String> = if let Some(e) = &probe.exec {
-                        match runtime.exec(&id, &e.command, timeout) {
-                            Ok(true) => Ok(()),
-                            Ok(false) => Err(format!("{:?} failed", e.command)),
-                            Err(err) => Err(format!("cannot run the probe: {err}")),
-                        }
-                    } else if let Some(h) = &probe.http_get {
-                        let path = h.path.as_deref().unwrap_or("/");
-                        // Already inside the namespace (entered above).
-                        match net::http_get(None, h.port, path, timeout) {
-                            Ok(code) if (200..400).contains(&code) => Ok(()),
-                            Ok(code) => {
-                                Err(format!("GET {path} on port {}: status {code}", h.port))
-                            }
-                            Err(e) => Err(format!("GET {path} on port {}: {e}", h.port)),
-                        }
-                    } else {
+                    let Some(result) = probe_once(&probe, &runtime, &id, timeout) else {
                         return;
                     };
                     match result {
@@ -1092,6 +1076,32 @@ impl Worker {
             rootfs::remove_bundle(&self.env.bundles.join(id));
         }
         stop_asked
+    }
+}
+
+/// Runs `probe` once against container `id`: None when it has no check.
+/// An httpGet probe runs on a thread already inside the pod's network.
+fn probe_once(
+    probe: &Probe,
+    runtime: &Runtime,
+    id: &str,
+    timeout: Duration,
+) -> Option<Result<(), String>> {
+    if let Some(e) = &probe.exec {
+        Some(match runtime.exec(id, &e.command, timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{:?} failed", e.command)),
+            Err(err) => Err(format!("cannot run the probe: {err}")),
+        })
+    } else if let Some(h) = &probe.http_get {
+        let path = h.path.as_deref().unwrap_or("/");
+        Some(match net::http_get(None, h.port, path, timeout) {
+            Ok(code) if (200..400).contains(&code) => Ok(()),
+            Ok(code) => Err(format!("GET {path} on port {}: status {code}", h.port)),
+            Err(e) => Err(format!("GET {path} on port {}: {e}", h.port)),
+        })
+    } else {
+        None
     }
 }
 
