@@ -9,7 +9,10 @@ use std::path::Path;
 /// tmpfs, an overlay) or sysfs does not know it.
 pub fn whole_disk_of(path: &Path) -> Option<(u64, u64)> {
     let dev = std::fs::metadata(path).ok()?.dev();
-    let (major, minor) = (libc::major(dev) as u64, libc::minor(dev) as u64);
+    let (major, minor) = (
+        u64::from(rustix::fs::major(dev)),
+        u64::from(rustix::fs::minor(dev)),
+    );
     if major == 0 {
         return None;
     }

@@ -25,3 +25,22 @@ pub mod watch;
 /// manifests with it without linking the agent).
 pub use herd_pod as pod;
 pub use herd_pod::quantity;
+
+#[cfg(test)]
+mod test_support {
+    /// Moves the calling test thread into a mount namespace of its own
+    /// whose mounts do not propagate back, so what a test mounts never
+    /// shows in the runner's namespace. Needs root.
+    pub fn private_mount_namespace() {
+        use rustix::thread::{unshare_unsafe, UnshareFlags};
+        // SAFETY: only CLONE_NEWNS is unshared: the file descriptor table
+        // (what makes unshare unsafe in rustix, CLONE_FILES) stays shared.
+        unsafe { unshare_unsafe(UnshareFlags::NEWNS) }.expect("unshare(CLONE_NEWNS)");
+        rustix::mount::mount_change(
+            "/",
+            rustix::mount::MountPropagationFlags::REC
+                | rustix::mount::MountPropagationFlags::PRIVATE,
+        )
+        .expect("making / private");
+    }
+}

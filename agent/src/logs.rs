@@ -56,7 +56,7 @@ impl Output {
         // no writer, and a blocking open would wait for one forever.
         let f = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(path)?;
         let flags = rustix::fs::fcntl_getfl(&f)?;
         rustix::fs::fcntl_setfl(&f, flags - rustix::fs::OFlags::NONBLOCK)?;

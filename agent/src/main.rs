@@ -247,11 +247,7 @@ fn load(path: &Path) -> Result<(Pod, String), String> {
 }
 
 fn run(a: RunArgs, socket: &Path) -> Result<()> {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-    }
+    install_signal_handlers();
     for d in [&a.pods, &a.state, &a.run, &a.logs] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -265,6 +261,51 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
     // collects their exits (reaper.rs).
     reaper::become_subreaper().context("becoming the child subreaper of the containers")?;
     let status = Status::default();
+    let env = open_env(&a, &status)?;
+    api::serve(socket, status.clone(), a.logs.clone())
+        .with_context(|| format!("serving the API on {}", socket.display()))?;
+    let notify = Notify::new(&a.pods).with_context(|| format!("watching {}", a.pods.display()))?;
+    announce(&a, socket, &env, &status);
+    // What an earlier agent left running: adopted by the pods read in the
+    // first scan below, the rest removed after it.
+    let survivors = Survivors::scan(&env.runtime);
+    if !survivors.is_empty() {
+        status.event(
+            "",
+            "Found",
+            format!("{} container(s) left by an earlier agent", survivors.len()),
+        );
+    }
+    let mut pods = Pods::new(env, status, survivors);
+    let mut sweeper = reaper::Sweeper::default();
+    let mut watch = Watch::default();
+    while !STOP.load(Ordering::SeqCst) {
+        for change in watch.scan(&a.pods) {
+            pods.apply(change);
+        }
+        pods.finish_stopped();
+        pods.remove_unclaimed();
+        sweeper.sweep();
+        pods.collect_garbage_when_idle();
+        notify.wait(pods.poll_interval());
+    }
+    pods.stop_all();
+    Ok(())
+}
+
+fn install_signal_handlers() {
+    // rustix has no signal handlers for programs on libc (its
+    // runtime::kernel_sigaction is for libc-free runtimes), so signal(3)
+    // stays raw.
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// What every pod worker shares, from the command line.
+fn open_env(a: &RunArgs, status: &Status) -> Result<Arc<Env>> {
     let images = Images::open(&a.state.join("images"), a.layouts.clone())
         .context("opening the image store")?
         .with_registries(&a.registries);
@@ -291,10 +332,12 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
         herd_agent::userns::Ranges::load(&a.state.join("userns.json"))?,
     );
     env.io_device = herd_agent::disk::whole_disk_of(&a.state);
-    let env = Arc::new(env);
-    api::serve(socket, status.clone(), a.logs.clone())
-        .with_context(|| format!("serving the API on {}", socket.display()))?;
-    let notify = Notify::new(&a.pods).with_context(|| format!("watching {}", a.pods.display()))?;
+    Ok(Arc::new(env))
+}
+
+/// The agent's first events: what it watches and trusts, and whether
+/// limits are enforced.
+fn announce(a: &RunArgs, socket: &Path, env: &Env, status: &Status) {
     let keys = env.policy().keys.len();
     status.event(
         "",
@@ -312,116 +355,157 @@ fn run(a: RunArgs, socket: &Path) -> Result<()> {
             "cgroups are off (--no-cgroups): resource limits are not enforced",
         );
     }
-    // What an earlier agent left running: adopted by the pods read in the
-    // first scan below, the rest removed after it.
-    let mut survivors = Survivors::scan(&env.runtime);
-    if !survivors.is_empty() {
-        status.event(
-            "",
-            "Found",
-            format!("{} container(s) left by an earlier agent", survivors.len()),
-        );
+}
+
+/// The pods of the manifests in the pod directory: running, stopping
+/// (within their grace period), and the containers an earlier agent left.
+struct Pods {
+    env: Arc<Env>,
+    status: Status,
+    running: BTreeMap<PathBuf, Handle>,
+    /// Pods asked to stop, still within their grace period.
+    stopping: Vec<(PathBuf, Handle)>,
+    /// Changed manifests whose new pod starts once the old pod is gone.
+    start_after_stop: BTreeSet<PathBuf>,
+    survivors: Survivors,
+    /// When unused images are collected next.
+    gc_at: Option<Instant>,
+}
+
+impl Pods {
+    fn new(env: Arc<Env>, status: Status, survivors: Survivors) -> Pods {
+        Pods {
+            env,
+            status,
+            running: BTreeMap::new(),
+            stopping: Vec::new(),
+            start_after_stop: BTreeSet::new(),
+            survivors,
+            gc_at: Some(Instant::now() + Duration::from_secs(60)),
+        }
     }
-    let mut sweeper = reaper::Sweeper::default();
-    let mut watch = Watch::default();
-    let mut running: BTreeMap<PathBuf, Handle> = BTreeMap::new();
-    // Pods asked to stop, still within their grace period; a changed
-    // manifest's new pod starts once its old pod is gone.
-    let mut stopping: Vec<(PathBuf, Handle)> = Vec::new();
-    let mut start_after_stop: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut gc_at: Option<Instant> = Some(Instant::now() + Duration::from_secs(60));
-    while !STOP.load(Ordering::SeqCst) {
-        for change in watch.scan(&a.pods) {
-            let (stop, start) = match change {
-                Change::Added(p) => (None, Some(p)),
-                Change::Changed(p) => (Some(p.clone()), Some(p)),
-                Change::Removed(p) => (Some(p), None),
-            };
-            if let Some(p) = &stop {
-                if let Some(h) = running.remove(p) {
-                    status.event(
-                        &h.name,
-                        "Stopping",
-                        format!("{} changed or went", p.display()),
-                    );
-                    h.stop();
-                    stopping.push((p.clone(), h));
-                } else {
-                    status.remove(&refused_name(p));
-                }
-                gc_at = Some(Instant::now() + Duration::from_secs(10));
+
+    /// Stops and starts pods as a manifest came, changed or went.
+    fn apply(&mut self, change: Change) {
+        let (stop, start) = match change {
+            Change::Added(p) => (None, Some(p)),
+            Change::Changed(p) => (Some(p.clone()), Some(p)),
+            Change::Removed(p) => (Some(p), None),
+        };
+        if let Some(p) = &stop {
+            if let Some(h) = self.running.remove(p) {
+                self.status.event(
+                    &h.name,
+                    "Stopping",
+                    format!("{} changed or went", p.display()),
+                );
+                h.stop();
+                self.stopping.push((p.clone(), h));
+            } else {
+                self.status.remove(&refused_name(p));
             }
-            match start {
-                Some(p) if stopping.iter().any(|(q, _)| *q == p) => {
-                    start_after_stop.insert(p);
-                }
-                Some(p) => start_pod(&env, &status, &mut running, &mut survivors, p),
-                None => {
-                    if let Some(p) = stop {
-                        start_after_stop.remove(&p);
-                    }
+            self.gc_at = Some(Instant::now() + Duration::from_secs(10));
+        }
+        match start {
+            Some(p) if self.stopping.iter().any(|(q, _)| *q == p) => {
+                self.start_after_stop.insert(p);
+            }
+            Some(p) => self.start(p),
+            None => {
+                if let Some(p) = stop {
+                    self.start_after_stop.remove(&p);
                 }
             }
         }
-        let (done, still): (Vec<_>, Vec<_>) =
-            stopping.into_iter().partition(|(_, h)| h.is_finished());
-        stopping = still;
+    }
+
+    fn start(&mut self, p: PathBuf) {
+        start_pod(
+            &self.env,
+            &self.status,
+            &mut self.running,
+            &mut self.survivors,
+            p,
+        );
+    }
+
+    /// Joins the pods that finished stopping; frees the host ids of those
+    /// whose manifest went and starts those whose manifest changed.
+    fn finish_stopped(&mut self) {
+        let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|(_, h)| h.is_finished());
+        self.stopping = still;
         for (p, h) in done {
             let name = h.name.clone();
             h.join();
-            let again = start_after_stop.remove(&p) && p.exists();
-            if !running.values().any(|r| r.name == name) {
-                status.remove(&name);
+            let again = self.start_after_stop.remove(&p) && p.exists();
+            if !self.running.values().any(|r| r.name == name) {
+                self.status.remove(&name);
                 // Its manifest went: the pod's host ids are free again (a
                 // pod that only stops with the agent keeps them).
                 if !again {
-                    if let Err(e) = env.ranges.release(&name) {
-                        status.event(&name, "Warning", e.to_string());
+                    if let Err(e) = self.env.ranges.release(&name) {
+                        self.status.event(&name, "Warning", e.to_string());
                     }
                 }
             }
             if again {
-                start_pod(&env, &status, &mut running, &mut survivors, p);
+                self.start(p);
             }
         }
-        if !survivors.is_empty() {
-            for id in survivors.remove_rest(&env.runtime) {
-                status.event(
-                    "",
-                    "Removed",
-                    format!("container {id} of an earlier agent: no pod manifest claims it"),
-                );
-            }
+    }
+
+    /// Removes the containers of an earlier agent no manifest claimed.
+    fn remove_unclaimed(&mut self) {
+        if self.survivors.is_empty() {
+            return;
         }
-        sweeper.sweep();
-        // Not while a pod is being pulled or still stopping (its image is
-        // in use until it is gone).
-        if gc_at.is_some_and(|t| Instant::now() >= t)
-            && stopping.is_empty()
-            && env.preparing.load(Ordering::SeqCst) == 0
+        for id in self.survivors.remove_rest(&self.env.runtime) {
+            self.status.event(
+                "",
+                "Removed",
+                format!("container {id} of an earlier agent: no pod manifest claims it"),
+            );
+        }
+    }
+
+    /// Collects unused images when due, but not while a pod is being
+    /// pulled or still stopping (its image is in use until it is gone).
+    fn collect_garbage_when_idle(&mut self) {
+        if self.gc_at.is_some_and(|t| Instant::now() >= t)
+            && self.stopping.is_empty()
+            && self.env.preparing.load(Ordering::SeqCst) == 0
         {
-            gc_at = None;
-            collect_garbage(&env, &status);
+            self.gc_at = None;
+            collect_garbage(&self.env, &self.status);
         }
-        notify.wait(if stopping.is_empty() {
+    }
+
+    /// How long to wait for a change: shorter while pods are stopping.
+    fn poll_interval(&self) -> Duration {
+        if self.stopping.is_empty() {
             Duration::from_secs(2)
         } else {
             Duration::from_millis(200)
-        });
+        }
     }
-    running.extend(stopping);
-    status.event(
-        "",
-        "AgentStopping",
-        format!("stopping {} pod(s)", running.len()),
-    );
-    for h in running.values() {
-        h.stop();
+
+    /// Stops every pod (the agent is stopping) and waits for them.
+    fn stop_all(mut self) {
+        self.running.extend(self.stopping);
+        self.status.event(
+            "",
+            "AgentStopping",
+            format!("stopping {} pod(s)", self.running.len()),
+        );
+        for h in self.running.values() {
+            h.stop();
+        }
+        for (_, h) in self.running {
+            h.join();
+        }
     }
-    for (_, h) in running {
-        h.join();
-    }
-    Ok(())
 }
 
 fn refused_name(p: &Path) -> String {

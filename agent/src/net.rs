@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,14 +27,10 @@ impl NetNs {
 
     /// Moves the calling thread (only it) into the namespace.
     pub fn enter(&self) -> std::io::Result<()> {
-        // SAFETY: setns(2) on an open namespace file descriptor; it affects
-        // only the calling thread's network namespace.
-        let rc = unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+        // setns(2) affects only the calling thread's network namespace.
+        move_into_link_name_space(self.0.as_fd(), Some(LinkNameSpaceType::Network))?;
+        Ok(())
     }
 }
 

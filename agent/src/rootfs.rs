@@ -16,6 +16,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustix::mount::{MountFlags, UnmountFlags};
+
 use crate::userns::{self, IdRange};
 
 /// A container root that could not be made.
@@ -108,43 +110,35 @@ fn mount_overlay(l: &Layers, lower: &Path, upper: &Path, work: &Path) -> Result<
     // already starts: an unknown file system type (ENODEV) is waited out
     // for a few seconds before it counts as missing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let rc = loop {
-        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                c"overlay".as_ptr(),
-                target.as_ptr(),
-                c"overlay".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                opts.as_ptr().cast(),
-            )
-        };
-        let unknown_fs =
-            rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENODEV);
+    let result = loop {
+        let result = rustix::mount::mount(
+            "overlay",
+            target.as_c_str(),
+            "overlay",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            opts.as_c_str(),
+        );
+        let unknown_fs = result == Err(rustix::io::Errno::NODEV);
         if !unknown_fs || std::time::Instant::now() > deadline {
-            break rc;
+            break result;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    if rc != 0 {
-        return Err(RootfsError(format!(
+    result.map_err(|e| {
+        RootfsError(format!(
             "mounting the overlay of {} on {}: {} (herd needs overlayfs in the kernel)",
             l.image.display(),
             l.target.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+            std::io::Error::from(e)
+        ))
+    })
 }
 
 /// Unmounts what [`mount`] put at `target`, if anything (detached: a
 /// process still inside lets go later).
 pub fn unmount(target: &Path) {
-    if let Ok(c) = c_path(target) {
-        // SAFETY: a valid NUL-terminated path; EINVAL (not a mount point)
-        // and ENOENT are fine.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    // EINVAL (not a mount point) and ENOENT are fine.
+    let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
 }
 
 /// Unmounts the root of the container whose bundle is `bundle` and
@@ -171,8 +165,7 @@ mod tests {
     /// (tests/tests/agent.rs) cover it with crun.
     #[test]
     fn writes_land_in_the_upper_layer() {
-        // SAFETY: getuid(2) has no preconditions.
-        if unsafe { libc::getuid() } != 0 {
+        if !rustix::process::getuid().is_root() {
             eprintln!("not root: skipped");
             return;
         }
@@ -188,21 +181,7 @@ mod tests {
         };
         // Mounted in a private mount namespace of this test's thread, so
         // nothing leaks into the runner's.
-        // SAFETY: unshare(2) and mount(2) with valid arguments; they change
-        // only this thread's mount namespace.
-        unsafe {
-            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0);
-            assert_eq!(
-                libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null()
-                ),
-                0
-            );
-        }
+        crate::test_support::private_mount_namespace();
         mount(&l).unwrap();
         std::fs::write(l.target.join("etc/marker"), "tampered").unwrap();
         std::fs::create_dir(l.target.join("proc")).unwrap();

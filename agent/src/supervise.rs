@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -212,6 +212,31 @@ struct Started {
     probes_stop: Arc<AtomicBool>,
 }
 
+impl Started {
+    /// Nothing started yet of start `gen`.
+    fn new(gen: u64) -> Started {
+        Started {
+            gen,
+            ids: Vec::new(),
+            exited: Vec::new(),
+            forwards: Vec::new(),
+            probes_stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Which container of which start [`Worker::start_container`] starts.
+struct StartAt {
+    /// The container's index in the pod.
+    idx: usize,
+    /// The first container's PID, whose namespaces the others join.
+    join: Option<u32>,
+    /// The pod's start number (kept in the adoption record).
+    nth: u32,
+    /// When the pod's start began (seconds since the epoch).
+    began_at: u64,
+}
+
 struct Worker {
     env: Arc<Env>,
     pod: Pod,
@@ -265,31 +290,7 @@ impl Worker {
 
     fn life(self, file: PathBuf, found: Vec<Option<State>>) {
         let name = self.name().to_string();
-        let containers = self
-            .pod
-            .spec
-            .containers
-            .iter()
-            .map(|c| ContainerStatus {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                state: "waiting".into(),
-                ..Default::default()
-            })
-            .collect();
-        self.env.status.update(
-            &name,
-            || PodStatus {
-                name: name.clone(),
-                file: file.display().to_string(),
-                phase: Phase::Pending,
-                restarts: 0,
-                message: None,
-                started_at: None,
-                containers,
-            },
-            |_| {},
-        );
+        self.show_pending(&file);
         let mut backoff = Backoff::with(KUBELET);
         let mut gen = 0u64;
         // Successful starts (restarts = starts - 1, as the kubelet counts).
@@ -320,48 +321,95 @@ impl Worker {
                     failed, message, ..
                 } => (failed, message),
             };
-            let again = match self.pod.spec.restart_policy {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => failed,
-                RestartPolicy::Never => false,
-            };
-            if !again {
-                let phase = if failed {
-                    Phase::Failed
-                } else {
-                    Phase::Succeeded
-                };
-                self.set(|p| {
-                    p.phase = phase;
-                    p.message = Some(message);
-                });
-                self.env.status.event(
-                    &name,
-                    "Completed",
-                    format!("{phase:?}; restartPolicy does not restart it"),
-                );
-                while !matches!(self.rx.recv(), Ok(Msg::Stop) | Err(_)) {}
+            if !self.restarts_after(failed) {
+                self.complete(failed, message);
                 break;
             }
             let delay = backoff.next_delay(began.elapsed());
-            self.set(|p| {
-                p.phase = Phase::BackOff;
-                p.message = Some(format!(
-                    "{message}; starting again in {} s",
-                    delay.as_secs()
-                ));
-            });
-            self.env.status.event(
-                &name,
-                "BackOff",
-                format!("starting again in {} s", delay.as_secs()),
-            );
-            if self.wait_for_stop(delay) {
+            if self.back_off(delay, &message) {
                 break;
             }
         }
         volumes::teardown(&name, &self.env.sources);
         self.env.status.event(&name, "Stopped", "pod stopped");
+    }
+
+    /// The pod's first status: pending, from `file`, every container waiting.
+    fn show_pending(&self, file: &Path) {
+        let name = self.name().to_string();
+        let containers = self
+            .pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                state: "waiting".into(),
+                ..Default::default()
+            })
+            .collect();
+        self.env.status.update(
+            &name,
+            || PodStatus {
+                name: name.clone(),
+                file: file.display().to_string(),
+                phase: Phase::Pending,
+                restarts: 0,
+                message: None,
+                started_at: None,
+                containers,
+            },
+            |_| {},
+        );
+    }
+
+    /// Whether the restartPolicy starts the pod again after it ended
+    /// (`failed`: with a failure).
+    fn restarts_after(&self, failed: bool) -> bool {
+        match self.pod.spec.restart_policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failed,
+            RestartPolicy::Never => false,
+        }
+    }
+
+    /// The pod ended for good (`message`: how): its final phase, then wait
+    /// for the Stop that removes it.
+    fn complete(&self, failed: bool, message: String) {
+        let phase = if failed {
+            Phase::Failed
+        } else {
+            Phase::Succeeded
+        };
+        self.set(|p| {
+            p.phase = phase;
+            p.message = Some(message);
+        });
+        self.env.status.event(
+            self.name(),
+            "Completed",
+            format!("{phase:?}; restartPolicy does not restart it"),
+        );
+        while !matches!(self.rx.recv(), Ok(Msg::Stop) | Err(_)) {}
+    }
+
+    /// Waits `delay` before the next start, showing why (`message`);
+    /// true when asked to stop meanwhile.
+    fn back_off(&self, delay: Duration, message: &str) -> bool {
+        self.set(|p| {
+            p.phase = Phase::BackOff;
+            p.message = Some(format!(
+                "{message}; starting again in {} s",
+                delay.as_secs()
+            ));
+        });
+        self.env.status.event(
+            self.name(),
+            "BackOff",
+            format!("starting again in {} s", delay.as_secs()),
+        );
+        self.wait_for_stop(delay)
     }
 
     /// Prepares and starts the pod, then watches it until it ends.
@@ -417,6 +465,48 @@ impl Worker {
         }
         self.env.preparing.fetch_add(1, Ordering::SeqCst);
         let _counted = Counted(&self.env.preparing);
+        let images = self.pull_images()?;
+        let mut env = Vec::new();
+        for c in &self.pod.spec.containers {
+            env.push(
+                volumes::env_from(c, &self.env.sources).map_err(|e| Failure {
+                    reason: "ConfigError",
+                    message: e.0,
+                })?,
+            );
+        }
+        let userns = if self.pod.user_namespace() {
+            let failure = |e: userns::UsernsError| Failure {
+                reason: "UserNamespace",
+                message: format!("the pod's user namespace: {e}"),
+            };
+            let range = self.env.ranges.assign(self.name()).map_err(failure)?;
+            let ns = userns::namespace(range).map_err(failure)?;
+            Some((range, Arc::new(ns)))
+        } else {
+            None
+        };
+        let volumes = volumes::prepare(
+            &self.pod,
+            &self.env.sources,
+            userns.as_ref().map(|(r, _)| *r),
+        )
+        .map_err(|e| Failure {
+            reason: "ConfigError",
+            message: e.0,
+        })?;
+        Ok(Prepared {
+            userns,
+            images,
+            env,
+            volumes,
+        })
+    }
+
+    /// Container by container: refuses a UDP host port, then verifies
+    /// (pulling if needed) its image against the policy now and shows the
+    /// digest and signer.
+    fn pull_images(&self) -> Result<Vec<Ready>, Failure> {
         let policy = self.env.policy();
         let mut images = Vec::new();
         for (i, c) in self.pod.spec.containers.iter().enumerate() {
@@ -460,180 +550,32 @@ impl Worker {
             });
             images.push(ready);
         }
-        let mut env = Vec::new();
-        for c in &self.pod.spec.containers {
-            env.push(
-                volumes::env_from(c, &self.env.sources).map_err(|e| Failure {
-                    reason: "ConfigError",
-                    message: e.0,
-                })?,
-            );
-        }
-        let userns = if self.pod.user_namespace() {
-            let failure = |e: userns::UsernsError| Failure {
-                reason: "UserNamespace",
-                message: format!("the pod's user namespace: {e}"),
-            };
-            let range = self.env.ranges.assign(self.name()).map_err(failure)?;
-            let ns = userns::namespace(range).map_err(failure)?;
-            Some((range, Arc::new(ns)))
-        } else {
-            None
-        };
-        let volumes = volumes::prepare(
-            &self.pod,
-            &self.env.sources,
-            userns.as_ref().map(|(r, _)| *r),
-        )
-        .map_err(|e| Failure {
-            reason: "ConfigError",
-            message: e.0,
-        })?;
-        Ok(Prepared {
-            userns,
-            images,
-            env,
-            volumes,
-        })
+        Ok(images)
     }
 
     /// Starts every container; on failure returns what did start, to be
     /// stopped.
     #[allow(clippy::result_large_err)] // built once per pod start
     fn start(&self, prep: &Prepared, gen: u64, nth: u32) -> Result<Started, (Failure, Started)> {
-        let name = self.name().to_string();
-        let mut started = Started {
-            gen,
-            ids: Vec::new(),
-            exited: Vec::new(),
-            forwards: Vec::new(),
-            probes_stop: Arc::new(AtomicBool::new(false)),
-        };
         let fail = |message: String| Failure {
             reason: "StartFailed",
             message,
         };
+        let mut started = Started::new(gen);
         let began_at = logs::now();
         let mut first_pid = None;
         let mut netns: Option<Arc<NetNs>> = None;
         for (i, c) in self.pod.spec.containers.iter().enumerate() {
-            let id = adopt::container_id(&name, &c.name);
-            // Leftovers of an agent that died without stopping its pods.
-            if self.env.runtime.root.join(&id).exists() {
-                self.env.runtime.kill(&id, "KILL");
-                self.env.runtime.delete(&id);
-            }
-            if c.resources.limits.has_io() && self.env.io_device.is_none() {
-                return Err((
-                    fail(format!(
-                        "container {}: its I/O limits need the node's state on a block device, and {} is not on one",
-                        c.name,
-                        self.env.sources.pods_state.display()
-                    )),
-                    started,
-                ));
-            }
-            let bundle = self.env.bundles.join(&id);
-            rootfs::remove_bundle(&bundle);
-            // The image root is only ever the overlay's lower layer; the
-            // container writes (if it may) into its own upper layer.
-            let layers = rootfs::Layers {
-                image: prep.images[i].rootfs.clone(),
-                scratch: if c.security_context.read_only_root_filesystem == Some(false) {
-                    self.env
-                        .sources
-                        .pods_state
-                        .join(&name)
-                        .join("rootfs")
-                        .join(&c.name)
-                } else {
-                    bundle.join("layer")
-                },
-                target: bundle.join("rootfs"),
-                userns: prep.userns.clone(),
-            };
-            if let Err(e) = rootfs::mount(&layers) {
-                return Err((
-                    fail(format!("container {}: making its root: {e}", c.name)),
-                    started,
-                ));
-            }
-            let rootfs = layers.target;
-            let inputs = SpecInputs {
-                rootfs,
-                volumes: prep.volumes.clone(),
-                env_from: prep.env[i].clone(),
+            let at = StartAt {
+                idx: i,
                 join: first_pid,
-                cgroup: format!("/herd/pods/{name}/{}", c.name),
-                io_device: self.env.io_device,
-                userns: prep.userns.as_ref().map(|(r, _)| *r),
+                nth,
+                began_at,
             };
-            let written = spec::runtime_spec(&self.pod, c, &prep.images[i].pulled.config, &inputs)
-                .map_err(|e| e.to_string())
-                .and_then(|spec| spec::write_bundle(&bundle, &spec).map_err(|e| e.to_string()));
-            if let Err(e) = written {
-                rootfs::remove_bundle(&bundle);
-                return Err((
-                    fail(format!("container {}: writing its bundle: {e}", c.name)),
-                    started,
-                ));
-            }
-            let pid_file = bundle.join("pid");
-            let output = match Output::create(&bundle.join("output")) {
-                Ok(o) => o,
-                Err(e) => {
-                    rootfs::remove_bundle(&bundle);
-                    return Err((
-                        fail(format!("container {}: making its output FIFO: {e}", c.name)),
-                        started,
-                    ));
-                }
-            };
-            let label = format!("{name}/{}", c.name);
-            self.pump_logs(&id, &label, &c.name, output.reader);
-            let result = self
-                .env
-                .runtime
-                .start(&id, &bundle, &pid_file, &output.writer);
-            // The container holds its own end; the log sees EOF when it ends.
-            drop(output.writer);
-            started.ids.push(id.clone());
-            let pid = match result {
+            let pid = match self.start_container(prep, &at, &mut started) {
                 Ok(pid) => pid,
-                Err(e) => {
-                    started.exited.push(true);
-                    return Err((
-                        fail(format!(
-                            "container {}: {e} (herd-agent logs {name} {})",
-                            c.name, c.name
-                        )),
-                        started,
-                    ));
-                }
+                Err(message) => return Err((fail(message), started)),
             };
-            started.exited.push(false);
-            self.wait_for_exit(reaper::open(pid), gen, i);
-            let record = Record {
-                manifest: self.manifest.clone(),
-                start: nth,
-                started_at: began_at,
-                digest: prep.images[i]
-                    .pulled
-                    .reference
-                    .digest
-                    .as_ref()
-                    .map(|d| d.to_string()),
-                signed_by: Some(prep.images[i].pulled.signed_by.clone()),
-            };
-            if let Err(e) = record.write(&bundle) {
-                // Not fatal: an agent restart would start the pod again
-                // instead of adopting it.
-                println!("{label}: cannot write its adoption record: {e}");
-            }
-            self.set(|p| {
-                p.containers[i].pid = Some(pid);
-                p.containers[i].state = "running".into();
-            });
             if i == 0 {
                 first_pid = Some(pid);
                 if !self.pod.spec.host_network {
@@ -641,7 +583,9 @@ impl Worker {
                 }
             }
             if let Some(probe) = &c.liveness_probe {
-                self.probe(probe.clone(), &id, &label, netns.clone(), &started, i);
+                let id = &started.ids[i];
+                let label = format!("{}/{}", self.name(), c.name);
+                self.probe(probe.clone(), id, &label, netns.clone(), &started, i);
             }
         }
         if let Some(ns) = &netns {
@@ -654,7 +598,7 @@ impl Worker {
             p.started_at = Some(began_at);
         });
         self.env.status.event(
-            &name,
+            self.name(),
             "Started",
             format!(
                 "{} container(s) running (start {nth})",
@@ -662,6 +606,121 @@ impl Worker {
             ),
         );
         Ok(started)
+    }
+
+    /// Starts container `at.idx` detached, with its log pump and exit
+    /// watcher; records it in `started` once the runtime was asked. Returns
+    /// its PID, or why it did not start.
+    fn start_container(
+        &self,
+        prep: &Prepared,
+        at: &StartAt,
+        started: &mut Started,
+    ) -> Result<u32, String> {
+        let (name, c) = (self.name(), &self.pod.spec.containers[at.idx]);
+        let id = adopt::container_id(name, &c.name);
+        // Leftovers of an agent that died without stopping its pods.
+        if self.env.runtime.root.join(&id).exists() {
+            self.env.runtime.kill(&id, "KILL");
+            self.env.runtime.delete(&id);
+        }
+        if c.resources.limits.has_io() && self.env.io_device.is_none() {
+            return Err(format!(
+                "container {}: its I/O limits need the node's state on a block device, and {} is not on one",
+                c.name,
+                self.env.sources.pods_state.display()
+            ));
+        }
+        let bundle = self.env.bundles.join(&id);
+        self.make_bundle(prep, at, &bundle)?;
+        let output = Output::create(&bundle.join("output")).map_err(|e| {
+            rootfs::remove_bundle(&bundle);
+            format!("container {}: making its output FIFO: {e}", c.name)
+        })?;
+        let label = format!("{name}/{}", c.name);
+        self.pump_logs(&id, &label, &c.name, output.reader);
+        let result = self
+            .env
+            .runtime
+            .start(&id, &bundle, &bundle.join("pid"), &output.writer);
+        // The container holds its own end; the log sees EOF when it ends.
+        drop(output.writer);
+        started.ids.push(id);
+        let pid = result.map_err(|e| {
+            started.exited.push(true);
+            format!(
+                "container {}: {e} (herd-agent logs {name} {})",
+                c.name, c.name
+            )
+        })?;
+        started.exited.push(false);
+        self.wait_for_exit(reaper::open(pid), started.gen, at.idx);
+        self.write_record(prep, at, &bundle, &label);
+        self.set(|p| {
+            p.containers[at.idx].pid = Some(pid);
+            p.containers[at.idx].state = "running".into();
+        });
+        Ok(pid)
+    }
+
+    /// Mounts container `at.idx`'s root and writes its OCI bundle at
+    /// `bundle` (emptied first).
+    fn make_bundle(&self, prep: &Prepared, at: &StartAt, bundle: &Path) -> Result<(), String> {
+        let (name, c) = (self.name(), &self.pod.spec.containers[at.idx]);
+        rootfs::remove_bundle(bundle);
+        // The image root is only ever the overlay's lower layer; the
+        // container writes (if it may) into its own upper layer.
+        let layers = rootfs::Layers {
+            image: prep.images[at.idx].rootfs.clone(),
+            scratch: if c.security_context.read_only_root_filesystem == Some(false) {
+                self.env
+                    .sources
+                    .pods_state
+                    .join(name)
+                    .join("rootfs")
+                    .join(&c.name)
+            } else {
+                bundle.join("layer")
+            },
+            target: bundle.join("rootfs"),
+            userns: prep.userns.clone(),
+        };
+        rootfs::mount(&layers)
+            .map_err(|e| format!("container {}: making its root: {e}", c.name))?;
+        let inputs = SpecInputs {
+            rootfs: layers.target,
+            volumes: prep.volumes.clone(),
+            env_from: prep.env[at.idx].clone(),
+            join: at.join,
+            cgroup: format!("/herd/pods/{name}/{}", c.name),
+            io_device: self.env.io_device,
+            userns: prep.userns.as_ref().map(|(r, _)| *r),
+        };
+        let config = &prep.images[at.idx].pulled.config;
+        spec::runtime_spec(&self.pod, c, config, &inputs)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| spec::write_bundle(bundle, &spec).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                rootfs::remove_bundle(bundle);
+                format!("container {}: writing its bundle: {e}", c.name)
+            })
+    }
+
+    /// Writes the adoption record of container `at.idx` into its bundle.
+    fn write_record(&self, prep: &Prepared, at: &StartAt, bundle: &Path, label: &str) {
+        let pulled = &prep.images[at.idx].pulled;
+        let record = Record {
+            manifest: self.manifest.clone(),
+            start: at.nth,
+            started_at: at.began_at,
+            digest: pulled.reference.digest.as_ref().map(|d| d.to_string()),
+            signed_by: Some(pulled.signed_by.clone()),
+        };
+        if let Err(e) = record.write(bundle) {
+            // Not fatal: an agent restart would start the pod again
+            // instead of adopting it.
+            println!("{label}: cannot write its adoption record: {e}");
+        }
     }
 
     /// Listens on the pod's host ports and carries them into `ns`.
@@ -726,33 +785,41 @@ impl Worker {
         if found.iter().all(Option::is_none) {
             return Adoption::No;
         }
-        let name = self.name().to_string();
-        let mut started = Started {
-            gen,
-            ids: Vec::new(),
-            exited: Vec::new(),
-            forwards: Vec::new(),
-            probes_stop: Arc::new(AtomicBool::new(false)),
-        };
+        let mut started = Started::new(gen);
+        match self.take_over(found, &mut started) {
+            Ok(adopted) => self.resume(started, adopted),
+            Err(why) => {
+                self.env.status.event(
+                    self.name(),
+                    "NotAdopted",
+                    format!("the containers an earlier agent left are stopped: {why}"),
+                );
+                self.give_up(started)
+            }
+        }
+    }
+
+    /// Watches every container of `found` that still runs (its exit, its
+    /// output), recording each in `started`; returns each one's PID and
+    /// adoption record, or why the pod cannot be adopted.
+    fn take_over(
+        &self,
+        found: Vec<Option<State>>,
+        started: &mut Started,
+    ) -> Result<Vec<(u32, Record)>, String> {
+        let name = self.name();
         let mut why_not: Option<String> = None;
         let mut adopted = Vec::new();
         for (i, (c, state)) in self.pod.spec.containers.iter().zip(found).enumerate() {
-            let id = adopt::container_id(&name, &c.name);
+            let id = adopt::container_id(name, &c.name);
             started.ids.push(id.clone());
-            let running = state.filter(State::running).and_then(|s| {
-                let fd = reaper::open(s.pid).ok()?;
-                // The PID may have been reused between crun's answer and
-                // pidfd_open: crun checks the process is its container.
-                let again = self.env.runtime.state(&id)?;
-                (again.running() && again.pid == s.pid).then_some((s, fd))
-            });
-            let Some((state, pidfd)) = running else {
+            let Some((state, pidfd)) = self.still_running(&id, state) else {
                 started.exited.push(true);
                 why_not.get_or_insert(format!("container {} is not running", c.name));
                 continue;
             };
             started.exited.push(false);
-            self.wait_for_exit(Ok(pidfd), gen, i);
+            self.wait_for_exit(Ok(pidfd), started.gen, i);
             let label = format!("{name}/{}", c.name);
             match Output::reopen(&state.bundle.join("output")) {
                 Ok(reader) => self.pump_logs(&id, &label, &c.name, reader),
@@ -768,18 +835,28 @@ impl Worker {
                 }
             }
         }
-        if let Some(why) = why_not {
-            self.env.status.event(
-                &name,
-                "NotAdopted",
-                format!("the containers an earlier agent left are stopped: {why}"),
-            );
-            return if self.stop_containers(started) {
-                Adoption::Stopped
-            } else {
-                Adoption::No
-            };
+        match why_not {
+            Some(why) => Err(why),
+            None => Ok(adopted),
         }
+    }
+
+    /// `state` of container `id` with a pidfd of its process, if it still
+    /// runs and is still the container.
+    fn still_running(&self, id: &str, state: Option<State>) -> Option<(State, OwnedFd)> {
+        state.filter(State::running).and_then(|s| {
+            let fd = reaper::open(s.pid).ok()?;
+            // The PID may have been reused between crun's answer and
+            // pidfd_open: crun checks the process is its container.
+            let again = self.env.runtime.state(id)?;
+            (again.running() && again.pid == s.pid).then_some((s, fd))
+        })
+    }
+
+    /// Supervises the adopted containers (`adopted`: each one's PID and
+    /// record) again: status, host ports and liveness probes.
+    fn resume(&self, mut started: Started, adopted: Vec<(u32, Record)>) -> Adoption {
+        let name = self.name();
         let start = adopted[0].1.start;
         let started_at = adopted[0].1.started_at;
         self.set(|p| {
@@ -799,30 +876,20 @@ impl Worker {
         };
         if let Some(ns) = &netns {
             if let Err(m) = self.carry_ports(ns, &mut started) {
-                self.env.status.event(&name, "StartFailed", &m);
-                return if self.stop_containers(started) {
-                    Adoption::Stopped
-                } else {
-                    Adoption::No
-                };
+                self.env.status.event(name, "StartFailed", &m);
+                return self.give_up(started);
             }
         }
         for (i, c) in self.pod.spec.containers.iter().enumerate() {
             if let Some(probe) = &c.liveness_probe {
                 let label = format!("{name}/{}", c.name);
-                self.probe(
-                    probe.clone(),
-                    &started.ids[i],
-                    &label,
-                    netns.clone(),
-                    &started,
-                    i,
-                );
+                let id = &started.ids[i];
+                self.probe(probe.clone(), id, &label, netns.clone(), &started, i);
             }
         }
         self.set(|p| p.phase = Phase::Running);
         self.env.status.event(
-            &name,
+            name,
             "Adopted",
             format!(
                 "{} container(s) still running from before the agent restarted (start {start})",
@@ -830,6 +897,15 @@ impl Worker {
             ),
         );
         Adoption::Adopted(started, start)
+    }
+
+    /// Stops the containers of a pod that is not adopted after all.
+    fn give_up(&self, started: Started) -> Adoption {
+        if self.stop_containers(started) {
+            Adoption::Stopped
+        } else {
+            Adoption::No
+        }
     }
 
     fn probe(
@@ -874,23 +950,7 @@ impl Worker {
                 let timeout = Duration::from_secs(probe.timeout_seconds.max(1));
                 let mut failures = 0;
                 loop {
-                    let result: Result<(), String> = if let Some(e) = &probe.exec {
-                        match runtime.exec(&id, &e.command, timeout) {
-                            Ok(true) => Ok(()),
-                            Ok(false) => Err(format!("{:?} failed", e.command)),
-                            Err(err) => Err(format!("cannot run the probe: {err}")),
-                        }
-                    } else if let Some(h) = &probe.http_get {
-                        let path = h.path.as_deref().unwrap_or("/");
-                        // Already inside the namespace (entered above).
-                        match net::http_get(None, h.port, path, timeout) {
-                            Ok(code) if (200..400).contains(&code) => Ok(()),
-                            Ok(code) => {
-                                Err(format!("GET {path} on port {}: status {code}", h.port))
-                            }
-                            Err(e) => Err(format!("GET {path} on port {}: {e}", h.port)),
-                        }
-                    } else {
+                    let Some(result) = probe_once(&probe, &runtime, &id, timeout) else {
                         return;
                     };
                     match result {
@@ -1016,6 +1076,32 @@ impl Worker {
             rootfs::remove_bundle(&self.env.bundles.join(id));
         }
         stop_asked
+    }
+}
+
+/// Runs `probe` once against container `id`: None when it has no check.
+/// An httpGet probe runs on a thread already inside the pod's network.
+fn probe_once(
+    probe: &Probe,
+    runtime: &Runtime,
+    id: &str,
+    timeout: Duration,
+) -> Option<Result<(), String>> {
+    if let Some(e) = &probe.exec {
+        Some(match runtime.exec(id, &e.command, timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{:?} failed", e.command)),
+            Err(err) => Err(format!("cannot run the probe: {err}")),
+        })
+    } else if let Some(h) = &probe.http_get {
+        let path = h.path.as_deref().unwrap_or("/");
+        Some(match net::http_get(None, h.port, path, timeout) {
+            Ok(code) if (200..400).contains(&code) => Ok(()),
+            Ok(code) => Err(format!("GET {path} on port {}: status {code}", h.port)),
+            Err(e) => Err(format!("GET {path} on port {}: {e}", h.port)),
+        })
+    } else {
+        None
     }
 }
 

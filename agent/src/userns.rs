@@ -168,6 +168,7 @@ impl Ranges {
 pub fn namespace(range: IdRange) -> Result<OwnedFd, UsernsError> {
     // A child in a new user namespace that only waits to be killed; this
     // process writes its maps and keeps a descriptor of the namespace.
+    // rustix has no clone(2) (nor fork), so this one call stays raw.
     // SAFETY: clone(2) without CLONE_VM is fork(2) with extra flags; the
     // child runs only pause(2) and _exit(2), both async-signal-safe, so the
     // other threads' locks do not matter.
@@ -188,11 +189,14 @@ pub fn namespace(range: IdRange) -> Result<OwnedFd, UsernsError> {
     }
     if pid == 0 {
         loop {
-            // SAFETY: pause(2) has no preconditions; the parent kills us.
-            unsafe { libc::pause() };
+            // The parent kills us.
+            rustix::event::pause();
         }
     }
-    let pid = pid as libc::pid_t;
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("clone(2) returns a positive pid to the parent");
     let result = (|| {
         let map = range.map_line();
         for f in ["uid_map", "gid_map"] {
@@ -203,15 +207,15 @@ pub fn namespace(range: IdRange) -> Result<OwnedFd, UsernsError> {
         let f = std::fs::File::open(&p).map_err(sys(format!("opening {p}")))?;
         Ok(OwnedFd::from(f))
     })();
-    // SAFETY: `pid` is our child; kill and reap it (the namespace lives on
-    // in the descriptor).
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
+    // `pid` is our child: kill and reap it (the namespace lives on in the
+    // descriptor).
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
     result
 }
 
+// mount_setattr(2) is missing from rustix: it is called raw, with these
+// constants of <linux/mount.h> and <fcntl.h> and the struct below.
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
@@ -353,8 +357,7 @@ mod tests {
     #[test]
     fn an_idmapped_clone_shows_host_root_as_the_range() {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: getuid(2) has no preconditions.
-        if unsafe { libc::getuid() } != 0 {
+        if !rustix::process::getuid().is_root() {
             eprintln!("not root: skipped");
             return;
         }
@@ -367,27 +370,17 @@ mod tests {
         std::fs::create_dir(&dst).unwrap();
         let range = IdRange::of_slot(3);
         let ns = namespace(range).unwrap();
-        // SAFETY: unshare(2) and mount(2) with valid arguments; they change
-        // only this thread's mount namespace.
-        unsafe {
-            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0);
-            assert_eq!(
-                libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null()
-                ),
-                0
-            );
-        }
+        crate::test_support::private_mount_namespace();
         idmapped_clone(&src, &dst, &ns).unwrap();
         let m = std::fs::metadata(dst.join("etc/f")).unwrap();
         assert_eq!((m.uid(), m.gid()), (range.first + 5, range.first + 6));
         assert_eq!(std::fs::metadata(&dst).unwrap().uid(), range.first);
         let e = std::fs::write(dst.join("etc/g"), "y").unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::ROFS.raw_os_error()),
+            "{e}"
+        );
         // The source is untouched.
         assert_eq!(std::fs::metadata(src.join("etc/f")).unwrap().uid(), 5);
     }

@@ -48,46 +48,30 @@ pub use crate::pod::host_path::{host_path_rule, NODE_STATE};
 /// (`RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`), creating missing directories
 /// if `create`: a symlink anywhere on the way fails with `ELOOP`.
 fn open_beneath(root: &Path, rel: &Path, create: bool) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::ffi::CString;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let openat2 = |dir: libc::c_int, name: &CString| -> std::io::Result<OwnedFd> {
-        // SAFETY: open_how is plain integers, all-zero is its empty value.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-        how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
-        // SAFETY: `name` is NUL-terminated and `how` a valid open_how of the
-        // size passed; both outlive the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir,
-                name.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-    };
-    let nul = |b: &[u8]| {
-        CString::new(b).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use std::os::fd::{AsFd, OwnedFd};
+    let openat2 = |dir: &OwnedFd, name: &std::ffi::OsStr| -> std::io::Result<OwnedFd> {
+        Ok(rustix::fs::openat2(
+            dir.as_fd(),
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+        )?)
     };
     let mut cur: OwnedFd = std::fs::File::open(root)?.into();
     for c in rel.components() {
-        let name = nul(c.as_os_str().as_encoded_bytes())?;
-        cur = match openat2(cur.as_raw_fd(), &name) {
+        let name = c.as_os_str();
+        if name.as_encoded_bytes().contains(&0) {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
+        cur = match openat2(&cur, name) {
             Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
-                // SAFETY: a valid directory descriptor and NUL-terminated name.
-                if unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::AlreadyExists {
-                        return Err(e);
-                    }
+                match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
                 }
-                openat2(cur.as_raw_fd(), &name)?
+                openat2(&cur, name)?
             }
             r => r?,
         };
@@ -164,29 +148,26 @@ pub fn env_from(c: &Container, src: &Sources) -> Result<BTreeMap<String, String>
 
 /// Mounted tmpfs volumes of a pod, unmounted by [`teardown`].
 fn mount_tmpfs(dir: &Path, bytes: u64) -> Result<(), VolumeError> {
-    use std::ffi::CString;
+    use rustix::mount::MountFlags;
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let target = CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| VolumeError(format!("{}: NUL in path", dir.display())))?;
-    let opts = CString::new(format!("size={bytes},mode=1777")).expect("no NUL");
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            target.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            opts.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(VolumeError(format!(
+    if dir.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(VolumeError(format!("{}: NUL in path", dir.display())));
+    }
+    let opts = std::ffi::CString::new(format!("size={bytes},mode=1777")).expect("no NUL");
+    rustix::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        opts.as_c_str(),
+    )
+    .map_err(|e| {
+        VolumeError(format!(
             "mounting a tmpfs on {}: {}",
             dir.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+            std::io::Error::from(e)
+        ))
+    })
 }
 
 /// A fresh copy of the keys of secret or config map `name` (a directory
@@ -246,7 +227,7 @@ pub fn prepare(
             let create = h.kind.as_deref() != Some("Directory");
             match open_beneath(&src.host_root, &rel, create) {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refuse(format!(
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => return Err(refuse(format!(
                     "{:?}: a symlink on the way; hostPath is resolved without following symlinks (openat2 RESOLVE_NO_SYMLINKS), use the real directory",
                     h.path
                 ))),
@@ -314,10 +295,7 @@ pub fn teardown(pod: &str, src: &Sources) {
     if let Ok(rd) = std::fs::read_dir(mem.join("volumes")) {
         for e in rd.flatten() {
             if is_mountpoint(&e.path()) {
-                if let Ok(c) = std::ffi::CString::new(e.path().as_os_str().as_encoded_bytes()) {
-                    // SAFETY: a valid NUL-terminated path.
-                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-                }
+                let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
             }
         }
     }

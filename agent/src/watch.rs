@@ -75,48 +75,34 @@ pub struct Notify(std::os::fd::OwnedFd);
 impl Notify {
     /// Watches `dir` (which must exist).
     pub fn new(dir: &Path) -> std::io::Result<Notify> {
-        use std::os::fd::FromRawFd;
-        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| std::io::Error::other("NUL in path"))?;
-        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by inotify_init1 and is owned by nobody else.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let mask = libc::IN_CREATE
-            | libc::IN_DELETE
-            | libc::IN_MODIFY
-            | libc::IN_CLOSE_WRITE
-            | libc::IN_MOVED_TO
-            | libc::IN_MOVED_FROM
-            | libc::IN_ATTRIB;
-        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Notify(owned))
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let mask = WatchFlags::CREATE
+            | WatchFlags::DELETE
+            | WatchFlags::MODIFY
+            | WatchFlags::CLOSE_WRITE
+            | WatchFlags::MOVED_TO
+            | WatchFlags::MOVED_FROM
+            | WatchFlags::ATTRIB;
+        inotify::add_watch(&fd, dir, mask)?;
+        Ok(Notify(fd))
     }
 
     /// Waits until something changed or `timeout` passed (or a signal
     /// arrived); drains the pending notifications.
     pub fn wait(&self, timeout: std::time::Duration) {
-        use std::os::fd::AsRawFd;
-        let fd = self.0.as_raw_fd();
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        // Whole milliseconds, as poll(2) took them before.
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let timeout = Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
         };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n > 0 {
+        if matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
             let mut buf = [0u8; 4096];
-            // SAFETY: reading into a buffer we own, of the length given;
-            // the descriptor is non-blocking.
-            while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            // The descriptor is non-blocking: EAGAIN ends the draining.
+            while matches!(rustix::io::read(&self.0, &mut buf), Ok(n) if n > 0) {}
         }
     }
 }
