@@ -5,19 +5,75 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{anyhow, Result};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
 use herd_reboot_lock::etcd::Client;
 use herd_reboot_lock::status::{read_fleet, Group, NodeStatus};
+use herd_reboot_lock::tls::Tls;
 use herd_reboot_lock::Error;
 
+/// etcd over TLS for `herd fleet status`: `--ca-file`, `--cert-file`,
+/// `--key-file`, as the nodes' `[update.lock]` `ca_file`, `cert_file`,
+/// `key_file`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    /// The only CA trusted for etcd (else the built-in Mozilla roots).
+    pub ca: Option<&'a Path>,
+    /// The client certificate.
+    pub cert: Option<&'a Path>,
+    /// Its key.
+    pub key: Option<&'a Path>,
+}
+
+/// The etcd client for `endpoints`: TLS with `files` for https:// ones.
+fn client(endpoints: &[String], files: TlsFiles) -> Result<Client> {
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    let given = files.ca.is_some() || files.cert.is_some() || files.key.is_some();
+    if https != 0 && https != endpoints.len() {
+        bail!("--etcd URLs mix http:// and https://: give one cluster's client URLs, all https:// for a TLS cluster");
+    }
+    if https == 0 {
+        if given {
+            bail!("--ca-file, --cert-file and --key-file are for etcd over TLS, but --etcd is http://: write https://HOST:2379, or leave them out");
+        }
+        return Ok(Client::new(endpoints));
+    }
+    if files.cert.is_some() != files.key.is_some() {
+        bail!("--cert-file and --key-file go together: give both (the client certificate and its key), or neither");
+    }
+    let tls = Tls::from_files(files.ca, files.cert, files.key).map_err(|e| {
+        anyhow!(
+            "{}",
+            e.to_string()
+                .replace("[lock] ca_file", "--ca-file")
+                .replace("[lock] cert_file", "--cert-file")
+                .replace("[lock] key_file", "--key-file")
+        )
+    })?;
+    Ok(Client::with_tls(endpoints, Some(tls)))
+}
+
 /// Reads the fleet status of `group` (None: every group) from etcd.
-pub fn read(endpoints: &[String], group: Option<&str>) -> Result<Vec<Group>> {
-    let c = Client::new(endpoints);
+pub fn read(endpoints: &[String], files: TlsFiles, group: Option<&str>) -> Result<Vec<Group>> {
+    let c = client(endpoints, files)?;
     read_fleet(&c, group).map_err(|e| match e {
         Error::Unreachable {
             endpoint, message, ..
         } => anyhow!(
             "etcd at {endpoint} does not answer ({message}): check that etcd runs there and that --etcd is its client URL (http://HOST:2379), as in the nodes' [update.lock] endpoints"
+        ),
+        Error::Tls {
+            endpoint, message, ..
+        } => anyhow!(
+            "etcd at {endpoint}: {}",
+            message
+                .replace("[lock] ca_file", "--ca-file")
+                .replace("[lock] cert_file and key_file", "--cert-file and --key-file")
+                .replace("[lock] endpoints", "--etcd")
         ),
         e => anyhow::Error::new(e).context(format!(
             "reading the fleet status from etcd at {}",

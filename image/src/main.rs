@@ -88,6 +88,16 @@ enum FleetCommand {
         /// endpoints; repeatable, tried in order.
         #[arg(long = "etcd", value_name = "URL", required = true)]
         etcd: Vec<String>,
+        /// etcd over TLS (https:// URLs): a PEM file of the only CA trusted
+        /// for etcd's certificate (default: the built-in Mozilla roots).
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+        /// A client certificate (PEM) for an etcd with --client-cert-auth.
+        #[arg(long, value_name = "PEM", requires = "key_file")]
+        cert_file: Option<PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, value_name = "PEM", requires = "cert_file")]
+        key_file: Option<PathBuf>,
         /// Only this group (default: every group found).
         #[arg(long)]
         group: Option<String>,
@@ -312,8 +322,13 @@ fn load_keys(files: &[PathBuf]) -> Result<Vec<herd_release::SigningKey>> {
         .collect()
 }
 
-fn fleet_status(etcd: &[String], group: Option<&str>, json: bool) -> Result<()> {
-    let groups = herd::fleet::read(etcd, group)?;
+fn fleet_status(
+    etcd: &[String],
+    tls: herd::fleet::TlsFiles,
+    group: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let groups = herd::fleet::read(etcd, tls, group)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&groups)?);
     } else {
@@ -827,8 +842,20 @@ fn main() -> ExitCode {
         Command::Vm(VmCommand::LibvirtXml(a)) => libvirt_xml(a),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Key(k) => run_key(k).map(|()| ExitCode::SUCCESS),
-        Command::Fleet(FleetCommand::Status { etcd, group, json }) => {
-            fleet_status(&etcd, group.as_deref(), json).map(|()| ExitCode::SUCCESS)
+        Command::Fleet(FleetCommand::Status {
+            etcd,
+            ca_file,
+            cert_file,
+            key_file,
+            group,
+            json,
+        }) => {
+            let tls = herd::fleet::TlsFiles {
+                ca: ca_file.as_deref(),
+                cert: cert_file.as_deref(),
+                key: key_file.as_deref(),
+            };
+            fleet_status(&etcd, tls, group.as_deref(), json).map(|()| ExitCode::SUCCESS)
         }
         Command::Release(r) => run_release(r).map(|()| ExitCode::SUCCESS),
         Command::Serve(a) => herd::serve::serve(&a.repo, &a.listen).map(|()| ExitCode::SUCCESS),

@@ -11,6 +11,7 @@
 //! | `/etc/herd/policy/policy.toml` | `insecure_registries` (herd-agent's policy file) |
 //! | `/etc/herd/registries/HOST.toml` | each registry's credentials, mode 0600 |
 //! | `/etc/herd/update.toml` | herd-update settings overriding the image's |
+//! | `/etc/herd/lock/ca.pem`, `client.pem`, `client.key` | `[update.lock]`'s inline PEM (the key mode 0600, the directory 0700) |
 //! | `/var/lib/herd/provisioned` | the marker: the configuration's sha256 and source |
 //!
 //! Everything is written into a staging directory on STATE first, then
@@ -38,6 +39,9 @@ pub const POLICY_DIR: &str = "etc/herd/policy";
 pub const REGISTRIES_DIR: &str = "etc/herd/registries";
 /// herd-update's node settings, relative to the node root.
 pub const UPDATE: &str = "etc/herd/update.toml";
+/// `[update.lock]`'s TLS files, relative to the node root; the directory
+/// is 0700 and the key 0600.
+pub const LOCK_DIR: &str = "etc/herd/lock";
 const STAGING: &str = "etc/.herd-provision.new";
 
 /// Applying failed (the configuration was fine; the disk was not).
@@ -144,9 +148,12 @@ pub fn files(c: &Checked) -> Vec<(String, Vec<u8>)> {
     if let Some(u) = &cfg.update {
         let text = format!(
             "# Written once by herd-provision; overrides /usr/lib/herd/update.toml key by key.\n{}",
-            toml::to_string(u.get_ref()).expect("update settings serialise")
+            u.get_ref().update_toml()
         );
         out.push((UPDATE.into(), text.into_bytes()));
+        for (path, bytes, _) in u.get_ref().lock.iter().flat_map(|l| l.files()) {
+            out.push((path, bytes));
+        }
     }
     out
 }
@@ -189,7 +196,7 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
     let files = files(c);
     for (rel, bytes) in &files {
         let p = staging.join(rel.strip_prefix("etc/").unwrap_or(rel));
-        let mode = if rel.starts_with(REGISTRIES_DIR) {
+        let mode = if rel.starts_with(REGISTRIES_DIR) || rel == crate::config::LOCK_KEY {
             0o600
         } else {
             0o644
@@ -206,6 +213,8 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
             POLICY_DIR.to_string()
         } else if rel.starts_with(REGISTRIES_DIR) {
             REGISTRIES_DIR.to_string()
+        } else if rel.starts_with(LOCK_DIR) {
+            LOCK_DIR.to_string()
         } else {
             rel.clone()
         };
@@ -221,7 +230,7 @@ pub fn apply(c: &Checked, root: &Path, source: &str) -> Result<Vec<String>, Appl
         }
         remove_any(&to)?;
         fs::rename(&from, &to).map_err(err("move into place", &to))?;
-        if unit == REGISTRIES_DIR {
+        if unit == REGISTRIES_DIR || unit == LOCK_DIR {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&to, fs::Permissions::from_mode(0o700))
                 .map_err(err("chmod", &to))?;
@@ -324,6 +333,38 @@ mod tests {
         let m = provisioned(r).unwrap();
         assert_eq!(m.sha256, c.sha256);
         assert_eq!(m.source, "fw_cfg opt/herd/config");
+    }
+
+    #[test]
+    fn update_lock_tls_files_are_written_for_herd_update() {
+        use std::os::unix::fs::PermissionsExt;
+        let (ca, cert, key) = crate::config::tests::lock_pems();
+        let c = NodeConfig::parse(&crate::config::tests::tls_lock(&ca, &cert, &key)).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let written = apply(&c, r, "test").unwrap();
+        for f in [
+            crate::config::LOCK_CA,
+            crate::config::LOCK_CERT,
+            crate::config::LOCK_KEY,
+        ] {
+            assert!(written.contains(&f.to_string()), "{written:?}");
+        }
+        let mode = |p: &str| fs::metadata(r.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(crate::config::LOCK_KEY), 0o600);
+        assert_eq!(mode(LOCK_DIR), 0o700);
+        // herd-update's merge with an image whose [lock] differs: the
+        // node's wins, and its files are the pair given.
+        let image = "repository = \"http://x\"\nreboot = \"immediate\"\n[lock]\nbackend = \"fleetlock\"\nurl = \"http://f:1\"\n";
+        let local = fs::read_to_string(r.join(UPDATE)).unwrap();
+        let u = herd_update_config::UpdateConfig::parse_with_local(image, Some(&local)).unwrap();
+        assert_eq!(u.reboot, herd_update_config::Reboot::Coordinated);
+        let l = u.lock.unwrap();
+        assert_eq!(l.endpoints, ["https://10.0.0.5:2379"]);
+        let under = |p: &Option<String>| r.join(p.as_deref().unwrap().trim_start_matches('/'));
+        let (cf, kf) = (under(&l.cert_file), under(&l.key_file));
+        herd_tls::Identity::from_pem(&fs::read(cf).unwrap(), &fs::read(kf).unwrap()).unwrap();
+        herd_tls::roots_from_pem(&fs::read(under(&l.ca_file)).unwrap()).unwrap();
     }
 
     #[test]

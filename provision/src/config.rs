@@ -33,9 +33,18 @@
 //! [update]                         # overrides of the image's herd-update settings
 //! repository = "http://10.0.2.100:8080"
 //! channel = "beta"
-//! reboot = "window"                # "immediate" | "window" | "never"
+//! reboot = "window"                # "immediate" | "window" | "never" | "coordinated"
 //! window = "02:00-04:00"           # UTC
 //! interval_secs = 600
+//!
+//! [update.lock]                    # replaces the image's [update.lock] (reboot slots)
+//! backend = "etcd"                 # or "fleetlock" (with url)
+//! endpoints = ["https://10.0.0.5:2379"]
+//! group = "web"
+//! max_concurrent = 2
+//! ca = "-----BEGIN CERTIFICATE-----\n..."    # etcd over TLS: PEM inline, written to
+//! cert = "-----BEGIN CERTIFICATE-----\n..."  # /etc/herd/lock/{ca.pem,client.pem,client.key}
+//! key = "-----BEGIN PRIVATE KEY-----\n..."   # (the key mode 0600)
 //! ```
 //!
 //! Every table refuses unknown keys. [`NodeConfig::parse`] checks the whole
@@ -53,7 +62,7 @@ use toml::Spanned;
 use herd_node::config::{Local, Network};
 use herd_oci::cosign::TrustedKey;
 use herd_pod::Pod;
-use herd_update_config::{Reboot, UpdateConfig};
+use herd_update_config::{Backend, Reboot, UpdateConfig};
 
 /// The largest configuration accepted (bytes).
 pub const MAX_SIZE: usize = 1 << 20;
@@ -230,6 +239,156 @@ pub struct UpdateSettings {
     /// Maintenance window `HH:MM-HH:MM` UTC (with `reboot = "window"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// Where reboot slots come from (`reboot = "coordinated"`); replaces
+    /// the image's `[lock]` as a whole.
+    #[serde(default, skip_serializing)]
+    pub lock: Option<LockSettings>,
+}
+
+/// Where provisioning writes `[update.lock]`'s inline PEM, relative to the
+/// node root: the CA, the client certificate and its key (mode 0600).
+pub const LOCK_CA: &str = "etc/herd/lock/ca.pem";
+/// The client certificate (see [`LOCK_CA`]).
+pub const LOCK_CERT: &str = "etc/herd/lock/client.pem";
+/// The client certificate's key (see [`LOCK_CA`]).
+pub const LOCK_KEY: &str = "etc/herd/lock/client.key";
+
+/// `[update.lock]`: herd-update's `[lock]`, with etcd's TLS material given
+/// inline (PEM) as the rest of a node configuration is; provisioning
+/// writes it to files and names them in `/etc/herd/update.toml`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSettings {
+    /// `etcd` or `fleetlock`.
+    pub backend: Backend,
+    /// etcd client URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// The FleetLock server's base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The group whose slots this node shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Slots of the group (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// The etcd lease's TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// etcd over TLS: the CA certificate(s) trusted for etcd (PEM).
+    #[serde(default, skip_serializing)]
+    pub ca: Option<String>,
+    /// This node's client certificate (PEM, the chain may follow).
+    #[serde(default, skip_serializing)]
+    pub cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, skip_serializing)]
+    pub key: Option<String>,
+}
+
+impl fmt::Debug for LockSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "LockSettings {{ backend: {:?}, endpoints: {:?}, url: {:?}, group: {:?}, ca: {}, cert: {}, key: {} }}",
+            self.backend,
+            self.endpoints,
+            self.url,
+            self.group,
+            self.ca.is_some(),
+            self.cert.is_some(),
+            if self.key.is_some() { "<hidden>" } else { "-" }
+        )
+    }
+}
+
+impl LockSettings {
+    /// herd-update's `[lock]` table: the inline PEM replaced by the paths
+    /// provisioning writes it to.
+    pub fn lock_table(&self) -> toml::Table {
+        let mut t = toml::Table::try_from(self).expect("lock settings serialise");
+        for (pem, key, path) in [
+            (&self.ca, "ca_file", LOCK_CA),
+            (&self.cert, "cert_file", LOCK_CERT),
+            (&self.key, "key_file", LOCK_KEY),
+        ] {
+            if pem.is_some() {
+                t.insert(key.into(), toml::Value::String(format!("/{path}")));
+            }
+        }
+        t
+    }
+
+    /// The files provisioning writes: (path relative to the root, bytes, mode).
+    pub fn files(&self) -> Vec<(String, Vec<u8>, u32)> {
+        [
+            (&self.ca, LOCK_CA, 0o644),
+            (&self.cert, LOCK_CERT, 0o644),
+            (&self.key, LOCK_KEY, 0o600),
+        ]
+        .into_iter()
+        .filter_map(|(pem, path, mode)| {
+            pem.as_ref().map(|p| {
+                (
+                    path.to_string(),
+                    format!("{}\n", p.trim()).into_bytes(),
+                    mode,
+                )
+            })
+        })
+        .collect()
+    }
+
+    /// The inline PEM checked as herd-update will read it: the CA
+    /// certificates, and the client certificate with its own key.
+    fn check_pem(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(ca) = &self.ca {
+            if let Err(e) = herd_tls::roots_from_pem(ca.as_bytes()) {
+                out.push(format!(
+                    "[update.lock] ca: {e}; give the PEM certificate of the CA that issued etcd's server certificate"
+                ));
+            }
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                let cert = herd_tls::certificates(c.as_bytes()).map_err(|e| {
+                    format!("[update.lock] cert: {e}; give this node's PEM client certificate")
+                });
+                let key = herd_tls::private_key(k.as_bytes()).map_err(|e| {
+                    format!("[update.lock] key: {e}; give the PEM private key of cert")
+                });
+                match (cert, key) {
+                    (Ok(cert), Ok(key)) => {
+                        if let Err(e) = herd_tls::Identity::new(cert, key) {
+                            out.push(format!(
+                                "[update.lock] key and cert: {e}; give the key the certificate was issued for"
+                            ));
+                        }
+                    }
+                    (c, k) => out.extend(c.err().into_iter().chain(k.err())),
+                }
+            }
+            (Some(_), None) => out
+                .push("[update.lock]: cert needs key, the client certificate's private key".into()),
+            (None, Some(_)) => out
+                .push("[update.lock]: key needs cert, the client certificate it belongs to".into()),
+            (None, None) => {}
+        }
+        out
+    }
+}
+
+impl UpdateSettings {
+    /// `/etc/herd/update.toml`'s settings (without its comment).
+    pub fn update_toml(&self) -> String {
+        let mut t = toml::Table::try_from(self).expect("update settings serialise");
+        if let Some(l) = &self.lock {
+            t.insert("lock".into(), toml::Value::Table(l.lock_table()));
+        }
+        toml::to_string(&t).expect("update settings serialise")
+    }
 }
 
 /// A checked configuration, ready to apply.
@@ -337,7 +496,15 @@ impl NodeConfig {
         }
         let config: NodeConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| position(text, s.start));
-            one(line, column, e.message().trim().to_string())
+            let mut message = e.message().trim().to_string();
+            // The toml crate cannot place a table opened only through a
+            // dotted header ([update.lock] without [update]).
+            if message.contains("expected a borrowed string")
+                && e.span().is_some_and(|s| text.get(..s.start).is_some_and(|t| t.ends_with("update.")))
+            {
+                message = "write an [update] line before [update.lock] (the [update] table must be opened on its own, even when it holds nothing else)".into();
+            }
+            one(line, column, message)
         })?;
         let mut problems = Vec::new();
         let mut notes = Vec::new();
@@ -503,9 +670,20 @@ impl NodeConfig {
             if full.repository.is_none() {
                 full.repository = Some("http://image.invalid".into());
             }
-            let text = toml::to_string(&full).expect("update settings serialise");
-            if let Err(e) = UpdateConfig::parse(&text) {
+            if let Err(e) = UpdateConfig::parse(&full.update_toml()) {
+                // herd-update's words name its own file's [lock] keys.
+                let e = e
+                    .to_string()
+                    .replace("[lock]", "[update.lock]")
+                    .replace("ca_file", "ca")
+                    .replace("cert_file", "cert")
+                    .replace("key_file", "key");
                 at(start, format!("[update]: {e}"));
+            }
+            if let Some(l) = &s.lock {
+                for m in l.check_pem() {
+                    at(start, m);
+                }
             }
         }
 
@@ -566,6 +744,18 @@ impl Checked {
             }
             if let Some(r) = &u.reboot {
                 s.push_str(&format!(" reboot {r:?}").to_lowercase());
+            }
+            if let Some(l) = &u.lock {
+                s.push_str(&format!(
+                    " lock {} group {}{}",
+                    format!("{:?}", l.backend).to_lowercase(),
+                    l.group.as_deref().unwrap_or("default"),
+                    if l.ca.is_some() || l.cert.is_some() {
+                        " (TLS)"
+                    } else {
+                        ""
+                    }
+                ));
             }
             parts.push(s);
         }
@@ -740,6 +930,109 @@ pub(crate) mod tests {
             ("", false),
         ] {
             assert_eq!(valid_registry(r), ok, "{r}");
+        }
+    }
+
+    /// A CA's certificate, and a client certificate and key it issued, PEM.
+    pub(crate) fn lock_pems() -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["node-7".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (ca.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    /// A configuration whose [update.lock] is etcd over TLS with these PEMs.
+    pub(crate) fn tls_lock(ca: &str, cert: &str, key: &str) -> String {
+        format!(
+            "hostname = \"node-7\"\n[update]\nreboot = \"coordinated\"\n[update.lock]\nbackend = \"etcd\"\n\
+             endpoints = [\"https://10.0.0.5:2379\"]\ngroup = \"web\"\nmax_concurrent = 2\n\
+             ca = '''{ca}'''\ncert = '''{cert}'''\nkey = '''{key}'''\n"
+        )
+    }
+
+    #[test]
+    fn update_lock_with_inline_tls_is_checked_like_herd_updates_own() {
+        let (ca, cert, key) = lock_pems();
+        let c = NodeConfig::parse(&tls_lock(&ca, &cert, &key)).unwrap();
+        let s = c.summary();
+        assert!(
+            s.contains("reboot coordinated lock etcd group web (TLS)"),
+            "{s}"
+        );
+        let settings = c.config.update.as_ref().unwrap().get_ref();
+        let l = settings.lock.as_ref().unwrap();
+        assert!(!format!("{l:?}").contains("PRIVATE KEY"), "{l:?}");
+        // What herd-update reads: [lock] naming the files provisioning writes.
+        let u = UpdateConfig::parse(&format!(
+            "repository = \"http://x\"\n{}",
+            settings.update_toml()
+        ))
+        .unwrap();
+        let lock = u.lock.unwrap();
+        assert_eq!(
+            (
+                lock.ca_file.as_deref(),
+                lock.cert_file.as_deref(),
+                lock.key_file.as_deref(),
+                lock.max_concurrent
+            ),
+            (
+                Some("/etc/herd/lock/ca.pem"),
+                Some("/etc/herd/lock/client.pem"),
+                Some("/etc/herd/lock/client.key"),
+                2
+            )
+        );
+        let (_, other_cert, other_key) = lock_pems();
+        let no_key = tls_lock(&ca, &cert, &key).replace(&format!("key = '''{key}'''\n"), "");
+        for (text, says) in [
+            (
+                tls_lock(&ca, &cert, &other_key),
+                "does not belong to the certificate",
+            ),
+            (
+                tls_lock("not pem", &cert, &key),
+                "[update.lock] ca: it holds no CERTIFICATE block",
+            ),
+            (
+                tls_lock(&ca, &key, &key),
+                "[update.lock] cert: it holds no CERTIFICATE block",
+            ),
+            (
+                tls_lock(&ca, &other_cert, &other_cert),
+                "[update.lock] key: it holds no PRIVATE KEY",
+            ),
+            (
+                tls_lock(&ca, &cert, &key).replace("https://", "http://"),
+                "write https:// endpoints, or remove ca, cert, key",
+            ),
+            (no_key, "cert needs key"),
+            (
+                "hostname = \"n\"\n[update]\nreboot = \"coordinated\"\n".into(),
+                "needs a [update.lock] table",
+            ),
+            (
+                "hostname = \"n\"\n[update]\n[update.lock]\nbackend = \"etcd\"\nendpoints = [\"http://a:2379\"]\nca_file = \"/x\"\n".into(),
+                "line 6, column 1: unknown field `ca_file`",
+            ),
+            (
+                "hostname = \"n\"\n[update.lock]\nbackend = \"etcd\"\nendpoints = [\"http://a:2379\"]\n".into(),
+                "line 2, column 9: write an [update] line before [update.lock]",
+            ),
+        ] {
+            let p = problems(&text);
+            assert!(
+                p.iter().any(|l| l.contains(says)),
+                "{says:?} not in {p:#?}"
+            );
+            assert!(!p.iter().any(|l| l.contains("PRIVATE KEY-----")), "{p:?}");
         }
     }
 

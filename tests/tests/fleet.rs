@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use herd_reboot_lock::status::{node_key, NodeStatus, Publisher};
-use herd_tests::etcd::{lock_cycle, lock_cycle_log, EtcdServer};
+use herd_tests::etcd::{lock_cycle, lock_cycle_log, EtcdServer, TestCa};
 use herd_tests::*;
 
 /// One simulated node: a state dir with its id, config and reboot hook.
@@ -238,4 +238,59 @@ fn an_empty_group_and_a_record_whose_lease_was_revoked() {
     let again = c.range(&key, 0, false).unwrap();
     assert_eq!(again.count, 1);
     assert_ne!(again.kvs[0].lease, kv.lease);
+}
+
+#[test]
+fn fleet_status_over_tls_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "etcd");
+    let etcd = EtcdServer::start_tls(&ca);
+    let rec = NodeStatus {
+        node: "t1".into(),
+        version: "0.5.0".into(),
+        slot: "b".into(),
+        blessed: true,
+        pending: None,
+        bad: vec![],
+        last_error: None,
+        halted: None,
+        wave: None,
+        updated_at: 1,
+        lock: "idle".into(),
+    };
+    let mut p = Publisher::with_client(etcd.client(), "sec", "t1", 30);
+    assert!(p.publish(&rec).unwrap());
+    let me = ca.issue("operator", &["operator"]);
+    let (ca_pem, cert, key) = (
+        ca.pem.display().to_string(),
+        me.cert.display().to_string(),
+        me.key.display().to_string(),
+    );
+    let tls = [
+        "--ca-file",
+        &ca_pem,
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--group",
+        "sec",
+        "--json",
+    ];
+    let (ok, out, err) = fleet_status(&etcd.url, &tls);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"t1\"") && out.contains("0.5.0"), "{out}");
+    // Without a client certificate etcd refuses, and the message says
+    // which flags to give.
+    let (ok, out, err) = fleet_status(&etcd.url, &["--ca-file", &ca_pem, "--group", "sec"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("presents no client certificate")
+            && err.contains("--cert-file and --key-file"),
+        "{err}"
+    );
+    // Files with a plain http:// URL are a mistake said before anything is sent.
+    let plain = etcd.url.replace("https://", "http://");
+    let (ok, _, err) = fleet_status(&plain, &tls);
+    assert!(!ok && err.contains("write https://HOST:2379"), "{err}");
 }

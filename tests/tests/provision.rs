@@ -454,3 +454,41 @@ fn provisioned_pod_and_key_reach_herd_agent_in_the_default_image() {
     vm.kill();
     let _ = fs::remove_dir_all(image);
 }
+
+#[test]
+fn config_check_takes_update_lock_with_inline_tls_and_refuses_a_key_not_the_certs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = herd_tests::etcd::TestCa::new(tmp.path(), "etcd");
+    let (me, other) = (ca.issue("node-7", &["node-7"]), ca.issue("x", &["x"]));
+    let read = |p: &Path| fs::read_to_string(p).unwrap();
+    let config = |key: &Path| {
+        format!(
+            "hostname = \"node-7\"\n[update]\nreboot = \"coordinated\"\n[update.lock]\nbackend = \"etcd\"\n\
+             endpoints = [\"https://10.0.0.5:2379\"]\ngroup = \"web\"\n\
+             ca = '''{}'''\ncert = '''{}'''\nkey = '''{}'''\n",
+            read(&ca.pem),
+            read(&me.cert),
+            read(key)
+        )
+    };
+    let good = tmp.path().join("good.toml");
+    fs::write(&good, config(&me.key)).unwrap();
+    let ok = run_ok(Command::new(herd()).args(["config", "check"]).arg(&good));
+    assert!(
+        ok.contains("update settings reboot coordinated lock etcd group web (TLS)"),
+        "{ok}"
+    );
+    let crossed = tmp.path().join("crossed.toml");
+    fs::write(&crossed, config(&other.key)).unwrap();
+    let out = run(Command::new(herd()).args(["config", "check"]).arg(&crossed));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:2:1: [update.lock] key and cert",
+            crossed.display()
+        )) && err.contains("does not belong to the certificate")
+            && !err.contains("PRIVATE KEY-----"),
+        "{err}"
+    );
+}

@@ -3,6 +3,8 @@
 //! free ports) and a minimal FleetLock server written below. Each node is a
 //! real `herd-update lock-cycle` process (the updater's coordination code
 //! with its own state dir and node id) whose reboot is a hook script.
+//! etcd over TLS runs with `--client-cert-auth`, its certificates from
+//! throwaway CAs made by rcgen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use herd_reboot_lock::etcd::{Client, Etcd};
 use herd_reboot_lock::{Acquire, RebootLock};
-use herd_tests::etcd::{lock_cycle, lock_cycle_log, EtcdServer};
+use herd_tests::etcd::{lock_cycle, lock_cycle_log, CertFiles, EtcdServer, TestCa};
 use herd_tests::*;
 
 /// One node: its state dir (with node-id), config, hook and log.
@@ -385,5 +387,193 @@ fn unreachable_lock_means_no_reboot_and_says_why() {
             state.contains("waiting_since") && state.contains("does not reboot"),
             "{name}: {state}"
         );
+    }
+}
+
+/// `[lock]` for a TLS etcd at `url` with these files (None: left out).
+fn tls_lock(url: &str, ca: Option<&Path>, client: Option<&CertFiles>, extra: &str) -> String {
+    let mut l = format!("backend = \"etcd\"\nendpoints = [\"{url}\"]\n{extra}");
+    if let Some(ca) = ca {
+        l += &format!("ca_file = \"{}\"\n", ca.display());
+    }
+    if let Some(c) = client {
+        l += &format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            c.cert.display(),
+            c.key.display()
+        );
+    }
+    l
+}
+
+#[test]
+fn etcd_over_tls_with_a_client_certificate_shares_slots_and_publishes_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "etcd");
+    let etcd = EtcdServer::start_tls(&ca);
+    assert!(etcd.url.starts_with("https://"), "{}", etcd.url);
+    let nodes: Vec<Node> = (0..4)
+        .map(|i| {
+            let id = format!("tls-{i}");
+            let client = ca.issue(&id, &[&id]);
+            let lock = tls_lock(
+                &etcd.url,
+                Some(&ca.pem),
+                Some(&client),
+                "group = \"db\"\nmax_concurrent = 2\nttl_secs = 30\n",
+            );
+            node(tmp.path(), &id, &lock, "sleep 0.3")
+        })
+        .collect();
+    let kids = nodes.iter().map(Node::spawn).collect();
+    wait_all(&nodes, kids, Duration::from_secs(120));
+    let c = etcd.client();
+    let h = history(&c, "db");
+    assert!(h.iter().all(|(_, ids)| ids.len() <= 2), "{h:?}");
+    let held: BTreeSet<&String> = h.iter().flat_map(|(_, ids)| ids).collect();
+    assert_eq!(held.len(), 4, "not every node held a slot: {held:?}");
+    for n in &nodes {
+        assert!(
+            n.rebooted(),
+            "{} never ran its reboot hook: {}",
+            n.id,
+            n.log()
+        );
+    }
+    // The status publisher spoke TLS too: every node's record is there.
+    let records = c
+        .range(&herd_reboot_lock::status::nodes_prefix("db"), 0, false)
+        .unwrap();
+    let mut ids: Vec<String> = records
+        .kvs
+        .iter()
+        .map(|kv| kv.key_text().rsplit('/').next().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["tls-0", "tls-1", "tls-2", "tls-3"], "{records:?}");
+}
+
+/// A node that must not reboot: it keeps running (waiting) for 3 s and its
+/// log and state say `says`.
+fn refuses_without_rebooting(n: &Node, says: &str) {
+    let mut k = n.spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    let still = k.try_wait().unwrap().is_none();
+    let _ = k.kill();
+    let _ = k.wait();
+    let log = n.log();
+    assert!(still, "{} exited: {log}", n.id);
+    assert!(!n.rebooted(), "{} rebooted without a slot", n.id);
+    assert!(
+        log.contains("not rebooting") && log.contains(says),
+        "{}: no {says:?} in {log}",
+        n.id
+    );
+    let state = std::fs::read_to_string(n.dir.join("state.json")).unwrap();
+    assert!(
+        state.contains("waiting_since") && state.contains(says),
+        "{}: {state}",
+        n.id
+    );
+}
+
+#[test]
+fn etcd_over_tls_refusals_say_why_and_the_node_does_not_reboot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, rogue) = (
+        TestCa::new(tmp.path(), "etcd"),
+        TestCa::new(tmp.path(), "rogue"),
+    );
+    let etcd = EtcdServer::start_tls(&ca);
+    let good = ca.issue("good", &["good"]);
+    let other = rogue.issue("other", &["other"]);
+    let plain = etcd.url.replace("https://", "http://");
+    for (id, lock, says) in [
+        (
+            "no-client-cert",
+            tls_lock(&etcd.url, Some(&ca.pem), None, ""),
+            "presents no client certificate",
+        ),
+        (
+            "cert-from-another-ca",
+            tls_lock(&etcd.url, Some(&ca.pem), Some(&other), ""),
+            "refused this node's client certificate",
+        ),
+        (
+            "server-not-from-the-ca",
+            tls_lock(&etcd.url, Some(&rogue.pem), Some(&good), ""),
+            "etcd's server certificate is not issued by a trusted CA",
+        ),
+        (
+            "plain-http-to-tls",
+            tls_lock(&plain, None, None, ""),
+            "it speaks TLS, but the endpoint is plain http://",
+        ),
+    ] {
+        let n = node(tmp.path(), id, &lock, "true");
+        refuses_without_rebooting(&n, says);
+    }
+    // Nothing reached etcd's keys.
+    let r = etcd.client().range("/herd/", 0, true).unwrap();
+    assert_eq!(r.count, 0, "{r:?}");
+}
+
+#[test]
+fn unusable_tls_files_stop_the_updater_with_what_to_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "clients");
+    let (a, b) = (ca.issue("a", &["a"]), ca.issue("b", &["b"]));
+    let url = "https://127.0.0.1:1";
+    let missing = tmp.path().join("missing.pem");
+    let crossed = CertFiles {
+        cert: a.cert.clone(),
+        key: b.key.clone(),
+    };
+    let swapped = CertFiles {
+        cert: a.key.clone(),
+        key: a.cert.clone(),
+    };
+    for (id, lock, says) in [
+        (
+            "missing-ca",
+            tls_lock(url, Some(&missing), Some(&a), ""),
+            "cannot read it",
+        ),
+        (
+            "key-not-the-certs",
+            tls_lock(url, Some(&ca.pem), Some(&crossed), ""),
+            "does not belong to the certificate",
+        ),
+        (
+            "swapped",
+            tls_lock(url, Some(&ca.pem), Some(&swapped), ""),
+            "holds no CERTIFICATE block",
+        ),
+        (
+            "cert-without-key",
+            format!(
+                "backend = \"etcd\"\nendpoints = [\"{url}\"]\ncert_file = \"{}\"\n",
+                a.cert.display()
+            ),
+            "cert_file needs key_file",
+        ),
+        (
+            "files-on-http",
+            tls_lock("http://127.0.0.1:1", Some(&ca.pem), None, ""),
+            "write https:// endpoints",
+        ),
+    ] {
+        let n = node(tmp.path(), id, &lock, "true");
+        let st = n.spawn().wait().unwrap();
+        let log = n.log();
+        assert!(!st.success(), "{id} ran: {log}");
+        assert!(!n.rebooted(), "{id} rebooted");
+        assert!(log.contains(says), "{id}: no {says:?} in {log}");
+        if id == "missing-ca" {
+            assert!(
+                log.contains(&format!("ca_file {}", missing.display())),
+                "{log}"
+            );
+        }
     }
 }

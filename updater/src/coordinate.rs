@@ -5,10 +5,13 @@
 //! release pending any more). A node that cannot reach the lock service
 //! does not reboot: it keeps running and tries again next round.
 
+use std::path::Path;
 use std::time::Duration;
 
+use herd_reboot_lock::etcd::{Client, Etcd};
 use herd_reboot_lock::status::{NodeStatus, Publisher};
-use herd_reboot_lock::{etcd::Etcd, fleetlock::FleetLock, Acquire, RebootLock};
+use herd_reboot_lock::tls::Tls;
+use herd_reboot_lock::{fleetlock::FleetLock, Acquire, RebootLock};
 use herd_update_config::{Backend, LockConfig};
 
 use crate::state::{LockState, State};
@@ -43,25 +46,34 @@ pub enum Take {
 }
 
 impl Coordinator {
-    /// The coordinator of node `id` for `[lock]`.
-    pub fn new(cfg: &LockConfig, id: &str) -> Coordinator {
-        let lock: Box<dyn RebootLock> = match cfg.backend {
-            Backend::Etcd => Box::new(Etcd::new(
-                &cfg.endpoints,
-                &cfg.group,
-                id,
-                cfg.max_concurrent,
-                cfg.ttl_secs,
-            )),
-            Backend::Fleetlock => Box::new(FleetLock::new(
-                cfg.url.as_deref().unwrap_or_default(),
-                &cfg.group,
-                id,
-            )),
+    /// The coordinator of node `id` for `[lock]`. An etcd backend over TLS
+    /// reads its CA, client certificate and key now: one that is missing,
+    /// not PEM, or not a pair is an error saying which.
+    pub fn new(cfg: &LockConfig, id: &str) -> Result<Coordinator, herd_reboot_lock::Error> {
+        let (lock, publisher): (Box<dyn RebootLock>, _) = match cfg.backend {
+            Backend::Etcd => {
+                let client = etcd_client(cfg)?;
+                (
+                    Box::new(Etcd::with_client(
+                        client.clone(),
+                        &cfg.group,
+                        id,
+                        cfg.max_concurrent,
+                        cfg.ttl_secs,
+                    )),
+                    Some(Publisher::with_client(client, &cfg.group, id, cfg.ttl_secs)),
+                )
+            }
+            Backend::Fleetlock => (
+                Box::new(FleetLock::new(
+                    cfg.url.as_deref().unwrap_or_default(),
+                    &cfg.group,
+                    id,
+                )),
+                None,
+            ),
         };
-        let publisher = (cfg.backend == Backend::Etcd)
-            .then(|| Publisher::new(&cfg.endpoints, &cfg.group, id, cfg.ttl_secs));
-        Coordinator {
+        Ok(Coordinator {
             lock,
             group: cfg.group.clone(),
             resumed: false,
@@ -71,7 +83,7 @@ impl Coordinator {
             salt: id
                 .bytes()
                 .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b))),
-        }
+        })
     }
 
     /// Polls while queued at most `cap_secs` apart (the update interval).
@@ -243,6 +255,22 @@ impl Coordinator {
     }
 }
 
+/// The etcd client of `[lock]`: over TLS (its `ca_file`, `cert_file`,
+/// `key_file`) when the endpoints are `https://`. The reboot lock and the
+/// status publisher share it.
+pub fn etcd_client(cfg: &LockConfig) -> Result<Client, herd_reboot_lock::Error> {
+    let tls = if cfg.tls() {
+        Some(Tls::from_files(
+            cfg.ca_file.as_deref().map(Path::new),
+            cfg.cert_file.as_deref().map(Path::new),
+            cfg.key_file.as_deref().map(Path::new),
+        )?)
+    } else {
+        None
+    };
+    Ok(Client::with_tls(&cfg.endpoints, tls))
+}
+
 /// How long to wait before the next try for a slot: doubling from 1 s up
 /// to `cap_secs`, with up to 25 % added so waiting nodes spread out.
 pub fn backoff(attempt: u32, cap_secs: u64, salt: u64) -> Duration {
@@ -384,7 +412,7 @@ mod tests {
             "repository = \"http://x\"\nreboot = \"coordinated\"\n[lock]\nbackend = \"fleetlock\"\nurl = \"http://127.0.0.1:1\"\n",
         )
         .unwrap();
-        let mut c = Coordinator::new(cfg.lock.as_ref().unwrap(), "n1");
+        let mut c = Coordinator::new(cfg.lock.as_ref().unwrap(), "n1").unwrap();
         let mut st = State::default();
         let Take::Wait { line, .. } = c.take(&mut st, 100) else {
             panic!("took a slot from nothing")

@@ -399,7 +399,9 @@ fn serve(cfg: &UpdateConfig, slots: &Slots, state: &mut State, dir: &Path) -> Re
     let mut coord = cfg
         .lock
         .as_ref()
-        .map(|l| Coordinator::new(l, &node_id(dir)).paced(cfg.interval_secs));
+        .map(|l| Coordinator::new(l, &node_id(dir)).map(|c| c.paced(cfg.interval_secs)))
+        .transpose()
+        .context("setting up the reboot lock ([lock] in the update configuration)")?;
     let mut attempt = 0u32;
     let mut said_lock = String::new();
     let me = boot_id();
@@ -559,7 +561,9 @@ fn lock_cycle(
     })?;
     let id = node_id(state_dir);
     let mut state = State::load(state_dir)?;
-    let mut coord = Coordinator::new(lock, &id).paced(cfg.interval_secs);
+    let mut coord = Coordinator::new(lock, &id)
+        .with_context(|| format!("{}: setting up the reboot lock ([lock])", config.display()))?
+        .paced(cfg.interval_secs);
     let mut said = String::new();
     let mut said_publish = String::new();
     let mut publish = |c: &mut Coordinator, version: &str, state: &State| {

@@ -11,9 +11,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use rustls::{CertificateError, ClientConfig, RootCertStore};
+use herd_tls::Refusal;
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::Error;
 
@@ -31,7 +30,7 @@ impl Tls {
     pub fn new(ca_file: Option<&Path>) -> Result<Tls, Error> {
         let (roots, trust) = match ca_file {
             None => (
-                RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+                herd_tls::builtin_roots(),
                 "the Mozilla root certificates built into herd-update".to_string(),
             ),
             Some(f) => (
@@ -39,93 +38,53 @@ impl Tls {
                 format!("only the CA in ca_file {} (pinned)", f.display()),
             ),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("setting up TLS: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Tls {
-            config: Arc::new(config),
-            trust,
-        })
+        let config =
+            herd_tls::client_config(roots, None).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Tls { config, trust })
     }
 }
 
 /// The CA certificates of PEM file `f`, as the only roots.
 fn pinned(f: &Path) -> Result<RootCertStore, Error> {
-    let bad = |m: String| {
-        Error::Config(format!(
-            "ca_file {}: {m}; put the PEM certificate of the CA that issued the repository's certificate there, or remove ca_file to trust the built-in root certificates",
-            f.display()
-        ))
-    };
-    let pem = std::fs::read(f).map_err(|e| bad(format!("cannot read it ({e})")))?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not valid PEM ({e})")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("a certificate in it is not usable as a CA ({e})")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("it holds no CERTIFICATE block".into()));
-    }
-    Ok(roots)
+    herd_tls::read(f)
+        .and_then(|pem| herd_tls::roots_from_pem(&pem))
+        .map_err(|e| {
+            Error::Config(format!(
+                "ca_file {}: {e}; put the PEM certificate of the CA that issued the repository's certificate there, or remove ca_file to trust the built-in root certificates",
+                f.display()
+            ))
+        })
 }
 
 /// A sentence for a refused TLS connection to `host` (found among the
 /// causes of `e`), saying what to do; None when `e` is not a TLS refusal.
 pub fn explain(e: &(dyn std::error::Error + 'static), host: &str, trust: &str) -> Option<String> {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if let Some(t) = c.downcast_ref::<rustls::Error>() {
-            return Some(explain_rustls(t, host, trust));
-        }
-        // An io::Error's source() skips the error it wraps: look inside.
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(t) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return Some(explain_rustls(t, host, trust));
-            }
-            if io.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Some(format!(
-                    "the server at {host} closed the connection during the TLS handshake: is it plain HTTP on an https:// URL? Serve the repository over HTTPS on that port, or correct the port in `repository`"
-                ));
-            }
-        }
-        cur = c.source();
-    }
-    None
-}
-
-fn explain_rustls(e: &rustls::Error, host: &str, trust: &str) -> String {
-    use rustls::Error as E;
-    match e {
-        E::InvalidCertificate(c) => match c {
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
-                "the server's certificate is not valid for {host} ({e}): refusing it; write the host name the certificate was issued for in `repository`, or give the server a certificate for {host}"
-            ),
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
-                "the server's certificate for {host} is not issued by a trusted CA ({e}; trusted: {trust}): refusing it; set ca_file in the update configuration to the PEM certificate of the CA that issued it, or have the server send its full chain"
-            ),
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
-                "the server's certificate for {host} has expired ({e}): refusing it; renew the server's certificate (or, if it is valid, correct this node's clock)"
-            ),
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
-                "the server's certificate for {host} is not valid yet ({e}): refusing it; correct this node's clock, or the certificate's start date"
-            ),
-            _ => format!(
-                "the server's certificate for {host} is refused ({e}; trusted: {trust}); give the server a certificate for {host} from a trusted CA"
-            ),
-        },
-        E::InvalidMessage(_) | E::InappropriateHandshakeMessage { .. } | E::InappropriateMessage { .. } => format!(
-            "the server at {host} does not speak TLS ({e}): is it plain HTTP on an https:// URL? Serve the repository over HTTPS on that port, or correct the port in `repository`"
+    let f = herd_tls::failure(e)?;
+    let d = &f.detail;
+    Some(match f.refusal {
+        Refusal::WrongName => format!(
+            "the server's certificate is not valid for {host} ({d}): refusing it; write the host name the certificate was issued for in `repository`, or give the server a certificate for {host}"
         ),
-        _ => format!("the TLS connection to {host} failed ({e})"),
-    }
+        Refusal::UntrustedIssuer => format!(
+            "the server's certificate for {host} is not issued by a trusted CA ({d}; trusted: {trust}): refusing it; set ca_file in the update configuration to the PEM certificate of the CA that issued it, or have the server send its full chain"
+        ),
+        Refusal::Expired => format!(
+            "the server's certificate for {host} has expired ({d}): refusing it; renew the server's certificate (or, if it is valid, correct this node's clock)"
+        ),
+        Refusal::NotYetValid => format!(
+            "the server's certificate for {host} is not valid yet ({d}): refusing it; correct this node's clock, or the certificate's start date"
+        ),
+        Refusal::BadServerCertificate => format!(
+            "the server's certificate for {host} is refused ({d}; trusted: {trust}); give the server a certificate for {host} from a trusted CA"
+        ),
+        Refusal::NotTls => format!(
+            "the server at {host} does not speak TLS ({d}): is it plain HTTP on an https:// URL? Serve the repository over HTTPS on that port, or correct the port in `repository`"
+        ),
+        Refusal::ClientCertificate => format!(
+            "the server at {host} asks for a client certificate ({d}); herd-update presents none to a repository: serve the repository without client authentication"
+        ),
+        Refusal::Other => format!("the TLS connection to {host} failed ({d})"),
+    })
 }
 
 #[cfg(test)]

@@ -55,9 +55,21 @@ pub enum Backend {
 pub struct LockConfig {
     /// The backend.
     pub backend: Backend,
-    /// etcd client URLs, `http://host:2379`, tried in order.
+    /// etcd client URLs, `http://host:2379` or `https://host:2379`, tried
+    /// in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// etcd over TLS: a PEM file of the CA certificate(s) that alone are
+    /// trusted for the endpoints (else the built-in Mozilla roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// etcd over TLS: this node's client certificate (PEM; the chain up to
+    /// its CA may follow it), for etcd's `--client-cert-auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// The private key of `cert_file` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
     /// The FleetLock server's base URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -104,10 +116,36 @@ impl LockConfig {
                 Ok(())
             } else {
                 Err(Error::Config(format!(
-                    "[lock]: {what} {u:?}: write http://host:port (TLS to the lock service is not supported yet)"
+                    "[lock]: {what} {u:?}: write http://host:port (TLS to a FleetLock server is not supported yet)"
                 )))
             }
         };
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ];
+        let tls_files: Vec<&str> = files
+            .iter()
+            .filter(|(_, f)| f.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for (k, f) in files {
+            if let Some(f) = f {
+                if !f.starts_with('/') {
+                    return bad(format!(
+                        "{k} {f:?}: write an absolute path (e.g. /etc/herd/lock/{})",
+                        if k == "key_file" {
+                            "client.key"
+                        } else if k == "ca_file" {
+                            "ca.pem"
+                        } else {
+                            "client.pem"
+                        }
+                    ));
+                }
+            }
+        }
         match self.backend {
             Backend::Etcd => {
                 if self.endpoints.is_empty() {
@@ -120,8 +158,19 @@ impl LockConfig {
                         "url is for backend = \"fleetlock\"; etcd takes endpoints = [...]".into(),
                     );
                 }
-                for e in &self.endpoints {
-                    http(e, "endpoint")?;
+                self.check_endpoints(&tls_files)?;
+                match (&self.cert_file, &self.key_file) {
+                    (Some(_), None) => {
+                        return bad(
+                            "cert_file needs key_file, the client certificate's private key".into(),
+                        )
+                    }
+                    (None, Some(_)) => {
+                        return bad(
+                            "key_file needs cert_file, the client certificate it belongs to".into(),
+                        )
+                    }
+                    _ => {}
                 }
                 if self.max_concurrent == 0 {
                     return bad("max_concurrent must be at least 1".into());
@@ -144,9 +193,55 @@ impl LockConfig {
                     );
                 }
                 http(u, "url")?;
+                if !tls_files.is_empty() {
+                    return bad(format!(
+                        "{} {} for backend = \"etcd\" (TLS to a FleetLock server is not supported yet)",
+                        tls_files.join(", "),
+                        if tls_files.len() == 1 { "is" } else { "are" }
+                    ));
+                }
             }
         }
         Ok(())
+    }
+
+    /// etcd endpoints: all `http://` or all `https://`, and `https://`
+    /// when TLS files are given.
+    fn check_endpoints(&self, tls_files: &[&str]) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(format!("[lock]: {m}")));
+        let mut https = 0;
+        for e in &self.endpoints {
+            let rest = e
+                .strip_prefix("https://")
+                .inspect(|_| https += 1)
+                .or_else(|| e.strip_prefix("http://"));
+            if rest.is_none_or(str::is_empty) {
+                return bad(format!(
+                    "endpoint {e:?}: write http://host:port, or https://host:port for etcd over TLS"
+                ));
+            }
+        }
+        if https != 0 && https != self.endpoints.len() {
+            return bad(format!(
+                "endpoints {:?} mix http:// and https://: a node speaks to its etcd cluster one way; write https:// for every endpoint of a TLS cluster",
+                self.endpoints
+            ));
+        }
+        if https == 0 && !tls_files.is_empty() {
+            return bad(format!(
+                "{} {} for etcd over TLS, but the endpoints are plain http:// ({:?}): write https:// endpoints, or remove {}",
+                tls_files.join(", "),
+                if tls_files.len() == 1 { "is" } else { "are" },
+                self.endpoints,
+                tls_files.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the etcd endpoints are `https://`.
+    pub fn tls(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
     }
 }
 
@@ -392,8 +487,36 @@ mod tests {
         for (bad, says) in [
             ("backend = \"etcd\"\n", "needs endpoints"),
             (
-                "backend = \"etcd\"\nendpoints = [\"https://a:2379\"]\n",
-                "TLS",
+                "backend = \"etcd\"\nendpoints = [\"ftp://a:2379\"]\n",
+                "or https://host:port",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"https://a:2379\", \"http://b:2379\"]\n",
+                "mix http:// and https://",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"http://a:2379\"]\nca_file = \"/ca.pem\"\n",
+                "write https:// endpoints, or remove ca_file",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"https://a:2379\"]\ncert_file = \"/c.pem\"\n",
+                "cert_file needs key_file",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"https://a:2379\"]\nkey_file = \"/k.pem\"\n",
+                "key_file needs cert_file",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"https://a:2379\"]\nca_file = \"ca.pem\"\n",
+                "absolute path",
+            ),
+            (
+                "backend = \"fleetlock\"\nurl = \"http://a\"\nca_file = \"/ca.pem\"\n",
+                "ca_file is for backend = \"etcd\"",
+            ),
+            (
+                "backend = \"fleetlock\"\nurl = \"https://a\"\n",
+                "TLS to a FleetLock server",
             ),
             (
                 "backend = \"etcd\"\nendpoints = [\"http://a\"]\nmax_concurrent = 0\n",
@@ -419,6 +542,20 @@ mod tests {
                 .to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+        let tls = UpdateConfig::parse(&format!(
+            "{base}[lock]\nbackend = \"etcd\"\nendpoints = [\"https://e1:2379\", \"https://e2:2379\"]\n\
+             ca_file = \"/etc/herd/lock/ca.pem\"\ncert_file = \"/etc/herd/lock/client.pem\"\nkey_file = \"/etc/herd/lock/client.key\"\n"
+        ))
+        .unwrap()
+        .lock
+        .unwrap();
+        assert!(tls.tls());
+        assert_eq!(tls.key_file.as_deref(), Some("/etc/herd/lock/client.key"));
+        // https without files: the built-in roots, no client certificate.
+        assert!(UpdateConfig::parse(&format!(
+            "{base}[lock]\nbackend = \"etcd\"\nendpoints = [\"https://e1:2379\"]\n"
+        ))
+        .is_ok());
         // The node's [lock] goes over the image's.
         let local = UpdateConfig::parse_with_local(
             "repository = \"http://x\"\n",

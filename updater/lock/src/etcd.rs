@@ -41,6 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
+use crate::tls::{self, Tls};
 use crate::{b64, Acquire, Error, RebootLock};
 
 const BACKEND: &str = "etcd";
@@ -223,22 +224,33 @@ pub type Observer = Arc<dyn Fn(&str, Duration) + Send + Sync>;
 pub struct Client {
     endpoints: Vec<String>,
     agent: ureq::Agent,
+    tls: Option<Tls>,
     observer: Option<Observer>,
 }
 
 impl Client {
     /// A client for `endpoints` (`http://host:port`).
     pub fn new(endpoints: &[String]) -> Client {
+        Self::with_tls(endpoints, None)
+    }
+
+    /// A client for `endpoints`, `https://host:port` ones with `tls`.
+    pub fn with_tls(endpoints: &[String], tls: Option<Tls>) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .max_idle_connections_per_host(64);
         Client {
             endpoints: endpoints
                 .iter()
                 .map(|e| e.trim_end_matches('/').to_string())
                 .collect(),
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(3))
-                .timeout(Duration::from_secs(10))
-                .max_idle_connections_per_host(64)
-                .build(),
+            agent: match &tls {
+                Some(t) => t.agent(agent),
+                None => agent,
+            }
+            .build(),
+            tls,
             observer: None,
         }
     }
@@ -283,6 +295,13 @@ impl Client {
                 }
                 Err(ureq::Error::Status(code, r)) => {
                     let text = r.into_string().unwrap_or_default();
+                    if let Some(message) = tls::plain_http_to_tls(ep, &text) {
+                        return Err(Error::Tls {
+                            backend: BACKEND,
+                            endpoint: ep.clone(),
+                            message,
+                        });
+                    }
                     return Err(Error::Protocol {
                         backend: BACKEND,
                         what: path.into(),
@@ -290,10 +309,21 @@ impl Client {
                     });
                 }
                 Err(e) => {
-                    last = Error::Unreachable {
-                        backend: BACKEND,
-                        endpoint: ep.clone(),
-                        message: e.to_string(),
+                    let tls = match &self.tls {
+                        Some(t) => t.explain(&e, ep),
+                        None => tls::plain_http_closed(&e, ep),
+                    };
+                    last = match tls {
+                        Some(message) => Error::Tls {
+                            backend: BACKEND,
+                            endpoint: ep.clone(),
+                            message,
+                        },
+                        None => Error::Unreachable {
+                            backend: BACKEND,
+                            endpoint: ep.clone(),
+                            message: e.to_string(),
+                        },
                     }
                 }
             }
@@ -828,6 +858,26 @@ mod tests {
         assert_eq!(keepalive_ttl(&gone).unwrap(), 0);
         let e = keepalive_ttl(&failed).unwrap_err().to_string();
         assert!(e.contains("too many requests"), "{e}");
+    }
+
+    #[test]
+    fn a_server_that_hangs_up_on_plain_http_is_taken_for_tls() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ep = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            // As etcd's TLS-only port does to plain HTTP: read what it
+            // took for a ClientHello, then hang up without a byte.
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let mut b = [0u8; 4096];
+                let _ = std::io::Read::read(&mut s, &mut b);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::Read::read(&mut s, &mut b);
+            }
+        });
+        let e = Client::new(std::slice::from_ref(&ep)).grant(5).unwrap_err();
+        assert!(matches!(e, Error::Tls { .. }), "{e}");
+        assert!(e.to_string().contains("write https:// endpoints"), "{e}");
     }
 
     #[test]

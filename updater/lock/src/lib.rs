@@ -16,6 +16,7 @@ pub mod b64;
 pub mod etcd;
 pub mod fleetlock;
 pub mod status;
+pub mod tls;
 
 /// What went wrong talking to a lock backend; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,26 @@ pub enum Error {
         /// which request
         what: String,
         /// what was wrong with the answer
+        message: String,
+    },
+    /// The TLS settings cannot be used: a file missing or not PEM, a key
+    /// that is not the certificate's.
+    #[error("reboot lock {backend}: {message}; the node does not reboot until it can take a slot")]
+    TlsSetup {
+        /// "etcd"
+        backend: &'static str,
+        /// what is wrong and what to put where
+        message: String,
+    },
+    /// The endpoint refused the TLS connection, or this node refused the
+    /// endpoint's certificate, or TLS and plain HTTP met.
+    #[error("reboot lock {backend} at {endpoint}: {message}; the node does not reboot until it can take a slot, it keeps running and tries again")]
+    Tls {
+        /// "etcd"
+        backend: &'static str,
+        /// the endpoint
+        endpoint: String,
+        /// what happened and what to do
         message: String,
     },
     /// The backend refused a request (e.g. FleetLock steady-state).

@@ -84,8 +84,14 @@ impl Publisher {
     /// The publisher of node `id` in `group`; its record lives `ttl`
     /// seconds past the node's last lease refresh.
     pub fn new(endpoints: &[String], group: &str, id: &str, ttl: u64) -> Publisher {
+        Self::with_client(Client::new(endpoints), group, id, ttl)
+    }
+
+    /// The same, over `client` (e.g. one speaking TLS, shared with the
+    /// node's reboot lock).
+    pub fn with_client(client: Client, group: &str, id: &str, ttl: u64) -> Publisher {
         Publisher {
-            client: Client::new(endpoints),
+            client,
             key: node_key(group, id),
             ttl,
             lease: None,
