@@ -176,7 +176,8 @@ fn etcd_queue_hands_slots_out_in_join_order() {
         match e.acquire().unwrap() {
             Acquire::Granted => break,
             Acquire::Busy { ahead, .. } => {
-                assert_eq!(ahead, Some(1));
+                // 1, or 2 from e's estimate (b left the queue ahead of it).
+                assert!(matches!(ahead, Some(1 | 2)), "{ahead:?}");
                 assert!(
                     t.elapsed() < Duration::from_secs(15),
                     "d's place was never freed"

@@ -85,6 +85,9 @@ pub struct KeyValue {
     /// The revision of its last change.
     #[serde(default, deserialize_with = "int64")]
     pub mod_revision: i64,
+    /// How many times it was written since it was created.
+    #[serde(default, deserialize_with = "int64")]
+    pub version: i64,
     /// The lease it is attached to (0 for none).
     #[serde(default, deserialize_with = "int64")]
     pub lease: i64,
@@ -150,12 +153,25 @@ pub fn queue_key(group: &str, rev: i64) -> String {
 
 /// The read-only transaction of one poll: (0) how many queue keys sort
 /// before `mine`, (1) the holders, (2) `mine` itself.
-pub fn poll_txn(queue_prefix: &str, mine: &str, holders_prefix: &str) -> Value {
+pub fn poll_txn(queue_prefix: &str, mine: &str, holders_prefix: &str, sem: &str) -> Value {
     let k = |s: &str| b64::encode(s.as_bytes());
     json!({
         "success": [
             {"request_range": {"key": k(queue_prefix), "range_end": k(mine), "count_only": true}},
             {"request_range": {"key": k(holders_prefix), "range_end": b64::encode(&prefix_end(holders_prefix))}},
+            {"request_range": {"key": k(mine)}},
+            {"request_range": {"key": k(sem)}},
+        ],
+    })
+}
+
+/// The read-only transaction of a cheap poll (two keys): `sem` (its version
+/// counts acquisitions) and `mine`.
+pub fn peek_txn(mine: &str, sem: &str) -> Value {
+    let k = |s: &str| b64::encode(s.as_bytes());
+    json!({
+        "success": [
+            {"request_range": {"key": k(sem)}},
             {"request_range": {"key": k(mine)}},
         ],
     })
@@ -507,6 +523,10 @@ pub struct Etcd {
     /// A lease someone else keeps alive for the queue keys (see
     /// [`RebootLock::queue_on_lease`]); else they go on `lease`.
     queue_lease: Option<i64>,
+    /// From the last full poll that found it was not this node's turn:
+    /// (acquisitions so far, slots to be freed before its turn), and the
+    /// acquisitions seen at the last poll of any kind.
+    estimate: Option<(i64, u32, i64)>,
 }
 
 /// What one poll read (one revision).
@@ -518,6 +538,8 @@ struct Poll {
     holders: Vec<(String, i64)>,
     /// Whether this node's queue key is there, on its lease.
     queued: bool,
+    /// `sem`'s version: acquisitions so far.
+    taken: i64,
 }
 
 impl Etcd {
@@ -538,6 +560,7 @@ impl Etcd {
             keeper: None,
             queued: None,
             queue_lease: None,
+            estimate: None,
         }
     }
 
@@ -625,6 +648,7 @@ impl Etcd {
         self.client
             .put(&queue_key(&self.group, rev), &self.id, lease)?;
         self.queued = Some(rev);
+        self.estimate = None;
         Ok(rev)
     }
 
@@ -632,13 +656,16 @@ impl Etcd {
     fn poll(&self, rev: i64, lease: i64) -> Result<Poll, Error> {
         let hp = Self::holders_prefix(&self.group);
         let mine = queue_key(&self.group, rev);
-        let (_, r) =
-            self.client
-                .txn_ranges(&poll_txn(&Self::queue_prefix(&self.group), &mine, &hp))?;
-        let [ahead, holders, me] = <[Range; 3]>::try_from(r).map_err(|r| Error::Protocol {
+        let (_, r) = self.client.txn_ranges(&poll_txn(
+            &Self::queue_prefix(&self.group),
+            &mine,
+            &hp,
+            &self.sem_key(),
+        ))?;
+        let [ahead, holders, me, sem] = <[Range; 4]>::try_from(r).map_err(|r| Error::Protocol {
             backend: BACKEND,
             what: "/v3/kv/txn".into(),
-            message: format!("{} answers to a poll of 3 ranges", r.len()),
+            message: format!("{} answers to a poll of 4 ranges", r.len()),
         })?;
         Ok(Poll {
             revision: holders.header.revision,
@@ -649,7 +676,52 @@ impl Etcd {
                 .filter_map(|kv| Some((kv.key_text().strip_prefix(&hp)?.to_string(), kv.lease)))
                 .collect(),
             queued: me.kvs.iter().any(|kv| kv.lease == lease),
+            taken: sem.kvs.first().map_or(0, |kv| kv.version),
         })
+    }
+
+    fn sem_key(&self) -> String {
+        format!("{}sem", Self::prefix(&self.group))
+    }
+
+    /// A cheap poll of a node far back in the queue: the full poll counts
+    /// the queue keys before this node's, which costs etcd a walk over
+    /// them (thousands at the back of a big fleet's queue). Nodes only ever
+    /// leave the queue ahead of this one, so the slots still to be freed
+    /// before its turn are at most what the last full poll found less the
+    /// acquisitions since (`sem`'s version counts them). While that is more
+    /// than `max`, two point reads suffice; nearer the turn, or when nobody
+    /// took a slot since the last poll (nodes ahead may have left: the
+    /// estimate would never shrink), the full poll.
+    /// `None`: do the full poll (or join again: `queued` was reset).
+    fn peek(&mut self, rev: i64, lease: i64) -> Result<Option<u32>, Error> {
+        let Some((taken0, slots0, seen)) = self.estimate else {
+            return Ok(None);
+        };
+        if slots0 <= self.max {
+            return Ok(None);
+        }
+        let (_, r) = self
+            .client
+            .txn_ranges(&peek_txn(&queue_key(&self.group, rev), &self.sem_key()))?;
+        let [sem, me] = <[Range; 2]>::try_from(r).map_err(|r| Error::Protocol {
+            backend: BACKEND,
+            what: "/v3/kv/txn".into(),
+            message: format!("{} answers to a peek of 2 ranges", r.len()),
+        })?;
+        if !me.kvs.iter().any(|kv| kv.lease == lease) {
+            self.queued = None;
+            self.estimate = None;
+            return Ok(None);
+        }
+        let taken = sem.kvs.first().map_or(0, |kv| kv.version);
+        if taken == seen {
+            return Ok(None);
+        }
+        self.estimate = Some((taken0, slots0, taken));
+        let since = u32::try_from((taken - taken0).max(0)).unwrap_or(u32::MAX);
+        let slots = slots0.saturating_sub(since);
+        Ok((slots > self.max).then_some(slots))
     }
 }
 
@@ -668,6 +740,18 @@ impl RebootLock for Etcd {
                 Some(r) => r,
                 None => self.join(qlease)?,
             };
+            if let Some(slots) = self.peek(rev, qlease)? {
+                return Ok(Acquire::Busy {
+                    why: format!(
+                        "all {} reboot slots of group {:?} are held; about {slots} must be freed before this node's turn",
+                        self.max, self.group
+                    ),
+                    ahead: Some(slots),
+                });
+            }
+            if self.queued.is_none() {
+                continue;
+            }
             let p = self.poll(rev, qlease)?;
             if let Some((_, l)) = p.holders.iter().find(|(h, _)| *h == self.id) {
                 if Some(*l) == self.lease {
@@ -688,6 +772,7 @@ impl RebootLock for Etcd {
             if held.saturating_add(p.ahead) >= self.max {
                 let names: Vec<&str> = p.holders.iter().map(|(h, _)| h.as_str()).collect();
                 let ahead = held.saturating_add(p.ahead) - self.max + 1;
+                self.estimate = Some((p.taken, ahead, p.taken));
                 return Ok(Acquire::Busy {
                     why: format!(
                         "all {} reboot slots of group {:?} are held (by {}); {} nodes queued before this one",
@@ -708,15 +793,13 @@ impl RebootLock for Etcd {
                 &Self::holders_prefix(&self.group),
                 p.revision,
                 [&queue_key(&self.group, rev), &self.waiting_key()],
-                (
-                    &format!("{}sem", Self::prefix(&self.group)),
-                    &json!({ "holders": list }).to_string(),
-                ),
+                (&self.sem_key(), &json!({ "holders": list }).to_string()),
                 (&self.holder_key(), &json!({ "since": now() }).to_string()),
                 lease,
             );
             if self.client.txn(&txn)? {
                 self.queued = None;
+                self.estimate = None;
                 return Ok(Acquire::Granted);
             }
             // Another node took a slot since the poll: look again.
