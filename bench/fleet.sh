@@ -11,7 +11,7 @@
 # idle etcd measured first), and the time to update the fleet (against the
 # slot-limited lower bound of the same waves). Then a bad release (2 % of the
 # first wave fail to boot it): when the controller's halt came and how many
-# nodes took the release. Exits 1 when a check fails. About 4-5 minutes.
+# nodes took the release. Exits 1 when a check fails. About 6-12 minutes (each run stops after 8 min real).
 # Usage: bench/fleet.sh [NODES] [SCALE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
