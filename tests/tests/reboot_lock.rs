@@ -168,6 +168,20 @@ fn etcd_queue_hands_slots_out_in_join_order() {
     b.withdraw().unwrap();
     assert_eq!(ahead(d.acquire()), 1);
     assert_eq!(c.acquire().unwrap(), Acquire::Granted);
+    // c holds slot 0 (the only one), on the same lease as its holder key.
+    let slots = etcd
+        .client()
+        .range("/herd/reboot/q/slots/", 0, false)
+        .unwrap();
+    let held: Vec<(String, String)> = slots
+        .kvs
+        .iter()
+        .map(|kv| (kv.key_text(), kv.value_text()))
+        .collect();
+    assert_eq!(
+        held,
+        [("/herd/reboot/q/slots/0".to_string(), "c".to_string())]
+    );
     // d dies while waiting: its lease (3 s) expires and e moves up.
     drop(d);
     c.release().unwrap();

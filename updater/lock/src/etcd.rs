@@ -2,8 +2,9 @@
 //! (`POST /v3/...`, keys and values base64, 64-bit numbers as strings).
 //!
 //! Keys of group `G`, all under `/herd/reboot/G/`:
-//! - `holders/<node-id>`: one per slot taken, attached to the holder's lease,
-//!   so a node that dies holding a slot loses it when its lease expires;
+//! - `holders/<node-id>` and `slots/<k>` (k < max, value the node id): one
+//!   each per slot taken, attached to the holder's lease, so a node that
+//!   dies holding a slot loses it when its lease expires;
 //! - `waiting/<node-id>` and `queue/<R>`: a node that wants a slot joins the
 //!   queue once, on its lease: `R` is the revision that created its
 //!   `waiting` key (20 digits, so keys sort as revisions do);
@@ -17,14 +18,15 @@
 //! were lost, and nodes polling at the back-off cap starved; see
 //! bench/fleet.sh). A poll is one read-only transaction: how many queue keys
 //! sort before mine (a count: etcd walks its in-memory index, no values),
-//! the holders, and my own queue key. With `holders + ahead < max` it is my
-//! turn, and one transaction takes the slot: *if no holder key was written
-//! after the revision read, put `holders/<me>` with my lease and delete my
-//! queue keys*. Safety does not rest on the queue: the compare covers the
-//! whole `holders/` range, so any acquisition between the read and the
-//! transaction fails it, and at most `max` keys are ever held (holders that
-//! leave only free slots). The queue only decides who tries: usually one
-//! node per freed slot. [`Acquire::Busy`] says how many slots must be freed
+//! the holders and slot keys, and my own queue key. With
+//! `holders + ahead < max` it is my turn: the n-th waiting node (n = ahead)
+//! takes the n-th free slot index `k` in one transaction: *if `slots/<k>`
+//! does not exist and my queue key does, put `slots/<k>` and
+//! `holders/<me>` with my lease and delete my queue keys*. Safety does not
+//! rest on the queue: there are only `max` slot keys, created only if
+//! absent, and every holder key comes with one (holders that leave only
+//! free slots). The queue decides who tries, and nodes whose turn comes at
+//! once pick different slots rather than race for one key. [`Acquire::Busy`] says how many slots must be freed
 //! before this node's turn, so callers poll the front of the queue often and
 //! the back rarely.
 //!
@@ -152,15 +154,24 @@ pub fn queue_key(group: &str, rev: i64) -> String {
 }
 
 /// The read-only transaction of one poll: (0) how many queue keys sort
-/// before `mine`, (1) the holders, (2) `mine` itself.
-pub fn poll_txn(queue_prefix: &str, mine: &str, holders_prefix: &str, sem: &str) -> Value {
+/// before `mine`, (1) the holders, (2) `mine` itself, (3) `sem`, (4) the
+/// slot keys.
+pub fn poll_txn(
+    queue_prefix: &str,
+    mine: &str,
+    [holders_prefix, slots_prefix]: [&str; 2],
+    sem: &str,
+) -> Value {
     let k = |s: &str| b64::encode(s.as_bytes());
+    let all =
+        |p: &str| json!({"request_range": {"key": k(p), "range_end": b64::encode(&prefix_end(p))}});
     json!({
         "success": [
             {"request_range": {"key": k(queue_prefix), "range_end": k(mine), "count_only": true}},
-            {"request_range": {"key": k(holders_prefix), "range_end": b64::encode(&prefix_end(holders_prefix))}},
+            all(holders_prefix),
             {"request_range": {"key": k(mine)}},
             {"request_range": {"key": k(sem)}},
+            all(slots_prefix),
         ],
     })
 }
@@ -177,32 +188,28 @@ pub fn peek_txn(mine: &str, sem: &str) -> Value {
     })
 }
 
-/// The transaction that takes a slot: if no key under `holders_prefix` was
-/// written after revision `read` and `queued` (this node's queue key) is
-/// still there, put `holder` on `lease`, delete the queue keys and rewrite
-/// `sem` with `holders` (the list, for people reading etcd).
+/// The transaction that takes slot `slot` (its key `slots/<k>`): if that key
+/// does not exist and `queued` (this node's queue key) is still there, put
+/// the slot key and `holder` on `lease`, delete the queue keys and rewrite
+/// `sem` with `holders` (the list, for people reading etcd; its version
+/// counts acquisitions).
 pub fn acquire_txn(
-    holders_prefix: &str,
-    read: i64,
+    (slot, id): (&str, &str),
     queued: [&str; 2],
     (sem, holders): (&str, &str),
     (holder, since): (&str, &str),
     lease: i64,
 ) -> Value {
     let k = |s: &str| b64::encode(s.as_bytes());
+    let lease = lease.to_string();
     json!({
         "compare": [
-            {
-                "key": k(holders_prefix),
-                "range_end": b64::encode(&prefix_end(holders_prefix)),
-                "target": "MOD",
-                "result": "LESS",
-                "mod_revision": (read + 1).to_string(),
-            },
+            {"key": k(slot), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
             {"key": k(queued[0]), "target": "CREATE", "result": "GREATER", "create_revision": "0"},
         ],
         "success": [
-            {"request_put": {"key": k(holder), "value": k(since), "lease": lease.to_string()}},
+            {"request_put": {"key": k(holder), "value": k(since), "lease": lease}},
+            {"request_put": {"key": k(slot), "value": k(id), "lease": lease}},
             {"request_delete_range": {"key": k(queued[0])}},
             {"request_delete_range": {"key": k(queued[1])}},
             {"request_put": {"key": k(sem), "value": k(holders)}},
@@ -531,7 +538,6 @@ pub struct Etcd {
 
 /// What one poll read (one revision).
 struct Poll {
-    revision: i64,
     /// Queue keys before this node's.
     ahead: u32,
     /// (node id, lease) of each holder.
@@ -540,6 +546,8 @@ struct Poll {
     queued: bool,
     /// `sem`'s version: acquisitions so far.
     taken: i64,
+    /// The slot indices held.
+    slots: std::collections::BTreeSet<u32>,
 }
 
 impl Etcd {
@@ -656,19 +664,25 @@ impl Etcd {
     fn poll(&self, rev: i64, lease: i64) -> Result<Poll, Error> {
         let hp = Self::holders_prefix(&self.group);
         let mine = queue_key(&self.group, rev);
+        let sp = self.slots_prefix();
         let (_, r) = self.client.txn_ranges(&poll_txn(
             &Self::queue_prefix(&self.group),
             &mine,
-            &hp,
+            [&hp, &sp],
             &self.sem_key(),
         ))?;
-        let [ahead, holders, me, sem] = <[Range; 4]>::try_from(r).map_err(|r| Error::Protocol {
-            backend: BACKEND,
-            what: "/v3/kv/txn".into(),
-            message: format!("{} answers to a poll of 4 ranges", r.len()),
-        })?;
+        let [ahead, holders, me, sem, slots] =
+            <[Range; 5]>::try_from(r).map_err(|r| Error::Protocol {
+                backend: BACKEND,
+                what: "/v3/kv/txn".into(),
+                message: format!("{} answers to a poll of 5 ranges", r.len()),
+            })?;
         Ok(Poll {
-            revision: holders.header.revision,
+            slots: slots
+                .kvs
+                .iter()
+                .filter_map(|kv| kv.key_text().strip_prefix(&sp)?.parse().ok())
+                .collect(),
             ahead: u32::try_from(ahead.count).unwrap_or(u32::MAX),
             holders: holders
                 .kvs
@@ -678,6 +692,12 @@ impl Etcd {
             queued: me.kvs.iter().any(|kv| kv.lease == lease),
             taken: sem.kvs.first().map_or(0, |kv| kv.version),
         })
+    }
+
+    /// `/herd/reboot/<group>/slots/`: `slots/<k>` (k < max) per slot held,
+    /// its value the holder's id.
+    fn slots_prefix(&self) -> String {
+        format!("{}slots/", Self::prefix(&self.group))
     }
 
     fn sem_key(&self) -> String {
@@ -757,8 +777,9 @@ impl RebootLock for Etcd {
                 if Some(*l) == self.lease {
                     return Ok(Acquire::Granted);
                 }
-                // A key of an earlier run (another lease): it is this node's
-                // slot, but on a lease nobody refreshes; take it anew.
+                // Keys of an earlier run (another lease): this node's slot,
+                // but on a lease nobody refreshes; free it and take one anew.
+                self.client.revoke(*l)?;
                 self.client.delete(&self.holder_key())?;
                 continue;
             }
@@ -768,10 +789,14 @@ impl RebootLock for Etcd {
                 self.queued = None;
                 continue;
             }
-            let held = u32::try_from(p.holders.len()).unwrap_or(u32::MAX);
-            if held.saturating_add(p.ahead) >= self.max {
+            let held = u32::try_from(p.holders.len().max(p.slots.len())).unwrap_or(u32::MAX);
+            // The free slots; the n-th waiting node takes the n-th, so the
+            // nodes whose turn comes at once do not race for one key.
+            let free: Vec<u32> = (0..self.max).filter(|k| !p.slots.contains(k)).collect();
+            let slot = free.get(p.ahead as usize).copied();
+            if held.saturating_add(p.ahead) >= self.max || slot.is_none() {
                 let names: Vec<&str> = p.holders.iter().map(|(h, _)| h.as_str()).collect();
-                let ahead = held.saturating_add(p.ahead) - self.max + 1;
+                let ahead = held.saturating_add(p.ahead).saturating_sub(self.max) + 1;
                 self.estimate = Some((p.taken, ahead, p.taken));
                 return Ok(Acquire::Busy {
                     why: format!(
@@ -789,9 +814,9 @@ impl RebootLock for Etcd {
             let lease = self.lease()?;
             let mut list: Vec<String> = p.holders.into_iter().map(|(h, _)| h).collect();
             list.push(self.id.clone());
+            let slot = slot.unwrap_or_default();
             let txn = acquire_txn(
-                &Self::holders_prefix(&self.group),
-                p.revision,
+                (&format!("{}{slot}", self.slots_prefix()), &self.id),
                 [&queue_key(&self.group, rev), &self.waiting_key()],
                 (&self.sem_key(), &json!({ "holders": list }).to_string()),
                 (&self.holder_key(), &json!({ "since": now() }).to_string()),
@@ -802,7 +827,7 @@ impl RebootLock for Etcd {
                 self.estimate = None;
                 return Ok(Acquire::Granted);
             }
-            // Another node took a slot since the poll: look again.
+            // Another node took that slot since the poll: look again.
         }
         Ok(Acquire::Busy {
             why: format!(
@@ -880,23 +905,25 @@ mod tests {
             (Some("7"), Some(true))
         );
         let t = acquire_txn(
-            "/h/",
-            7,
+            ("/s/3", "n1"),
             ["/q/1", "/w/n1"],
-            ("/s", "[]"),
+            ("/sem", "[]"),
             ("/h/n1", "{}"),
             42,
         );
+        // Slot 3 only if nobody holds it, and only from the queue.
         assert_eq!(
             (
                 t["compare"][0]["target"].as_str(),
-                t["compare"][0]["result"].as_str()
+                t["compare"][0]["result"].as_str(),
+                t["compare"][0]["create_revision"].as_str()
             ),
-            (Some("MOD"), Some("LESS"))
+            (Some("CREATE"), Some("EQUAL"), Some("0"))
         );
-        assert_eq!(t["compare"][0]["mod_revision"], "8");
-        assert_eq!(t["compare"][0]["range_end"], b64::encode(b"/h0"));
+        assert_eq!(t["compare"][0]["key"], b64::encode(b"/s/3"));
+        assert_eq!(t["compare"][1]["key"], b64::encode(b"/q/1"));
         assert_eq!(t["success"][0]["request_put"]["lease"], "42");
+        assert_eq!(t["success"][1]["request_put"]["lease"], "42");
         assert_eq!(
             b64::decode(t["success"][0]["request_put"]["key"].as_str().unwrap()).unwrap(),
             b"/h/n1"
