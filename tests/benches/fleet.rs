@@ -11,7 +11,8 @@
 //! the halt (`Repo::halt`: a new signed channel document the nodes read).
 //! What is simulated: time (SCALE simulated seconds per real second), the
 //! download (none) and the reboot (a delay); the nodes are state machines
-//! run by a bounded pool of worker threads, and their status records and
+//! run by a bounded pool of worker threads (simulated reboots by a pool of
+//! their own), and their status records and
 //! places in the lock's queue share one lease (one keepalive instead of one
 //! per node; a real node refreshes one lease while it waits, the status
 //! record's, and a second one while it holds a slot).
@@ -62,6 +63,8 @@ const HALT_AFTER: usize = 5;
 /// One node in FAIL_EVERY of the first wave fails to boot the bad release.
 const FAIL_EVERY: usize = 50;
 const WORKERS: usize = 48;
+/// Workers for the simulated reboots (nodes holding a slot) alone.
+const REBOOT_WORKERS: usize = 8;
 /// Real seconds a run may take at most (the slot-limited lower bound of a
 /// 10,000-node rollout is 133 s at x50).
 const LIMIT: Duration = Duration::from_secs(480);
@@ -511,23 +514,35 @@ fn run(n: usize, scale: f64, bad: bool) -> Outcome {
         })
         .collect();
     let nodes = Arc::new(nodes);
-    let q = Arc::new(Queue {
-        heap: Mutex::new(BinaryHeap::new()),
-        cv: Condvar::new(),
-        stop: AtomicBool::new(false),
-    });
+    let new_queue = || {
+        Arc::new(Queue {
+            heap: Mutex::new(BinaryHeap::new()),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+        })
+    };
+    // Reboots (a node holding a slot) get workers of their own: a real node
+    // reboots whatever its neighbours do; in one pool, a backlog of polls
+    // would hold the simulated reboots back and with them the slots.
+    let (q, reboots) = (new_queue(), new_queue());
     for i in 0..n {
         let first = unix0 as f64 + CHECK_EVERY * (i as f64 / n as f64);
         q.push(clock.real(first), i);
     }
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let (q, nodes, sh) = (q.clone(), nodes.clone(), sh.clone());
+    let workers: Vec<_> = (0..WORKERS + REBOOT_WORKERS)
+        .map(|w| {
+            let (q, reboots, nodes, sh) = (q.clone(), reboots.clone(), nodes.clone(), sh.clone());
             std::thread::spawn(move || {
-                while let Some(i) = q.pop() {
+                let mine = if w < WORKERS { &q } else { &reboots };
+                while let Some(i) = mine.pop() {
                     let mut node = nodes[i].lock().unwrap();
                     if let Some(d) = node.step(&sh, clock.now()) {
-                        q.push(clock.real(clock.sim() + d), i);
+                        let to = if node.phase == Phase::Holding {
+                            &reboots
+                        } else {
+                            &q
+                        };
+                        to.push(clock.real(clock.sim() + d), i);
                     }
                 }
             })
@@ -602,8 +617,10 @@ fn run(n: usize, scale: f64, bad: bool) -> Outcome {
         }
     }
     let real = t0.elapsed();
-    q.stop.store(true, Ordering::Relaxed);
-    q.cv.notify_all();
+    for q in [&q, &reboots] {
+        q.stop.store(true, Ordering::Relaxed);
+        q.cv.notify_all();
+    }
     for w in workers {
         w.join().unwrap();
     }
