@@ -287,9 +287,11 @@ pub fn backoff(attempt: u32, cap_secs: u64, salt: u64) -> Duration {
 /// the queue polls often and the back rarely: about log2(place) polls per
 /// node instead of one per interval (10,000 nodes polling every interval
 /// swamped etcd in bench/fleet.sh). Before it knows a rate it guesses one
-/// slot per second; a queue that did not move doubles the spacing. Always
-/// between 1 s and `cap_secs` (so the node still checks its repository
-/// every interval), plus up to 25 % jitter.
+/// slot per second; a queue that did not move doubles the spacing. Never
+/// more than a second per slot ahead (a queue measured slow would otherwise
+/// leave freed slots idle: bench/fleet.sh), always between 1 s and
+/// `cap_secs` (so the node still checks its repository every interval),
+/// plus up to 25 % jitter.
 #[derive(Debug, Default, Clone)]
 pub struct Pace {
     /// (time, place) at the last poll.
@@ -316,6 +318,10 @@ impl Pace {
             Some(r) if r > 0.0 => f64::from(ahead) / r / 2.0,
             Some(_) => self.spacing * 2.0,
         };
+        // Never more than a second per slot ahead: a slow queue measured
+        // slow must not make the nodes near the front poll so rarely that
+        // freed slots stay idle (and the queue then measures slower still).
+        let secs = secs.min(f64::from(ahead.max(1)));
         self.spacing = secs.clamp(1.0, cap_secs.max(1) as f64);
         let ms = (self.spacing * 1000.0) as u64;
         let jitter = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % (ms / 4 + 1);
@@ -387,8 +393,9 @@ mod tests {
         assert!((40.0..=50.0).contains(&secs(p.next(0.0, 40, 600, 7))));
         // 40 -> 20 places in 40 s: 0.5 slot/s; 20 places take 40 s: back in 20.
         assert!((20.0..=25.0).contains(&secs(p.next(40.0, 20, 600, 7))));
-        // A queue that stopped moving: the rate halves, the wait doubles.
-        assert!((40.0..=50.0).contains(&secs(p.next(60.0, 20, 600, 7))));
+        // A queue that stopped moving: the rate halves, the wait would
+        // double, but never more than a second per slot ahead.
+        assert!((20.0..=25.0).contains(&secs(p.next(60.0, 20, 600, 7))));
         // It moved again (19 places in 40 s): about 1.4 s for the last one;
         // never under 1 s nor over the cap.
         assert!((1.0..=2.0).contains(&secs(p.next(100.0, 1, 600, 7))));
