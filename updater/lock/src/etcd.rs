@@ -792,9 +792,10 @@ impl RebootLock for Etcd {
             let held = u32::try_from(p.holders.len().max(p.slots.len())).unwrap_or(u32::MAX);
             // The free slots; the n-th waiting node takes the n-th, so the
             // nodes whose turn comes at once do not race for one key.
+            // (With `held + ahead < max` there always is one.)
             let free: Vec<u32> = (0..self.max).filter(|k| !p.slots.contains(k)).collect();
-            let slot = free.get(p.ahead as usize).copied();
-            if held.saturating_add(p.ahead) >= self.max || slot.is_none() {
+            let turn = held.saturating_add(p.ahead) < self.max;
+            let Some(&slot) = free.get(p.ahead as usize).filter(|_| turn) else {
                 let names: Vec<&str> = p.holders.iter().map(|(h, _)| h.as_str()).collect();
                 let ahead = held.saturating_add(p.ahead).saturating_sub(self.max) + 1;
                 self.estimate = Some((p.taken, ahead, p.taken));
@@ -808,13 +809,12 @@ impl RebootLock for Etcd {
                     ),
                     ahead: Some(ahead),
                 });
-            }
+            };
             // My turn: the holder key goes on a lease of this node's own
             // (it must outlive the reboot: see `resume`).
             let lease = self.lease()?;
             let mut list: Vec<String> = p.holders.into_iter().map(|(h, _)| h).collect();
             list.push(self.id.clone());
-            let slot = slot.unwrap_or_default();
             let txn = acquire_txn(
                 (&format!("{}{slot}", self.slots_prefix()), &self.id),
                 [&queue_key(&self.group, rev), &self.waiting_key()],
